@@ -1,0 +1,84 @@
+"""RFC 6238 TOTP at a given time: which step a code matches, never which time it is now."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from base64 import b32decode, b32encode
+from dataclasses import dataclass
+
+import pyotp
+
+SECRET_BYTES = 20  # 160 bits, RFC 4226 R6's recommendation
+MIN_SECRET_BYTES = 16  # 128 bits: the least we accept from an import
+
+
+@dataclass(frozen=True, slots=True)
+class TotpParams:
+    """How codes are made: SHA-1, `digits` digits, a `step`-second period, +-`window` steps."""
+
+    digits: int = 6
+    step: int = 30
+    window: int = 1
+
+
+def time_step(now: int, params: TotpParams) -> int:
+    """The step number that covers Unix time `now`."""
+    return now // params.step
+
+
+def code_at_step(secret: bytes, step: int, digits: int = 6) -> str:
+    """The HOTP value (RFC 4226) of `secret` for counter `step`."""
+    code: str = pyotp.HOTP(encode_secret(secret), digits=digits).at(step)
+    return code
+
+
+def match_step(secret: bytes, code: str, now: int, params: TotpParams) -> int | None:
+    """The step within the window whose code equals `code`, newest first, or None.
+
+    Every candidate is compared in constant time and the loop is bounded by the window,
+    so the cost never depends on the code or on history.
+    """
+    current = time_step(now, params)
+    found: int | None = None
+    wanted = code.encode("ascii", "replace")
+    for step in range(current + params.window, current - params.window - 1, -1):
+        candidate = code_at_step(secret, step, params.digits).encode()
+        if hmac.compare_digest(candidate, wanted) and found is None:
+            found = step
+    return found
+
+
+def new_secret() -> bytes:
+    """A fresh 160-bit key from the operating system's CSPRNG."""
+    return secrets.token_bytes(SECRET_BYTES)
+
+
+def encode_secret(secret: bytes) -> str:
+    """The base32 form users type into an authenticator app (no padding)."""
+    return b32encode(secret).decode("ascii").rstrip("=")
+
+
+def decode_secret(text: str) -> bytes:
+    """Parse a base32 key as apps show it (any case, spaces and dashes allowed).
+
+    Raises ValueError when it is not base32 or shorter than 128 bits.
+    """
+    cleaned = "".join(text.split()).replace("-", "").upper().rstrip("=")
+    if not cleaned or any(ch not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567" for ch in cleaned):
+        raise ValueError("not a base32 key")
+    padded = cleaned + "=" * (-len(cleaned) % 8)
+    try:
+        secret = b32decode(padded)
+    except ValueError as exc:  # binascii.Error is a ValueError
+        raise ValueError("not a base32 key") from exc
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"key too short: {len(secret) * 8} bits, at least 128 needed")
+    return secret
+
+
+def provisioning_uri(secret: bytes, username: str, issuer: str, params: TotpParams) -> str:
+    """The otpauth:// URI of the Google Authenticator key-URI format, for the QR code."""
+    totp = pyotp.TOTP(encode_secret(secret), digits=params.digits, interval=params.step)
+    uri: str = totp.provisioning_uri(name=username, issuer_name=issuer)
+    return uri

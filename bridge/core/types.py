@@ -1,0 +1,93 @@
+"""Values the login decision is made of: users' MFA state, outcomes and their reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+
+class State(StrEnum):
+    """A user's MFA state (SPEC section 2); `exempt` is derived, never stored."""
+
+    GRACE = "grace"
+    PENDING = "pending"
+    ACTIVE = "active"
+    LOCKED = "locked"
+    EXEMPT = "exempt"
+
+
+class LockReason(StrEnum):
+    """Why a user is locked; shown to admins, and to the user only after a correct password."""
+
+    ENROLLMENT_EXPIRED = "enrollment-expired"
+    FAILURES = "failures"
+    ADMIN = "admin"
+
+
+class Outcome(StrEnum):
+    """What the caller is told."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    CHALLENGE = "challenge"
+
+
+class Reason(StrEnum):
+    """Why a login ended as it did: for the audit log, never for an unauthenticated caller."""
+
+    ACCEPTED = "accepted"  # password and a fresh code
+    ACTIVATED = "activated"  # pending user's first code: now active
+    GRACE = "grace"  # password only, inside the enrollment period
+    EXEMPT = "exempt"  # exempt user or group: password only
+    CHALLENGED = "challenged"  # correct password, code asked for
+    EMPTY_PASSWORD = "empty-password"
+    BAD_USERNAME = "bad-username"
+    UNKNOWN_USER = "unknown-user"
+    BAD_PASSWORD = "bad-password"
+    DIRECTORY_DOWN = "directory-down"
+    WRONG_CODE = "wrong-code"
+    REPLAY = "replay"
+    CODE_REQUIRED = "code-required"  # append mode, enrolled user sent no code
+    NOT_ENROLLED = "not-enrolled"  # enrollment_days 0 and no secret
+    LOCKED = "locked"
+    BAD_STATE = "bad-state"  # challenge State unknown, expired, reused or misbound
+    UNSUPPORTED = "unsupported"  # CHAP, EAP, ...
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """What the bridge stores about one user; times are integer Unix seconds."""
+
+    username: str
+    state: State
+    deadline: int | None = None  # end of the password-only period; None: no such period
+    failures: int = 0
+    last_step: int | None = None  # newest TOTP step accepted: the replay guard
+    secret: bytes | None = None  # raw TOTP key (decrypted); None before enrollment
+    lock_reason: LockReason | None = None
+    confirmed: bool = False  # the secret was proven by a code (or imported): unlock -> active
+    created: int = 0
+    updated: int = 0
+
+    def evolve(self, **changes: object) -> UserRecord:
+        """A copy with some fields changed."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one login and what the adapters need to answer it."""
+
+    outcome: Outcome
+    reason: Reason
+    username: str
+    state_before: State | None = None
+    state_after: State | None = None
+    days_left: int | None = None  # set for grace-style accepts: the notice to show
+    lock_reason: LockReason | None = None
+    password_ok: bool = False  # only then may the caller learn state or lock
+
+    @property
+    def accepted(self) -> bool:
+        """True when the caller is let in."""
+        return self.outcome is Outcome.ACCEPT
