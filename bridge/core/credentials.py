@@ -12,7 +12,7 @@ def normalize_username(raw: str) -> str | None:
     """The canonical form every counter and record is keyed on, or None when unusable.
 
     NFKC folds full-width and compatibility forms, surrounding blanks are dropped and
-    case is folded, so `Alice`, ` alice` and `ａｌｉｃｅ` share one record and one lockout.
+    case is folded, so `Alice`, ` alice` and its full-width form share one record and one lockout.
     """
     name = unicodedata.normalize("NFKC", raw).strip().casefold()
     if not name or len(name) > MAX_USERNAME_LENGTH:

@@ -8,7 +8,7 @@ steps around the one directory bind: `plan_attempt` chooses which password to bi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from bridge.core.credentials import split_appended
@@ -32,7 +32,7 @@ class Policy:
 
     enrollment_days: int = 14
     max_failures: int = 5
-    totp: TotpParams = TotpParams()
+    totp: TotpParams = field(default_factory=TotpParams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +107,11 @@ def conclude(
             decision = Decision(Outcome.REJECT, Reason.NOT_ENROLLED, username, None, None)
             return Verdict(_authenticated(decision), None, changed=False)
         record = UserRecord(
-            username, State.GRACE, deadline=now + policy.enrollment_days * DAY,
-            created=now, updated=now,
+            username,
+            State.GRACE,
+            deadline=now + policy.enrollment_days * DAY,
+            created=now,
+            updated=now,
         )
         return _grace_accept(record, None, now, changed=True)
     current = effective(record, now)
@@ -120,7 +123,7 @@ def conclude(
     if current.state is State.GRACE or (
         current.state is State.PENDING and current.deadline is not None
     ):
-        return _grace_accept(current, before, now, changed)
+        return _grace_accept(current, before, now, changed=changed)
     reason = Reason.CHALLENGED if can_challenge else Reason.CODE_REQUIRED
     outcome = Outcome.CHALLENGE if can_challenge else Outcome.REJECT
     decision = Decision(outcome, reason, username, before, current.state)
@@ -147,8 +150,13 @@ def check_code(
         return _failure(current, before, reason, now, policy)
     activated = current.state is State.PENDING
     after = current.evolve(
-        state=State.ACTIVE, failures=0, last_step=step, deadline=None,
-        lock_reason=None, confirmed=True, updated=now,
+        state=State.ACTIVE,
+        failures=0,
+        last_step=step,
+        deadline=None,
+        lock_reason=None,
+        confirmed=True,
+        updated=now,
     )
     reason = Reason.ACTIVATED if activated else Reason.ACCEPTED
     decision = Decision(Outcome.ACCEPT, reason, record.username, before, State.ACTIVE)
@@ -164,7 +172,11 @@ def _failure(
             state=State.LOCKED, failures=failures, lock_reason=LockReason.FAILURES, updated=now
         )
         decision = Decision(
-            Outcome.REJECT, reason, record.username, before, State.LOCKED,
+            Outcome.REJECT,
+            reason,
+            record.username,
+            before,
+            State.LOCKED,
             lock_reason=LockReason.FAILURES,
         )
         return Verdict(_authenticated(decision), locked, changed=True)
@@ -173,12 +185,14 @@ def _failure(
     return Verdict(_authenticated(decision), after, changed=True)
 
 
-def _grace_accept(
-    record: UserRecord, before: State | None, now: int, *, changed: bool
-) -> Verdict:
+def _grace_accept(record: UserRecord, before: State | None, now: int, *, changed: bool) -> Verdict:
     assert record.deadline is not None
     decision = Decision(
-        Outcome.ACCEPT, Reason.GRACE, record.username, before, record.state,
+        Outcome.ACCEPT,
+        Reason.GRACE,
+        record.username,
+        before,
+        record.state,
         days_left=days_left(record.deadline, now),
     )
     return Verdict(_authenticated(decision), record, changed)
@@ -187,7 +201,11 @@ def _grace_accept(
 def _locked(record: UserRecord, before: State | None) -> Decision:
     return _authenticated(
         Decision(
-            Outcome.REJECT, Reason.LOCKED, record.username, before, State.LOCKED,
+            Outcome.REJECT,
+            Reason.LOCKED,
+            record.username,
+            before,
+            State.LOCKED,
             lock_reason=record.lock_reason,
         )
     )
@@ -196,8 +214,14 @@ def _locked(record: UserRecord, before: State | None) -> Decision:
 def _authenticated(decision: Decision) -> Decision:
     """Mark a decision as made after a correct password (the caller may learn the state)."""
     return Decision(
-        decision.outcome, decision.reason, decision.username, decision.state_before,
-        decision.state_after, decision.days_left, decision.lock_reason, password_ok=True,
+        decision.outcome,
+        decision.reason,
+        decision.username,
+        decision.state_before,
+        decision.state_after,
+        decision.days_left,
+        decision.lock_reason,
+        password_ok=True,
     )
 
 
@@ -228,18 +252,24 @@ def admin_enroll(
         if current.state in (State.GRACE, State.PENDING) and current.deadline is not None:
             deadline = current.deadline
     return UserRecord(
-        username, State.PENDING, deadline=deadline, secret=secret,
-        created=record.created if record else now, updated=now,
+        username,
+        State.PENDING,
+        deadline=deadline,
+        secret=secret,
+        created=record.created if record else now,
+        updated=now,
     )
 
 
-def admin_import(
-    record: UserRecord | None, username: str, secret: bytes, now: int
-) -> UserRecord:
+def admin_import(record: UserRecord | None, username: str, secret: bytes, now: int) -> UserRecord:
     """Take a secret the user already has in an app: `active` at once."""
     return UserRecord(
-        username, State.ACTIVE, secret=secret, confirmed=True,
-        created=record.created if record else now, updated=now,
+        username,
+        State.ACTIVE,
+        secret=secret,
+        confirmed=True,
+        created=record.created if record else now,
+        updated=now,
     )
 
 
@@ -272,6 +302,9 @@ def _fresh_grace(record: UserRecord, now: int, days: int) -> UserRecord | None:
     if days <= 0:
         return None
     return UserRecord(
-        record.username, State.GRACE, deadline=now + days * DAY,
-        created=record.created, updated=now,
+        record.username,
+        State.GRACE,
+        deadline=now + days * DAY,
+        created=record.created,
+        updated=now,
     )

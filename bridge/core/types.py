@@ -40,10 +40,10 @@ class Reason(StrEnum):
     GRACE = "grace"  # password only, inside the enrollment period
     EXEMPT = "exempt"  # exempt user or group: password only
     CHALLENGED = "challenged"  # correct password, code asked for
-    EMPTY_PASSWORD = "empty-password"
+    EMPTY_PASSWORD = "empty-password"  # noqa: S105 - a reason, not a password
     BAD_USERNAME = "bad-username"
     UNKNOWN_USER = "unknown-user"
-    BAD_PASSWORD = "bad-password"
+    BAD_PASSWORD = "bad-password"  # noqa: S105 - a reason, not a password
     DIRECTORY_DOWN = "directory-down"
     WRONG_CODE = "wrong-code"
     REPLAY = "replay"
@@ -51,7 +51,8 @@ class Reason(StrEnum):
     NOT_ENROLLED = "not-enrolled"  # enrollment_days 0 and no secret
     LOCKED = "locked"
     BAD_STATE = "bad-state"  # challenge State unknown, expired, reused or misbound
-    UNSUPPORTED = "unsupported"  # CHAP, EAP, ...
+    UNSUPPORTED = "unsupported"  # CHAP, EAP, no password
+    INTERNAL_ERROR = "internal-error"  # the store or the code failed: fail closed
 
 
 @dataclass(frozen=True, slots=True)

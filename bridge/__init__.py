@@ -1,0 +1,1 @@
+"""mfa-bridge: TOTP multi-factor authentication for RADIUS and LDAP simple-bind logins."""

@@ -1,0 +1,7 @@
+"""`python -m bridge` is the `mfa-bridge` command."""
+
+import sys
+
+from bridge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,128 @@
+"""The one place a login is decided: store + directory + clock around the pure policy.
+
+Both protocol adapters call `Authenticator`, so a code used over one protocol is spent for
+the other, and every decision is written to the audit log here, once, with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from bridge.core.credentials import normalize_username
+from bridge.core.policy import Mode, Policy, Verdict, check_code, conclude, plan_attempt, rejected
+from bridge.core.types import Decision, Reason, UserRecord
+from bridge.directory import BindResult, BindStatus
+from bridge.store import SqliteStore
+
+log = Logger(namespace="bridge.audit")
+
+_BIND_REJECTS = {
+    BindStatus.BAD_PASSWORD: Reason.BAD_PASSWORD,
+    BindStatus.UNKNOWN_USER: Reason.UNKNOWN_USER,
+    BindStatus.UNAVAILABLE: Reason.DIRECTORY_DOWN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, for the audit log: protocol and client."""
+
+    protocol: str
+    client: str
+
+
+class Authenticator:
+    """Decides logins; the adapters only translate between wire and `Decision`."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        authenticate: Callable[[str, str], Deferred[BindResult]],
+        policy: Policy,
+        exempt_users: frozenset[str],
+        clock: IReactorTime,
+    ) -> None:
+        self._store = store
+        self._authenticate = authenticate
+        self._policy = policy
+        self._exempt_users = frozenset(
+            name for name in map(normalize_username, exempt_users) if name
+        )
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock.seconds())
+
+    @inlineCallbacks
+    def login(self, raw_username: str, field: str, mode: Mode, caller: Caller):  # type: ignore[no-untyped-def]
+        """Decide a login from a user name and a password field (maybe with a code)."""
+        started = self._clock.seconds()
+        username = normalize_username(raw_username)
+        if username is None:
+            return self._audit(rejected(raw_username[:64], Reason.BAD_USERNAME), caller, started)
+        if not field:
+            return self._audit(rejected(username, Reason.EMPTY_PASSWORD), caller, started)
+        record = self._store.get(username)
+        attempt = plan_attempt(record, field, mode, self._now(), self._policy)
+        result: BindResult = yield self._authenticate(username, attempt.password)
+        if result.status is not BindStatus.OK:
+            return self._audit(
+                rejected(username, _BIND_REJECTS[result.status], record), caller, started
+            )
+        exempt = username in self._exempt_users or result.in_exempt_group
+
+        def decide(current: UserRecord | None) -> tuple[UserRecord | None, Verdict]:
+            verdict = conclude(
+                current,
+                username,
+                attempt,
+                exempt=exempt,
+                can_challenge=mode is not Mode.APPEND,
+                now=self._now(),
+                policy=self._policy,
+            )
+            return verdict.record, verdict
+
+        verdict = self._store.update(username, decide)
+        return self._audit(verdict.decision, caller, started)
+
+    def answer_challenge(self, username: str, code: str, caller: Caller) -> Decision:
+        """Decide the code sent in answer to a challenge (the password was checked then)."""
+        started = self._clock.seconds()
+
+        def decide(current: UserRecord | None) -> tuple[UserRecord | None, Decision]:
+            if current is None:
+                return None, rejected(username, Reason.BAD_STATE)
+            verdict = check_code(current, code, now=self._now(), policy=self._policy)
+            return verdict.record, verdict.decision
+
+        return self._audit(self._store.update(username, decide), caller, started)
+
+    def refuse(self, raw_username: str, reason: Reason, caller: Caller) -> Decision:
+        """Reject before any password check (malformed, unsupported, stale challenge)."""
+        username = normalize_username(raw_username) or raw_username[:64]
+        return self._audit(rejected(username, reason), caller, self._clock.seconds())
+
+    @staticmethod
+    def same_user(raw_username: str, username: str) -> bool:
+        """Whether a name a client sent is the canonical `username`."""
+        return normalize_username(raw_username) == username
+
+    def _audit(self, decision: Decision, caller: Caller, started: float) -> Decision:
+        log.info(
+            "auth.{outcome} user={user} reason={reason} protocol={protocol} client={client}",
+            outcome=decision.outcome.value,
+            user=decision.username,
+            reason=decision.reason.value,
+            protocol=caller.protocol,
+            client=caller.client,
+            state_before=decision.state_before.value if decision.state_before else None,
+            state_after=decision.state_after.value if decision.state_after else None,
+            latency_ms=round((self._clock.seconds() - started) * 1000, 2),
+        )
+        return decision

@@ -1,0 +1,206 @@
+"""The `mfa-bridge` command: the daemon and the admin's user commands.
+
+This is the only module that reads the wall clock and imports the global reactor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bridge.admin import Admin, AdminError
+from bridge.config import Config, ConfigError, default_config_path, load_config
+from bridge.store import StoreError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage mistakes in one line with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    config = _Parser(add_help=False)
+    config.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: $MFA_BRIDGE_CONFIG or config/bridge.yaml)",
+    )
+    as_json = _Parser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON")
+
+    parser = _Parser(prog="mfa-bridge", description="TOTP MFA for RADIUS and LDAP logins")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser("run", parents=[config], help="run the daemon")
+    commands.add_parser("check-config", parents=[config], help="validate the config file")
+    user = commands.add_parser("user", help="manage users' MFA state")
+    actions = user.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    for name, text in (
+        ("enroll", "issue a new secret (QR code, URI, key): state pending"),
+        ("status", "show state, deadline, days left, failures"),
+        ("lock", "lock the user"),
+        ("unlock", "clear the lock and failures"),
+        ("reset", "forget the secret: back to grace"),
+    ):
+        sub = actions.add_parser(name, parents=[config, as_json], help=text)
+        sub.add_argument("username")
+        if name == "unlock":
+            sub.add_argument("--days", type=int, help="length of a fresh enrollment period")
+    actions.add_parser("list", parents=[config, as_json], help="list known users")
+    imp = actions.add_parser(
+        "import", parents=[config, as_json], help="import 'username,secret' rows (CSV)"
+    )
+    imp.add_argument("file", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config or default_config_path())
+        if args.command == "check-config":
+            for warning in config.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            print("config OK")
+            return EXIT_OK
+        if args.command == "run":
+            return _run(config)
+        return _user(args, config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    except (AdminError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _user(args: argparse.Namespace, config: Config) -> int:
+    from bridge.service import open_store, policy_from  # noqa: PLC0415 - keep --help fast
+
+    store = open_store(config)
+    try:
+        admin = Admin(
+            store, policy_from(config), config.mfa.issuer, frozenset(config.mfa.exempt_users)
+        )
+        return _USER_ACTIONS[args.action](admin, args, int(time.time()))
+    finally:
+        store.close()
+
+
+def _show(args: argparse.Namespace, view: Any, text: Callable[[], str]) -> int:
+    print(json.dumps(view, ensure_ascii=False) if args.json else text())
+    return EXIT_OK
+
+
+def _line(view: dict[str, Any]) -> str:
+    parts = [f"{view['username']}: {view['state']}"]
+    if view.get("lock_reason") and view["state"] == "locked":
+        parts.append(f"({view['lock_reason']})")
+    if view.get("days_left") is not None:
+        parts.append(f"{view['days_left']} days left, deadline {view['deadline']}")
+    if view.get("failures"):
+        parts.append(f"failures {view['failures']}")
+    return " ".join(parts)
+
+
+def _status(admin: Admin, args: argparse.Namespace, now: int) -> int:
+    view = admin.status(args.username, now)
+    return _show(args, view, lambda: _line(view))
+
+
+def _list(admin: Admin, args: argparse.Namespace, now: int) -> int:
+    views = admin.list(now)
+    return _show(args, views, lambda: "\n".join(map(_line, views)) or "no users")
+
+
+def _enroll(admin: Admin, args: argparse.Namespace, now: int) -> int:
+    import segno  # noqa: PLC0415
+
+    enrollment = admin.enroll(args.username, now)
+    view = admin.status(enrollment.record.username, now)
+    if args.json:
+        print(json.dumps({**view, "secret": enrollment.secret, "uri": enrollment.uri}))
+        return EXIT_OK
+    segno.make(enrollment.uri, error="m").terminal(out=sys.stdout, compact=True)
+    print("\nScan the QR code with an authenticator app, or type the key by hand.")
+    print(f"key: {enrollment.secret}")
+    print(f"uri: {enrollment.uri}")
+    print(_line(view))
+    return EXIT_OK
+
+
+def _changed(
+    action: Callable[[Admin, str, int], Any],
+) -> Callable[[Admin, argparse.Namespace, int], int]:
+    def run(admin: Admin, args: argparse.Namespace, now: int) -> int:
+        action(admin, args.username, now)
+        return _status(admin, args, now) if _known(admin, args.username) else _gone(args)
+
+    return run
+
+
+def _known(admin: Admin, username: str) -> bool:
+    try:
+        admin.status(username, 0)
+    except AdminError:
+        return False
+    return True
+
+
+def _gone(args: argparse.Namespace) -> int:
+    view = {
+        "username": args.username,
+        "state": None,
+        "deadline": None,
+        "days_left": None,
+        "failures": 0,
+    }
+    return _show(args, view, lambda: f"{args.username}: forgotten (enroll to set up MFA)")
+
+
+def _unlock(admin: Admin, args: argparse.Namespace, now: int) -> int:
+    admin.unlock(args.username, now, args.days)
+    return _status(admin, args, now) if _known(admin, args.username) else _gone(args)
+
+
+def _import(admin: Admin, args: argparse.Namespace, now: int) -> int:
+    count = admin.import_csv(args.file, now)
+    return _show(args, {"imported": count}, lambda: f"imported {count} users (active)")
+
+
+_USER_ACTIONS: dict[str, Callable[[Admin, argparse.Namespace, int], int]] = {
+    "status": _status,
+    "list": _list,
+    "enroll": _enroll,
+    "lock": _changed(lambda admin, user, now: admin.lock(user, now)),
+    "unlock": _unlock,
+    "reset": _changed(lambda admin, user, now: admin.reset(user, now)),
+    "import": _import,
+}
+
+
+def _run(config: Config) -> int:
+    from twisted.internet import reactor  # noqa: PLC0415 - the one global reactor
+
+    from bridge.logs import start_logging  # noqa: PLC0415
+    from bridge.service import make_service  # noqa: PLC0415
+
+    start_logging(config.log, sys.stdout)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    service = make_service(config, reactor)
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return EXIT_OK

@@ -1,0 +1,40 @@
+"""Log output: readable lines or JSON lines, filtered by level; never a secret."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+
+from bridge.config import LogConfig
+
+_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+}
+
+
+def observer(config: LogConfig, out: TextIO) -> ILogObserver:
+    """An observer writing to `out` in the configured format, at the configured level."""
+    inner = (
+        jsonFileLogObserver(out, recordSeparator="")
+        if config.format == "json"
+        else textFileLogObserver(out)
+    )
+    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[config.level])
+    return FilteringLogObserver(inner, [predicate])
+
+
+def start_logging(config: LogConfig, out: TextIO) -> None:
+    """Send Twisted's global log to `out` (once, at start-up)."""
+    globalLogBeginner.beginLoggingTo([observer(config, out)], redirectStandardIO=False)

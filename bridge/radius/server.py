@@ -1,0 +1,296 @@
+"""The RADIUS listener: datagrams in, decisions out, nothing escapes the handler.
+
+The protocol only parses (with `codec`), checks who is asking, and maps the one
+`Decision` the authenticator returns to a reply; it never decides a login itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bridge.auth import Authenticator, Caller
+from bridge.config import RadiusClient, RadiusConfig
+from bridge.core.policy import Mode
+from bridge.core.types import Decision, Outcome, Reason
+from bridge.radius import codec
+from bridge.radius.codec import MalformedPacket, Request
+
+log = Logger(namespace="bridge.radius")
+
+REPLY_CACHE_SECONDS = 30.0
+REPLY_CACHE_LIMIT = 16_384
+CHALLENGE_LIMIT = 16_384
+LOG_INTERVAL = 60.0
+
+PROMPT = "Enter the 6-digit code from your authenticator app"
+LOCKED = "Your account is locked: contact your IT admin"
+NOT_ENROLLED = "MFA is not set up for this account: contact your IT admin"
+CODE_REQUIRED = "Add the 6-digit code from your authenticator app after your password"
+
+Address = tuple[str, int]
+CacheKey = tuple[str, int, int, bytes]
+
+
+def days_left_message(days: int) -> str:
+    """The grace notice: the number and the word "day"."""
+    unit = "day" if days == 1 else "days"
+    return f"{days} {unit} left to set up MFA"
+
+
+@dataclass(frozen=True, slots=True)
+class _Challenge:
+    username: str
+    client: str
+    expires: float
+
+
+@dataclass(slots=True)
+class _Entry:
+    expires: float
+    reply: bytes | None = None  # None while the request is still being decided
+
+
+class RadiusProtocol(DatagramProtocol):
+    """RFC 2865 authentication with RFC 5080 duplicate detection and RFC 5997 Status-Server."""
+
+    def __init__(
+        self,
+        config: RadiusConfig,
+        authenticator: Authenticator,
+        clock: IReactorTime,
+        *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._config = config
+        self._auth = authenticator
+        self._clock = clock
+        self._random = random_bytes
+        self._mode = Mode(config.mode)
+        self._clients = sorted(config.clients, key=lambda c: c.network.prefixlen, reverse=True)
+        self._replies: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
+        self._last_logged: dict[tuple[str, str], float] = {}
+        self._pending: set[IDelayedCall] = set()
+        self.counters: Counter[str] = Counter()
+
+    def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
+        """Cancel reject delays still waiting when the listener goes away."""
+        for call in list(self._pending):
+            if call.active():
+                call.cancel()
+        self._pending.clear()
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # noqa: N802
+        """Handle one datagram; any failure is a drop with a counter and a log line."""
+        self.counters["packets"] += 1
+        try:
+            self._received(datagram, addr)
+        except Exception:
+            self.counters["dropped.internal-error"] += 1
+            log.failure("radius.internal-error client={client}", client=addr[0])
+
+    def _received(self, datagram: bytes, addr: Address) -> None:
+        client = self._client(addr[0])
+        if client is None:
+            self._drop("unknown-client", addr, "packet from an address that is not a client")
+            return
+        try:
+            code, identifier, authenticator = codec.peek_header(datagram)
+        except MalformedPacket as exc:
+            self._drop(f"malformed.{exc.cause}", addr, "malformed packet")
+            return
+        now = self._clock.seconds()
+        self._expire(now)
+        key = (addr[0], addr[1], identifier, authenticator)
+        entry = self._replies.get(key)
+        if entry is not None:
+            self.counters["duplicates"] += 1
+            if entry.reply is not None and self.transport is not None:
+                self.transport.write(entry.reply, addr)
+            return
+        try:
+            request = codec.decode_request(datagram, client.secret)
+        except MalformedPacket as exc:
+            self._drop(f"malformed.{exc.cause}", addr, "malformed packet")
+            return
+        if request.has_message_authenticator:
+            if not codec.verify_message_authenticator(request, client.secret):
+                self._drop("bad-message-authenticator", addr, "bad Message-Authenticator")
+                return
+        elif client.require_message_authenticator or code == codec.STATUS_SERVER:
+            self._drop(
+                "missing-message-authenticator",
+                addr,
+                "request without Message-Authenticator; fix the client or set"
+                " require_message_authenticator: false for it",
+            )
+            return
+        if len(self._replies) >= REPLY_CACHE_LIMIT:
+            self._drop("overload", addr, "too many requests in progress")
+            return
+        self._replies[key] = _Entry(now + REPLY_CACHE_SECONDS)
+        if code == codec.STATUS_SERVER:
+            self.counters["status-server"] += 1
+            self._send(key, addr, codec.encode_reply(request, client.secret, codec.ACCESS_ACCEPT))
+            return
+        self.counters["access-requests"] += 1
+        self._access_request(request, client, key, addr)
+
+    def _access_request(
+        self, request: Request, client: RadiusClient, key: CacheKey, addr: Address
+    ) -> None:
+        caller = Caller("radius", f"{client.name}({addr[0]})")
+        user = request.user_name or ""
+        if request.has_chap or request.has_eap or request.password is None:
+            decision = self._auth.refuse(user, Reason.UNSUPPORTED, caller)
+            self._answer(decision, request, client, key, addr)
+            return
+        if request.state is not None:
+            self._answer(self._continue(request, addr, caller), request, client, key, addr)
+            return
+        d: Deferred[Decision] = self._auth.login(user, request.password, self._mode, caller)
+        d.addCallback(self._answer, request, client, key, addr)
+        d.addErrback(self._failed, request, client, key, addr)
+
+    def _continue(self, request: Request, addr: Address, caller: Caller) -> Decision:
+        """The answer to a challenge: a State we issued, to this client, for this user."""
+        user = request.user_name or ""
+        if request.state is None or request.password is None:
+            return self._auth.refuse(user, Reason.BAD_STATE, caller)
+        challenge = self._challenges.pop(request.state, None)
+        now = self._clock.seconds()
+        if (
+            challenge is None
+            or challenge.expires <= now
+            or challenge.client != addr[0]
+            or not self._auth.same_user(user, challenge.username)
+        ):
+            return self._auth.refuse(user, Reason.BAD_STATE, caller)
+        return self._auth.answer_challenge(challenge.username, request.password, caller)
+
+    def _failed(
+        self,
+        failure: Failure,
+        request: Request,
+        client: RadiusClient,
+        key: CacheKey,
+        addr: Address,
+    ) -> None:
+        log.failure("radius.login-error client={client}", failure, client=addr[0])
+        caller = Caller("radius", f"{client.name}({addr[0]})")
+        decision = self._auth.refuse(request.user_name or "", Reason.INTERNAL_ERROR, caller)
+        self._answer(decision, request, client, key, addr)
+
+    def _answer(
+        self,
+        decision: Decision,
+        request: Request,
+        client: RadiusClient,
+        key: CacheKey,
+        addr: Address,
+    ) -> None:
+        state: bytes | None = None
+        message: str | None
+        if decision.outcome is Outcome.CHALLENGE:
+            state = self._issue_state(decision.username, addr[0])
+            code, message = codec.ACCESS_CHALLENGE, PROMPT
+            self.counters["challenges"] += 1
+        elif decision.outcome is Outcome.ACCEPT:
+            code = codec.ACCESS_ACCEPT
+            message = (
+                days_left_message(decision.days_left) if decision.days_left is not None else None
+            )
+            self.counters["accepts"] += 1
+        else:
+            code, message = codec.ACCESS_REJECT, reject_message(decision)
+            self.counters["rejects"] += 1
+        reply = codec.encode_reply(request, client.secret, code, reply_message=message, state=state)
+        if code == codec.ACCESS_REJECT and self._config.reject_delay > 0:
+            call = self._clock.callLater(self._config.reject_delay, self._delayed, key, addr, reply)
+            self._pending.add(call)
+            return
+        self._send(key, addr, reply)
+
+    def _delayed(self, key: CacheKey, addr: Address, reply: bytes) -> None:
+        self._pending = {call for call in self._pending if call.active()}
+        self._send(key, addr, reply)
+
+    def _send(self, key: CacheKey, addr: Address, reply: bytes) -> None:
+        entry = self._replies.get(key)
+        if entry is not None:
+            entry.reply = reply
+            entry.expires = self._clock.seconds() + REPLY_CACHE_SECONDS
+        if self.transport is not None:
+            self.transport.write(reply, addr)
+
+    def _issue_state(self, username: str, client: str) -> bytes:
+        if len(self._challenges) >= CHALLENGE_LIMIT:
+            self._challenges.popitem(last=False)
+            self.counters["challenges-evicted"] += 1
+        state = self._random(16)
+        expires = self._clock.seconds() + self._config.state_ttl
+        self._challenges[state] = _Challenge(username, client, expires)
+        return state
+
+    def _expire(self, now: float) -> None:
+        """Forget replies and challenges past their lifetime (both kept in arrival order)."""
+        while self._replies:
+            key, entry = next(iter(self._replies.items()))
+            if entry.expires > now:
+                break
+            del self._replies[key]
+        while self._challenges:
+            state, challenge = next(iter(self._challenges.items()))
+            if challenge.expires > now:
+                break
+            del self._challenges[state]
+
+    def _client(self, host: str) -> RadiusClient | None:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        for client in self._clients:
+            if address in client.network:
+                return client
+        return None
+
+    def _drop(self, cause: str, addr: Address, what: str) -> None:
+        """Count a dropped packet and log it, at most once a minute per cause and client."""
+        self.counters[f"dropped.{cause}"] += 1
+        now = self._clock.seconds()
+        last = self._last_logged.get((cause, addr[0]))
+        if last is not None and now - last < LOG_INTERVAL:
+            return
+        if len(self._last_logged) > 4096:
+            self._last_logged.clear()
+        self._last_logged[(cause, addr[0])] = now
+        log.warn(
+            "radius.drop cause={cause} client={client}: {what}",
+            cause=cause,
+            client=addr[0],
+            what=what,
+        )
+
+
+def reject_message(decision: Decision) -> str | None:
+    """What a rejected user may be told: nothing unless the password was right."""
+    if not decision.password_ok:
+        return None
+    if decision.reason is Reason.LOCKED or decision.lock_reason is not None:
+        return LOCKED
+    if decision.reason is Reason.NOT_ENROLLED:
+        return NOT_ENROLLED
+    if decision.reason is Reason.CODE_REQUIRED:
+        return CODE_REQUIRED
+    return None

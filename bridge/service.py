@@ -1,0 +1,100 @@
+"""Wire the parts into one Twisted service tree: store, directory, listeners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import UDPServer
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+
+from bridge.auth import Authenticator
+from bridge.config import Config
+from bridge.core.policy import Policy
+from bridge.core.totp import TotpParams
+from bridge.directory import BindStatus, Directory
+from bridge.radius.server import RadiusProtocol
+from bridge.store import SqliteStore
+
+log = Logger(namespace="bridge.service")
+
+
+def policy_from(config: Config) -> Policy:
+    """The state machine's settings from the `mfa` section."""
+    mfa = config.mfa
+    return Policy(
+        enrollment_days=mfa.enrollment_days,
+        max_failures=mfa.max_failures,
+        totp=TotpParams(digits=6, step=mfa.step, window=mfa.window),
+    )
+
+
+def open_store(config: Config) -> SqliteStore:
+    """The store named by the `store` section (created on first use)."""
+    return SqliteStore.open(config.store.path, config.store.key_file)
+
+
+class DirectoryService(Service):
+    """Runs the directory's thread pool, and says at start-up whether a server answers."""
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        """Start the workers and probe the servers once."""
+        Service.startService(self)
+        self.directory.start()
+        self.directory.probe().addCallback(self._probed)
+
+    def _probed(self, result: Any) -> None:
+        if result.status is BindStatus.OK:
+            log.info("directory.ready server={server}", server=result.server)
+        else:
+            log.error(
+                "directory.unavailable: no server answered; logins are rejected until one does"
+            )
+
+    def stopService(self) -> None:  # noqa: N802
+        """Stop the workers and close connections."""
+        Service.stopService(self)
+        self.directory.stop()
+
+
+class StoreService(Service):
+    """Closes the store when the daemon stops."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    def stopService(self) -> None:  # noqa: N802
+        """Close the database."""
+        Service.stopService(self)
+        self.store.close()
+
+
+def make_service(config: Config, reactor: Any) -> MultiService:
+    """The whole daemon as a MultiService; children start in the order they are added."""
+    top = MultiService()
+    if config.demo is not None:
+        from bridge.demo import demo_service  # noqa: PLC0415 - only the demo needs ldaptor's server
+
+        demo = config.demo
+        top.addService(demo_service(demo.ldif, demo.listen_host, demo.listen_port, reactor))
+    store = open_store(config)
+    top.addService(StoreService(store))
+    directory = Directory(config.directory, config.mfa.exempt_groups, reactor)
+    top.addService(DirectoryService(directory))
+    authenticator = Authenticator(
+        store,
+        directory.authenticate,
+        policy_from(config),
+        frozenset(config.mfa.exempt_users),
+        reactor,
+    )
+    radius = RadiusProtocol(config.radius, authenticator, reactor)
+    udp = UDPServer(
+        config.radius.listen_port, radius, interface=config.radius.listen_host, reactor=reactor
+    )
+    top.addService(udp)
+    top.radius = radius  # type: ignore[attr-defined]
+    return top
