@@ -64,8 +64,13 @@ class RadiusReply:
 class RadiusClient:
     """A minimal NAS: builds Access-Requests with pyrad and waits for the reply."""
 
-    def __init__(self, port: int, secret: bytes = b"testing123", host: str = "127.0.0.1",
-                 source: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        secret: bytes = b"testing123",
+        host: str = "127.0.0.1",
+        source: str = "127.0.0.1",
+    ) -> None:
         self.address = (host, port)
         self.secret = secret
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -74,8 +79,15 @@ class RadiusClient:
     def close(self) -> None:
         self.sock.close()
 
-    def request(self, user: str, password: str | None = None, *, state: bytes | None = None,
-                ma: bool = True, **attrs: Any) -> packet.AuthPacket:
+    def request(
+        self,
+        user: str,
+        password: str | None = None,
+        *,
+        state: bytes | None = None,
+        ma: bool = True,
+        **attrs: Any,
+    ) -> packet.AuthPacket:
         """An Access-Request (not sent yet)."""
         req = packet.AuthPacket(code=packet.AccessRequest, secret=self.secret, dict=DICTIONARY)
         req["User-Name"] = user
@@ -137,12 +149,19 @@ class Bridge:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config, allow_unicode=True))
 
-    def cli(self, *args: str, check: bool = False, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = False, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run `mfa-bridge ARGS --config <ours>`."""
         self.write_config()
         return subprocess.run(
             [sys.executable, "-m", "bridge", *args, "--config", str(self.config_path)],
-            capture_output=True, text=True, check=check, cwd=REPO, input=stdin, timeout=60,
+            capture_output=True,
+            text=True,
+            check=check,
+            cwd=REPO,
+            input=stdin,
+            timeout=60,
         )
 
     def start(self, timeout: float = 15.0) -> None:
@@ -151,10 +170,14 @@ class Bridge:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge", "run", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         log.close()
-        client = RadiusClient(self.port, self.config["radius"]["clients"][0].get("secret", "testing123").encode())
+        client = RadiusClient(
+            self.port, self.config["radius"]["clients"][0].get("secret", "testing123").encode()
+        )
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -186,12 +209,27 @@ class Bridge:
         except FileNotFoundError:
             return ""
 
-    def radclient(self, lines: str, command: str = "auth", secret: str = "testing123",
-                  *extra: str) -> subprocess.CompletedProcess[str]:
+    def radclient(
+        self, lines: str, command: str = "auth", secret: str = "testing123", *extra: str
+    ) -> subprocess.CompletedProcess[str]:
         """Feed attribute lines to the real `radclient`."""
         return subprocess.run(
-            ["radclient", "-x", "-t", "3", "-r", "1", *extra,
-             f"127.0.0.1:{self.port}", command, secret],
-            input=lines, capture_output=True, text=True, timeout=30, check=False,
+            [
+                "radclient",
+                "-x",
+                "-t",
+                "3",
+                "-r",
+                "1",
+                *extra,
+                f"127.0.0.1:{self.port}",
+                command,
+                secret,
+            ],
+            input=lines,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
             env={**os.environ, "LC_ALL": "C"},
         )

@@ -256,18 +256,24 @@ def admin_enroll(
         State.PENDING,
         deadline=deadline,
         secret=secret,
+        last_step=record.last_step if record else None,
         created=record.created if record else now,
         updated=now,
     )
 
 
 def admin_import(record: UserRecord | None, username: str, secret: bytes, now: int) -> UserRecord:
-    """Take a secret the user already has in an app: `active` at once."""
+    """Take a secret the user already has in an app: `active` at once.
+
+    The replay guard is kept (steps only move forward), so importing the same key again
+    cannot make a code already used valid a second time.
+    """
     return UserRecord(
         username,
         State.ACTIVE,
         secret=secret,
         confirmed=True,
+        last_step=record.last_step if record else None,
         created=record.created if record else now,
         updated=now,
     )
@@ -305,6 +311,7 @@ def _fresh_grace(record: UserRecord, now: int, days: int) -> UserRecord | None:
         record.username,
         State.GRACE,
         deadline=now + days * DAY,
+        last_step=record.last_step,
         created=record.created,
         updated=now,
     )

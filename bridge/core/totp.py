@@ -42,7 +42,7 @@ def match_step(secret: bytes, code: str, now: int, params: TotpParams) -> int | 
     current = time_step(now, params)
     found: int | None = None
     wanted = code.encode("ascii", "replace")
-    for step in range(current + params.window, current - params.window - 1, -1):
+    for step in range(current + params.window, max(current - params.window, 0) - 1, -1):
         candidate = code_at_step(secret, step, params.digits).encode()
         if hmac.compare_digest(candidate, wanted) and found is None:
             found = step

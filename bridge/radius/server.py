@@ -121,13 +121,14 @@ class RadiusProtocol(DatagramProtocol):
         try:
             request = codec.decode_request(datagram, client.secret)
         except MalformedPacket as exc:
-            self._drop(f"malformed.{exc.cause}", addr, "malformed packet")
+            if exc.cause == "bad-message-authenticator":
+                self._drop(exc.cause, addr, "bad Message-Authenticator (wrong shared secret?)")
+            else:
+                self._drop(f"malformed.{exc.cause}", addr, "malformed packet")
             return
-        if request.has_message_authenticator:
-            if not codec.verify_message_authenticator(request, client.secret):
-                self._drop("bad-message-authenticator", addr, "bad Message-Authenticator")
-                return
-        elif client.require_message_authenticator or code == codec.STATUS_SERVER:
+        if not request.has_message_authenticator and (
+            client.require_message_authenticator or code == codec.STATUS_SERVER
+        ):
             self._drop(
                 "missing-message-authenticator",
                 addr,

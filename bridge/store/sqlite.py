@@ -44,6 +44,17 @@ CREATE TABLE IF NOT EXISTS users (
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM users WHERE username = ?"  # noqa: S608
 _SELECT_ALL = f"SELECT {_COLUMNS} FROM users ORDER BY username"  # noqa: S608
 _UPSERT = f"INSERT OR REPLACE INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+# Bulk import: a row that exists keeps its creation time and its replay guard.
+_IMPORT = (
+    f"INSERT INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+    " ON CONFLICT (username) DO UPDATE SET state = excluded.state,"
+    " deadline = excluded.deadline, failures = excluded.failures, secret = excluded.secret,"
+    " lock_reason = excluded.lock_reason, confirmed = excluded.confirmed,"
+    " updated = excluded.updated,"
+    " last_step = CASE WHEN excluded.last_step IS NULL THEN users.last_step"
+    " WHEN users.last_step IS NULL THEN excluded.last_step"
+    " ELSE max(users.last_step, excluded.last_step) END"
+)
 
 Row = tuple[str, str, int | None, int, int | None, bytes | None, str | None, int, int, int]
 
@@ -131,10 +142,10 @@ class SqliteStore:
         return result
 
     def put_many(self, records: Iterable[UserRecord]) -> int:
-        """Insert or replace many records in one transaction (bulk import)."""
+        """Insert or update many records in one transaction (bulk import)."""
         rows = [self._row(record) for record in records]
         with self._transaction():
-            self._db.executemany(_UPSERT, rows)
+            self._db.executemany(_IMPORT, rows)
         return len(rows)
 
     def _write(self, username: str, record: UserRecord | None) -> None:

@@ -43,9 +43,7 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
     """One directory for the session; tests use distinct users so they stay independent."""
     require_binary("slapd")
     require_binary("ldapwhoami")
-    server = Slapd(
-        tmp_path_factory.mktemp("slapd"), users=USERS, groups={"mfa-exempt": ["dave"]}
-    )
+    server = Slapd(tmp_path_factory.mktemp("slapd"), users=USERS, groups={"mfa-exempt": ["dave"]})
     server.start()
     yield server
     server.stop()
@@ -84,15 +82,14 @@ def base_config(slapd: Slapd, workdir: Path, **radius: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_bridge(
-    slapd: Slapd, tmp_path: Path
-) -> Iterator[Callable[..., Bridge]]:
+def make_bridge(slapd: Slapd, tmp_path: Path) -> Iterator[Callable[..., Bridge]]:
     """Start daemons with a base config changed by the caller; all are stopped after."""
     require_binary("radclient")
     started: list[Bridge] = []
 
-    def make(start: bool = True, change: Callable[[dict[str, Any]], None] | None = None,
-             **radius: Any) -> Bridge:
+    def make(
+        start: bool = True, change: Callable[[dict[str, Any]], None] | None = None, **radius: Any
+    ) -> Bridge:
         workdir = tmp_path / f"bridge{len(started)}"
         workdir.mkdir()
         config = base_config(slapd, workdir, **radius)

@@ -63,7 +63,9 @@ def store_of(bridge: Bridge) -> SqliteStore:
     return SqliteStore.open(path, path.with_suffix(".key"))
 
 
-def test_first_login_is_grace_with_days_left(make_bridge: MakeBridge, client_for: ClientFor) -> None:
+def test_first_login_is_grace_with_days_left(
+    make_bridge: MakeBridge, client_for: ClientFor
+) -> None:
     """A user's first correct password is accepted with the days-left notice, and recorded."""
     bridge = make_bridge()
     reply = client_for(bridge).login("alice", "alice-pw")
@@ -73,7 +75,9 @@ def test_first_login_is_grace_with_days_left(make_bridge: MakeBridge, client_for
     assert view["state"] == "grace" and view["days_left"] == 14
 
 
-def test_wrong_password_rejected_without_reason(make_bridge: MakeBridge, client_for: ClientFor) -> None:
+def test_wrong_password_rejected_without_reason(
+    make_bridge: MakeBridge, client_for: ClientFor
+) -> None:
     """A wrong password is rejected and the reply says nothing about the account."""
     bridge = make_bridge()
     reply = client_for(bridge).login("alice", "not-her-password")
@@ -108,7 +112,9 @@ def test_active_user_append_accept_and_wrong_code(
     assert status(bridge, "carol")["failures"] == 1
 
 
-def test_password_only_rejected_in_append_mode(make_bridge: MakeBridge, client_for: ClientFor) -> None:
+def test_password_only_rejected_in_append_mode(
+    make_bridge: MakeBridge, client_for: ClientFor
+) -> None:
     """In append mode an enrolled user who sends no code is rejected, told to add it."""
     bridge = make_bridge(mode="append")
     client = client_for(bridge)
@@ -320,7 +326,9 @@ def test_filter_injection_finds_nobody(
     assert "unknown-user" in bridge.log()
 
 
-@pytest.mark.parametrize(("name", "password"), [("józsef", "józsef-pw"), ("mary ann", "mary-ann-pw")])
+@pytest.mark.parametrize(
+    ("name", "password"), [("józsef", "józsef-pw"), ("mary ann", "mary-ann-pw")]
+)
 def test_non_ascii_and_spaces_in_user_names(
     make_bridge: MakeBridge, client_for: ClientFor, name: str, password: str
 ) -> None:

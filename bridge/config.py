@@ -1,0 +1,888 @@
+"""The config file (SPEC section 3): YAML turned into frozen, typed dataclasses.
+
+Every problem is collected and reported at once, each as ``key.path: what is wrong``, so an
+admin fixes a config in one pass. Unknown keys are errors at every level (they are usually
+typos). Secrets may come from ``*_file`` keys, and a secret's value never appears in a
+message. Nothing here touches the network: listen addresses must be IP literals.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from datetime import date
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_CONFIG_PATH: Final = Path("config/bridge.yaml")
+CONFIG_ENV: Final = "MFA_BRIDGE_CONFIG"
+
+_TOP: Final = "(top level)"
+_SHORT_SECRET: Final = 12  # RADIUS secrets this short or shorter draw a warning
+_MAX_SECRET_FILE: Final = 64 * 1024  # bytes; guards against pointing at a log or a device
+
+
+class ConfigError(Exception):
+    """The config cannot be used; ``problems`` holds every finding, one ``key.path: text`` each."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    """The upstream LDAP directory: where users are found and their passwords checked."""
+
+    urls: tuple[str, ...]  # ldap:// or ldaps:// servers, tried in order (failover)
+    bind_dn: str  # service account used to search for users
+    bind_password: str  # from bind_password or bind_password_file
+    user_base: str  # search base for users
+    user_filter: str = "(uid={username})"  # {username} is escaped (RFC 4515) by the user
+    start_tls: bool = False  # upgrade ldap:// connections; never with ldaps://
+    ca_file: Path | None = None  # CA bundle; certificates are always verified
+    timeout: float = 5.0  # seconds per server
+    group_filter: str = "(|(member={dn})(uniqueMember={dn})(memberUid={username}))"
+    pool_size: int = 4  # worker threads / connections to the directory
+
+
+@dataclass(frozen=True, slots=True)
+class MfaConfig:
+    """TOTP parameters and the enrollment / lockout policy (SPEC section 2)."""
+
+    issuer: str = "mfa-bridge"  # shown in the authenticator app; no ":" (otpauth label)
+    enrollment_days: int = 14  # grace period for new users; 0 = must enroll beforehand
+    max_failures: int = 5  # consecutive wrong codes that lock the user
+    window: int = 1  # steps either side of now that are accepted
+    step: int = 30  # TOTP step, seconds
+    exempt_users: tuple[str, ...] = ()  # user names that never need a code
+    exempt_groups: tuple[str, ...] = ()  # group DNs whose members never need a code
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where the bridge keeps users' MFA state and TOTP secrets."""
+
+    path: Path  # SQLite database
+    key_file: Path  # key that protects the stored secrets; default beside the database
+
+
+@dataclass(frozen=True, slots=True)
+class RadiusClient:
+    """One NAS (VPN concentrator, Wi-Fi controller, pam_radius host) allowed to ask."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network  # from `address`: IP or CIDR
+    secret: bytes  # shared secret, UTF-8 encoded
+    require_message_authenticator: bool  # defaults to radius.require_message_authenticator
+    name: str  # for logs; defaults to str(network)
+
+
+@dataclass(frozen=True, slots=True)
+class RadiusConfig:
+    """The RADIUS server (SPEC section 4)."""
+
+    listen_host: str  # IP literal, no brackets
+    listen_port: int  # 0 = pick a free port (tests)
+    mode: str = "auto"  # append | challenge | auto
+    require_message_authenticator: bool = True  # default for every client
+    reject_delay: float = 1.0  # seconds before an Access-Reject goes out
+    state_ttl: int = 120  # seconds a challenge State stays valid
+    clients: tuple[RadiusClient, ...] = ()  # no two overlap
+
+
+@dataclass(frozen=True, slots=True)
+class LdapProxyConfig:
+    """The LDAP simple-bind proxy (SPEC section 6); absent section, no listener."""
+
+    listen_host: str
+    listen_port: int
+    passthrough_dns: tuple[str, ...] = ()  # bound upstream directly, without a code
+    allow_anonymous: bool = False  # forward anonymous binds (empty DN and password)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """An embedded in-memory directory loaded from an LDIF file, for trying the bridge."""
+
+    ldif: Path
+    listen_host: str
+    listen_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Logging."""
+
+    level: str = "info"  # debug | info | warn | error
+    format: str = "text"  # text | json
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated config; ``warnings`` are non-fatal findings worth showing."""
+
+    directory: DirectoryConfig
+    mfa: MfaConfig
+    store: StoreConfig
+    radius: RadiusConfig
+    ldap_proxy: LdapProxyConfig | None
+    demo: DemoConfig | None
+    log: LogConfig
+    warnings: tuple[str, ...]
+
+
+# Defaults read from instances: on a slotted dataclass the class attribute is a descriptor.
+_DEFAULT_DIRECTORY: Final = DirectoryConfig(urls=(), bind_dn="", bind_password="", user_base="")
+_DEFAULT_MFA: Final = MfaConfig()
+_DEFAULT_RADIUS: Final = RadiusConfig(listen_host="", listen_port=0)
+_DEFAULT_LOG: Final = LogConfig()
+_MFA_KEYS: Final = tuple(field.name for field in fields(MfaConfig))
+
+
+# --- reading the file -------------------------------------------------------------------
+
+
+def default_config_path() -> Path:
+    """``$MFA_BRIDGE_CONFIG`` when set and non-empty, else ``config/bridge.yaml``."""
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the config file; relative paths in it are relative to its directory."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read config file: {_oserror(exc)}"]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{file}: {_yaml_problem(exc)}"]) from None
+    return parse_config(data, Path(os.path.abspath(file)).parent)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without the snippet of the file (which may hold a secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        return f"invalid YAML at {where}: {exc.problem or exc.context or 'syntax error'}"
+    return "invalid YAML"
+
+
+def _oserror(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+# --- describing values in messages --------------------------------------------------------
+
+_KINDS: Final[tuple[tuple[type, str], ...]] = (
+    (bool, "a boolean"),  # before int: bool is an int subclass
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "a list"),
+    (dict, "a mapping"),
+    (date, "a date"),
+    (bytes, "binary data"),
+)
+
+
+def _kind(value: object) -> str:
+    """What YAML made of a value, in words."""
+    if value is None:
+        return "null"
+    for typ, name in _KINDS:
+        if isinstance(value, typ):
+            return name
+    return type(value).__name__
+
+
+def _show(value: object) -> str:
+    """A scalar as the admin would recognise it; containers by kind only."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (int, float, date)):
+        return str(value)
+    return _kind(value)
+
+
+def _not_a_string(value: object, *, secret: bool = False) -> str:
+    if isinstance(value, (bool, int, float, date)):
+        shown = "" if secret else f" ({_show(value)})"
+        return f"must be a string, but YAML read the value as {_kind(value)}{shown}; quote it"
+    return f"must be a string, got {_kind(value)}"
+
+
+def _unknown_key(key: object, known: Iterable[str]) -> str:
+    known = list(known)
+    close = difflib.get_close_matches(str(key), known, n=1) if isinstance(key, str) else []
+    if close:
+        return f"unknown key (did you mean {close[0]}?)"
+    return f"unknown key (expected one of: {', '.join(known)})"
+
+
+def _range_text(kind: str, lo: float, hi: float | None, *, lo_open: bool = False) -> str:
+    if lo_open:
+        return f"{kind} > {lo}" + ("" if hi is None else f" and <= {hi}")
+    if hi is None:
+        return f"{kind} >= {lo}"
+    return f"{kind} from {lo} to {hi}"
+
+
+# --- the validator ------------------------------------------------------------------------
+
+
+class _Report:
+    """Problems and warnings found so far, and the directory relative paths start from."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append(f"{path}: {message}")
+
+    def resolve(self, text: str) -> Path:
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+class _Map:
+    """One mapping of the config at a key path; typed getters report what is wrong.
+
+    A getter returns its default (or an empty placeholder) when the value is absent, null or
+    wrong; the placeholders never escape, because any problem ends in ConfigError.
+    """
+
+    def __init__(
+        self, report: _Report, path: str, data: Mapping[object, object], known: Iterable[str]
+    ) -> None:
+        self.report = report
+        self.key_path = path
+        self.data = data
+        known = tuple(known)
+        for key in data:
+            if key not in known:
+                self.report.error(self.sub(str(key)), _unknown_key(key, known))
+
+    def sub(self, key: str) -> str:
+        """Key path of ``key`` inside this mapping."""
+        if not self.key_path or key.startswith("["):
+            return f"{self.key_path}{key}"
+        return f"{self.key_path}.{key}"
+
+    def get(self, key: str) -> object:
+        """The raw value; None when absent or null."""
+        return self.data.get(key)
+
+    def error(self, key: str, message: str) -> None:
+        self.report.error(self.sub(key), message)
+
+    def warn(self, key: str, message: str) -> None:
+        self.report.warn(self.sub(key), message)
+
+    def section(self, key: str, *, required: bool = False) -> Mapping[object, object] | None:
+        """A nested mapping; None when absent, null or not a mapping."""
+        value = self.get(key)
+        if value is None:
+            if required:
+                self.error(key, "required section")
+            return None
+        if not isinstance(value, dict):
+            self.error(key, f"must be a mapping of keys, got {_kind(value)}")
+            return None
+        return value
+
+    def string(self, key: str, default: str = "", *, required: bool = False) -> str:
+        value = self.get(key)
+        if value is None:
+            if required:
+                self.error(key, "required")
+            return default
+        if not isinstance(value, str):
+            self.error(key, _not_a_string(value))
+            return default
+        if not value.strip():
+            self.error(key, "must not be empty")
+            return default
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(key, f"must be true or false, got {_show(value)}")
+            return default
+        return value
+
+    def integer(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
+        value = self.get(key)
+        if value is None:
+            return default
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < lo
+            or (hi is not None and value > hi)
+        ):
+            self.error(key, f"must be {_range_text('an integer', lo, hi)}, got {_show(value)}")
+            return default
+        return value
+
+    def number(
+        self, key: str, default: float, lo: float, hi: float, *, lo_open: bool = False
+    ) -> float:
+        value = self.get(key)
+        if value is None:
+            return default
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+            above = number > lo if lo_open else number >= lo
+            if above and number <= hi:  # NaN fails both
+                return number
+        text = _range_text("a number", lo, hi, lo_open=lo_open)
+        self.error(key, f"must be {text}, got {_show(value)}")
+        return default
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str) and value in choices:
+            return value
+        close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        self.error(key, f"must be one of {', '.join(choices)}, got {_show(value)}{hint}")
+        return default
+
+    def str_list(
+        self,
+        key: str,
+        *,
+        required: bool = False,
+        check: Callable[[str], str | None] | None = None,
+    ) -> tuple[str, ...]:
+        """A list of non-empty strings, each passed through ``check`` (a problem or None).
+
+        Returns () when anything in it is wrong, so indices downstream stay meaningful.
+        """
+        value = self.get(key)
+        if value is None:
+            if required:
+                self.error(key, "required: a list with at least one entry")
+            return ()
+        if not isinstance(value, list):
+            hint = f"; write [{value}]" if isinstance(value, str) else ""
+            self.error(key, f"must be a list, got {_kind(value)}{hint}")
+            return ()
+        if required and not value:
+            self.error(key, "must list at least one entry")
+        items: list[str] = []
+        for index, item in enumerate(value):
+            problem = _list_item_problem(item, check)
+            if problem is not None:
+                self.error(f"{key}[{index}]", problem)
+            else:
+                items.append(item)
+        return tuple(items) if len(items) == len(value) else ()
+
+    def path(self, key: str, *, required: bool = False, must_be_file: bool = False) -> Path | None:
+        """A file path, resolved against the config file's directory."""
+        text = self.string(key, required=required)
+        if not text:
+            return None
+        if "\0" in text:
+            self.error(key, "must not contain a NUL character")
+            return None
+        path = self.report.resolve(text)
+        if must_be_file:
+            problem = _file_problem(path)
+            if problem is not None:
+                self.error(key, problem)
+                return None
+        return path
+
+    def listen(self, key: str, default: str | None) -> tuple[str, int]:
+        """A ``host:port`` / ``[v6]:port`` listen address; required when no default."""
+        text = self.string(key, default or "", required=default is None)
+        if not text:
+            return "", 0
+        parsed = _parse_listen(text)
+        if isinstance(parsed, str):
+            self.error(key, parsed)
+            return "", 0
+        return parsed
+
+    def secret(self, key: str) -> tuple[str, str]:
+        """A required secret from ``key`` or ``key_file``: (value, the key it came from)."""
+        file_key = f"{key}_file"
+        inline, from_file = self.get(key), self.get(file_key)
+        if inline is not None and from_file is not None:
+            self.error(key, f"give {key} or {file_key}, not both")
+            return "", key
+        if from_file is not None:
+            return self._read_secret(file_key), file_key
+        if inline is None:
+            self.error(key, f"required (or {file_key})")
+            return "", key
+        if not isinstance(inline, str):
+            self.error(key, _not_a_string(inline, secret=True))
+            return "", key
+        if not inline:
+            self.error(key, "must not be empty")
+        return inline, key
+
+    def _read_secret(self, file_key: str) -> str:
+        path = self.path(file_key)
+        if path is None:
+            return ""
+        try:
+            with path.open("rb") as file:
+                raw = file.read(_MAX_SECRET_FILE + 1)
+        except OSError as exc:
+            self.error(file_key, f"cannot read {path}: {_oserror(exc)}")
+            return ""
+        if len(raw) > _MAX_SECRET_FILE:
+            self.error(file_key, f"{path} is larger than {_MAX_SECRET_FILE} bytes; not a secret")
+            return ""
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.error(file_key, f"{path} is not UTF-8 text")
+            return ""
+        text = text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
+        if not text:
+            self.error(file_key, f"{path} is empty")
+        elif "\n" in text or "\r" in text:
+            self.warn(file_key, f"the secret in {path} has a line break after the first is removed")
+        return text
+
+
+def _list_item_problem(item: object, check: Callable[[str], str | None] | None) -> str | None:
+    if not isinstance(item, str):
+        return _not_a_string(item)
+    if not item.strip():
+        return "must not be empty"
+    return check(item) if check is not None else None
+
+
+def _file_problem(path: Path) -> str | None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read {path}: {_oserror(exc)}"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file"
+    return None
+
+
+def _dn_problem(text: str) -> str | None:
+    if "=" not in text:
+        return f"must be a DN like cn=name,ou=groups,dc=example,dc=org, got {text!r}"
+    return None
+
+
+def _parse_listen(text: str) -> tuple[str, int] | str:
+    """(host, port) from ``host:port`` or ``[v6]:port``; otherwise the problem."""
+    usage = (
+        f'must be "host:port" with an IP address, e.g. 127.0.0.1:1812 or [::1]:1812, got {text!r}'
+    )
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            return usage
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            return usage
+        if ":" in host:
+            return f"put an IPv6 address in brackets, e.g. [::1]:1812, got {text!r}"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"host must be an IP address (names are not resolved), got {text!r}"
+    if text.startswith("[") and address.version != 6:
+        return f"only IPv6 addresses go in brackets, got {text!r}"
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        return f"port must be a number from 0 to 65535, got {text!r}"
+    return str(address), int(port_text)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- directory ----------------------------------------------------------------------------
+
+_DIRECTORY_KEYS: Final = (
+    "urls",
+    "bind_dn",
+    "bind_password",
+    "bind_password_file",
+    "user_base",
+    "user_filter",
+    "start_tls",
+    "ca_file",
+    "timeout",
+    "group_filter",
+    "pool_size",
+)
+
+
+def _ldap_url_problem(url: str) -> str | None:
+    """What is wrong with one directory URL; never echoes a URL holding credentials."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"not a valid URL: {url!r}"
+    if "@" in parts.netloc:
+        return "must not hold a user name or password; the bridge binds as directory.bind_dn"
+    if parts.scheme.lower() not in {"ldap", "ldaps"}:
+        return f"must start with ldap:// or ldaps://, got {url!r}"
+    if not parts.hostname:
+        return f"has no host, got {url!r}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:  # not a number, out of range, or 0; None when absent
+        return f"port must be a number from 1 to 65535, got {url!r}"
+    if parts.path not in {"", "/"} or parts.query or parts.fragment:
+        return f"must be scheme://host[:port] only, without a path or query, got {url!r}"
+    return None
+
+
+_PLACEHOLDER: Final = re.compile(r"\{([^{}]*)\}")
+
+
+def _filter_problem(text: str, allowed: tuple[str, ...]) -> str | None:
+    """An LDAP filter template: parenthesised, only ``allowed`` placeholders, at least one.
+
+    Placeholders are substituted by plain replacement, so there is no brace escaping: a
+    literal brace is written the RFC 4515 way, as \\7b or \\7d.
+    """
+    wanted = " or ".join(f"{{{name}}}" for name in allowed)
+    if not (text.startswith("(") and text.endswith(")")):
+        return f"must be an LDAP filter in parentheses, got {text!r}"
+    names = _PLACEHOLDER.findall(text)
+    for name in names:
+        if name not in allowed:
+            return f"unknown placeholder {{{name}}}; only {wanted} may be used"
+    if "{" in _PLACEHOLDER.sub("", text) or "}" in _PLACEHOLDER.sub("", text):
+        return f"unmatched brace in {text!r}; write a literal brace as \\7b or \\7d"
+    if not names:
+        return f"must contain {wanted}"
+    return None
+
+
+def _directory_urls(m: _Map, start_tls: bool) -> tuple[str, ...]:
+    urls = m.str_list("urls", required=True, check=_ldap_url_problem)
+    ldaps = [url for url in urls if url.lower().startswith("ldaps:")]
+    if start_tls and ldaps:
+        m.error("start_tls", f"cannot be used with ldaps:// URLs ({ldaps[0]}); choose one")
+    for index, url in enumerate(urls):
+        host = urlsplit(url).hostname or ""
+        if url.lower().startswith("ldap:") and not start_tls and not _is_loopback(host):
+            m.warn(f"urls[{index}]", "plain ldap:// without start_tls sends passwords in clear")
+    return urls
+
+
+def _directory(report: _Report, data: Mapping[object, object]) -> DirectoryConfig:
+    m = _Map(report, "directory", data, _DIRECTORY_KEYS)
+    start_tls = m.boolean("start_tls", False)
+    urls = _directory_urls(m, start_tls)
+    bind_dn = m.string("bind_dn", required=True)
+    bind_password, _ = m.secret("bind_password")
+    user_base = m.string("user_base", required=True)
+    user_filter = m.string("user_filter", _DEFAULT_DIRECTORY.user_filter)
+    if problem := _filter_problem(user_filter, ("username",)):
+        m.error("user_filter", problem)
+    ca_file = m.path("ca_file", must_be_file=True)
+    timeout = m.number("timeout", _DEFAULT_DIRECTORY.timeout, 0, 60, lo_open=True)
+    group_filter = m.string("group_filter", _DEFAULT_DIRECTORY.group_filter)
+    if problem := _filter_problem(group_filter, ("dn", "username")):
+        m.error("group_filter", problem)
+    return DirectoryConfig(
+        urls=urls,
+        bind_dn=bind_dn,
+        bind_password=bind_password,
+        user_base=user_base,
+        user_filter=user_filter,
+        start_tls=start_tls,
+        ca_file=ca_file,
+        timeout=timeout,
+        group_filter=group_filter,
+        pool_size=m.integer("pool_size", _DEFAULT_DIRECTORY.pool_size, 1, 64),
+    )
+
+
+# --- mfa, store, log ----------------------------------------------------------------------
+
+
+def _issuer_problem(text: str) -> str | None:
+    return "must not contain ':' (it separates issuer and user in the app)" if ":" in text else None
+
+
+def _mfa(report: _Report, data: Mapping[object, object]) -> MfaConfig:
+    defaults = _DEFAULT_MFA
+    m = _Map(report, "mfa", data, _MFA_KEYS)
+    issuer = m.string("issuer", defaults.issuer)
+    if problem := _issuer_problem(issuer):
+        m.error("issuer", problem)
+    return MfaConfig(
+        issuer=issuer,
+        enrollment_days=m.integer("enrollment_days", defaults.enrollment_days, 0),
+        max_failures=m.integer("max_failures", defaults.max_failures, 1, 100),
+        window=m.integer("window", defaults.window, 0, 10),
+        step=m.integer("step", defaults.step, 15, 300),
+        exempt_users=m.str_list("exempt_users"),
+        exempt_groups=m.str_list("exempt_groups", check=_dn_problem),
+    )
+
+
+def _store(report: _Report, data: Mapping[object, object]) -> StoreConfig:
+    m = _Map(report, "store", data, ("path", "key_file", "url"))
+    if m.get("url") is not None:
+        m.error("url", "shared stores are not supported yet; use store.path")
+    path = m.path("path", required=m.get("url") is None)
+    if path is not None and (path.is_dir() or not path.name):
+        m.error("path", f"{path} is a directory; give the database file, e.g. state.db")
+        path = None
+    key_file = m.path("key_file")
+    if key_file is None and path is not None:
+        key_file = path.with_suffix(".key")
+    if key_file is not None and key_file == path:
+        m.error("key_file", "must not be the database file itself; set store.key_file")
+    return StoreConfig(path=path or Path(), key_file=key_file or Path())
+
+
+def _log(report: _Report, data: Mapping[object, object]) -> LogConfig:
+    m = _Map(report, "log", data, ("level", "format"))
+    return LogConfig(
+        level=m.choice("level", ("debug", "info", "warn", "error"), _DEFAULT_LOG.level),
+        format=m.choice("format", ("text", "json"), _DEFAULT_LOG.format),
+    )
+
+
+# --- radius -------------------------------------------------------------------------------
+
+_RADIUS_KEYS: Final = (
+    "listen",
+    "mode",
+    "require_message_authenticator",
+    "reject_delay",
+    "state_ttl",
+    "clients",
+)
+_CLIENT_KEYS: Final = (
+    "name",
+    "address",
+    "secret",
+    "secret_file",
+    "require_message_authenticator",
+)
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _network(m: _Map) -> _Network | None:
+    text = m.string("address", required=True)
+    if not text:
+        return None
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            m.error("address", f"must be an IP address or CIDR network, got {text!r}")
+        else:
+            m.error("address", f"{text!r} has host bits set; did you mean {loose}?")
+        return None
+    if network.prefixlen == 0:
+        m.warn("address", f"{network} lets every address in: any host with the secret may ask")
+    return network
+
+
+def _radius_client(
+    report: _Report, path: str, data: Mapping[object, object], default_rma: bool
+) -> tuple[_Network | None, RadiusClient | None]:
+    """The client's network (when valid, for the overlap check) and the client (when all is)."""
+    before = len(report.problems)
+    m = _Map(report, path, data, _CLIENT_KEYS)
+    network = _network(m)
+    secret, secret_key = m.secret("secret")
+    if 0 < len(secret) <= _SHORT_SECRET:
+        m.warn(
+            secret_key,
+            f"only {len(secret)} characters; use 16 or more random characters"
+            " (openssl rand -base64 24)",
+        )
+    rma = m.boolean("require_message_authenticator", default_rma)
+    name = m.string("name", str(network))
+    if network is None or len(report.problems) > before:
+        return network, None
+    client = RadiusClient(
+        network=network,
+        secret=secret.encode("utf-8"),
+        require_message_authenticator=rma,
+        name=name,
+    )
+    return network, client
+
+
+def _radius_clients(m: _Map, default_rma: bool) -> tuple[RadiusClient, ...]:
+    value = m.get("clients")
+    if value is None or value == []:
+        m.error("clients", "required: a list with at least one client (address and secret)")
+        return ()
+    if not isinstance(value, list):
+        m.error("clients", f"must be a list of clients, got {_kind(value)}")
+        return ()
+    clients: list[RadiusClient] = []
+    networks: list[tuple[int, _Network]] = []
+    for index, item in enumerate(value):
+        path = m.sub(f"clients[{index}]")
+        if not isinstance(item, dict):
+            m.report.error(path, f"must be a mapping with address and secret, got {_kind(item)}")
+            continue
+        network, client = _radius_client(m.report, path, item, default_rma)
+        if client is not None:
+            clients.append(client)
+        if network is None:
+            continue
+        for other_index, other in networks:
+            if network.version == other.version and network.overlaps(other):
+                m.report.error(
+                    f"{path}.address",
+                    f"{network} overlaps radius.clients[{other_index}].address ({other});"
+                    " each NAS must match exactly one client",
+                )
+        networks.append((index, network))
+    return tuple(clients)
+
+
+def _radius(report: _Report, data: Mapping[object, object]) -> RadiusConfig:
+    m = _Map(report, "radius", data, _RADIUS_KEYS)
+    host, port = m.listen("listen", "127.0.0.1:1812")
+    default_rma = m.boolean("require_message_authenticator", True)
+    return RadiusConfig(
+        listen_host=host,
+        listen_port=port,
+        mode=m.choice("mode", ("append", "challenge", "auto"), _DEFAULT_RADIUS.mode),
+        require_message_authenticator=default_rma,
+        reject_delay=m.number("reject_delay", _DEFAULT_RADIUS.reject_delay, 0, 10),
+        state_ttl=m.integer("state_ttl", _DEFAULT_RADIUS.state_ttl, 10, 600),
+        clients=_radius_clients(m, default_rma),
+    )
+
+
+# --- ldap_proxy, demo ---------------------------------------------------------------------
+
+
+def _ldap_proxy(report: _Report, data: Mapping[object, object]) -> LdapProxyConfig:
+    m = _Map(report, "ldap_proxy", data, ("listen", "passthrough_dns", "allow_anonymous"))
+    host, port = m.listen("listen", None)
+    return LdapProxyConfig(
+        listen_host=host,
+        listen_port=port,
+        passthrough_dns=m.str_list("passthrough_dns", check=_dn_problem),
+        allow_anonymous=m.boolean("allow_anonymous", False),
+    )
+
+
+def _demo(report: _Report, data: Mapping[object, object]) -> DemoConfig:
+    m = _Map(report, "demo", data, ("ldif", "listen"))
+    ldif = m.path("ldif", required=True, must_be_file=True)
+    host, port = m.listen("listen", "127.0.0.1:10389")
+    return DemoConfig(ldif=ldif or Path(), listen_host=host, listen_port=port)
+
+
+def _same_tcp_port(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two TCP listeners would fight over one port (port 0 never does)."""
+    if a[1] == 0 or a[1] != b[1]:
+        return False
+    return a[0] == b[0] or any(ipaddress.ip_address(host).is_unspecified for host in (a[0], b[0]))
+
+
+# --- the whole config ---------------------------------------------------------------------
+
+_SECTIONS: Final = ("directory", "mfa", "store", "radius", "ldap_proxy", "demo", "log")
+
+
+def parse_config(data: object, base_dir: Path) -> Config:
+    """Validate what ``yaml.safe_load`` gave; relative paths are resolved against ``base_dir``.
+
+    Raises ConfigError listing every problem found.
+    """
+    if not isinstance(data, dict):
+        if data is None:
+            message = "the config is empty; it needs the sections directory, store and radius"
+        else:
+            message = (
+                f"must be a mapping of sections (directory, store, radius, ...), got {_kind(data)}"
+            )
+        raise ConfigError([f"{_TOP}: {message}"])
+    report = _Report(Path(os.path.abspath(base_dir)))
+    top = _Map(report, "", data, _SECTIONS)
+    directory_data = top.section("directory", required=True)
+    store_data = top.section("store", required=True)
+    radius_data = top.section("radius", required=True)
+    ldap_proxy_data = top.section("ldap_proxy")
+    demo_data = top.section("demo")
+
+    directory = _directory(report, directory_data) if directory_data is not None else None
+    mfa = _mfa(report, top.section("mfa") or {})
+    store = _store(report, store_data) if store_data is not None else None
+    radius = _radius(report, radius_data) if radius_data is not None else None
+    ldap_proxy = _ldap_proxy(report, ldap_proxy_data) if ldap_proxy_data is not None else None
+    demo = _demo(report, demo_data) if demo_data is not None else None
+    log = _log(report, top.section("log") or {})
+
+    if ldap_proxy is not None and demo is not None:
+        proxy_at = (ldap_proxy.listen_host, ldap_proxy.listen_port)
+        if _same_tcp_port(proxy_at, (demo.listen_host, demo.listen_port)):
+            report.error("demo.listen", "same port as ldap_proxy.listen")
+
+    if report.problems or directory is None or store is None or radius is None:
+        raise ConfigError(report.problems)
+    return Config(
+        directory=directory,
+        mfa=mfa,
+        store=store,
+        radius=radius,
+        ldap_proxy=ldap_proxy,
+        demo=demo,
+        log=log,
+        warnings=tuple(report.warnings),
+    )

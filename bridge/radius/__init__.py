@@ -1,0 +1,1 @@
+"""RADIUS for mfa-bridge: the pure packet codec and, beside it, the UDP protocol."""

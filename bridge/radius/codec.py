@@ -1,0 +1,326 @@
+"""RADIUS wire format for the auth port: strict request decoding and reply encoding.
+
+Pure: bytes in, bytes out; no sockets, no clock, no Twisted. pyrad is the attribute codec,
+but it is lenient about framing (it reads past the end of a truncated attribute), so the
+header and the attribute walk are checked here, exactly, before pyrad sees a byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+from importlib import resources
+from typing import Final
+
+from pyrad import packet as pyrad_packet
+from pyrad.dictionary import Dictionary
+
+__all__ = [
+    "ACCESS_ACCEPT",
+    "ACCESS_CHALLENGE",
+    "ACCESS_REJECT",
+    "ACCESS_REQUEST",
+    "DICTIONARY",
+    "MALFORMED_CAUSES",
+    "STATUS_SERVER",
+    "MalformedPacket",
+    "Request",
+    "decode_request",
+    "encode_reply",
+    "peek_header",
+    "verify_message_authenticator",
+]
+
+ACCESS_REQUEST: Final = 1
+ACCESS_ACCEPT: Final = 2
+ACCESS_REJECT: Final = 3
+ACCESS_CHALLENGE: Final = 11
+STATUS_SERVER: Final = 12
+
+HEADER_LENGTH: Final = 20
+MAX_PACKET_LENGTH: Final = 4096  # RFC 2865 s3
+MAX_ATTRIBUTES: Final = 200  # FreeRADIUS security.max_attributes
+MAX_VALUE_LENGTH: Final = 253  # 255 minus the type and length octets
+
+_USER_NAME: Final = 1
+_USER_PASSWORD: Final = 2
+_CHAP_PASSWORD: Final = 3
+_STATE: Final = 24
+_PROXY_STATE: Final = 33
+_EAP_MESSAGE: Final = 79
+_MESSAGE_AUTHENTICATOR: Final = 80
+_AT_MOST_ONCE: Final = frozenset({_USER_NAME, _USER_PASSWORD, _STATE, _MESSAGE_AUTHENTICATOR})
+
+_REPLY_CODES: Final = {
+    ACCESS_REQUEST: frozenset({ACCESS_ACCEPT, ACCESS_REJECT, ACCESS_CHALLENGE}),
+    STATUS_SERVER: frozenset({ACCESS_ACCEPT}),  # RFC 5997 s3, on the auth port
+}
+
+MALFORMED_CAUSES: Final = frozenset(
+    {
+        "short",  # fewer than 20 octets received
+        "length",  # Length field below 20 or above 4096
+        "truncated",  # fewer octets received than the Length field says
+        "bad-code",  # not Access-Request or Status-Server
+        "attribute-length",  # an attribute length below 2 or past the end of the packet
+        "attribute-type",  # attribute type 0
+        "too-many-attributes",  # more than MAX_ATTRIBUTES
+        "duplicate-attribute",  # User-Name, User-Password, State or M-A more than once
+        "ma-length",  # Message-Authenticator value not 16 octets
+        "password-length",  # User-Password not 16..128 octets in steps of 16
+        "password-nul",  # decrypted password holds a NUL before its padding
+        "decode",  # a value that does not decode (bad UTF-8, a value pyrad refuses)
+        "bad-message-authenticator",  # present but wrong: forged, or a wrong shared secret
+    }
+)
+
+
+class MalformedPacket(Exception):  # noqa: N818 - named for what it reports, as the protocol expects
+    """A datagram that is not a well-formed request: drop it and count it under `cause`."""
+
+    cause: str
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        super().__init__(f"{cause}: {detail}" if detail else cause)
+        self.cause = cause
+
+
+def _load_dictionary() -> Dictionary:
+    """The attribute dictionary shipped next to this module."""
+    source = resources.files("bridge.radius").joinpath("dictionary")
+    with source.open("r", encoding="utf-8") as lines:
+        return Dictionary(lines)
+
+
+DICTIONARY: Final[Dictionary] = _load_dictionary()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A decoded Access-Request or Status-Server, with what the server acts on."""
+
+    code: int
+    identifier: int
+    authenticator: bytes
+    raw: bytes  # exactly Length octets, trailing padding removed
+    user_name: str | None
+    password: str | None  # decrypted, NUL padding stripped
+    state: bytes | None
+    has_message_authenticator: bool
+    has_chap: bool
+    has_eap: bool
+    proxy_states: tuple[bytes, ...]  # in the order received
+    nas_identifier: str | None
+    nas_ip: str | None
+
+
+def peek_header(data: bytes) -> tuple[int, int, bytes]:
+    """(code, identifier, request authenticator) after the length checks of RFC 2865 s3.
+
+    Attributes are not looked at, so this is safe on datagrams from unknown sources.
+    Octets beyond the Length field are padding and are ignored.
+    """
+    if len(data) < HEADER_LENGTH:
+        raise MalformedPacket("short", f"{len(data)} octets")
+    code, identifier, length = struct.unpack_from("!BBH", data)
+    if not HEADER_LENGTH <= length <= MAX_PACKET_LENGTH:
+        raise MalformedPacket("length", f"Length field {length}")
+    if len(data) < length:
+        raise MalformedPacket("truncated", f"Length field {length}, {len(data)} octets received")
+    return code, identifier, bytes(data[4:HEADER_LENGTH])
+
+
+def _walk_attributes(raw: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, offset, value) of each attribute; they must tile raw[20:] exactly (RFC 2865 s5)."""
+    attributes: list[tuple[int, int, bytes]] = []
+    offset, end = HEADER_LENGTH, len(raw)
+    while offset < end:
+        if len(attributes) == MAX_ATTRIBUTES:
+            raise MalformedPacket("too-many-attributes", f"more than {MAX_ATTRIBUTES}")
+        if end - offset < 2:
+            raise MalformedPacket("attribute-length", f"lone octet at {offset}")
+        attr_type, attr_length = raw[offset], raw[offset + 1]
+        if attr_length < 2 or offset + attr_length > end:
+            raise MalformedPacket("attribute-length", f"length {attr_length} at {offset}")
+        if attr_type == 0:
+            raise MalformedPacket("attribute-type", f"type 0 at {offset}")
+        attributes.append((attr_type, offset, raw[offset + 2 : offset + attr_length]))
+        offset += attr_length
+    return attributes
+
+
+def _decrypt_password(hidden: bytes, secret: bytes, authenticator: bytes) -> str:
+    """Undo the User-Password hiding of RFC 2865 s5.2, strictly."""
+    if not 16 <= len(hidden) <= 128 or len(hidden) % 16:
+        raise MalformedPacket("password-length", f"{len(hidden)} octets")
+    plain = bytearray()
+    previous = authenticator
+    for start in range(0, len(hidden), 16):
+        block = hidden[start : start + 16]
+        pad = hashlib.md5(secret + previous).digest()  # noqa: S324 - RFC 2865 mandates MD5
+        plain += bytes(a ^ b for a, b in zip(block, pad, strict=True))
+        previous = block
+    password = bytes(plain).rstrip(b"\x00")
+    if b"\x00" in password:
+        raise MalformedPacket("password-nul")
+    try:
+        return password.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedPacket("decode", "User-Password is not UTF-8") from exc
+
+
+def _pyrad_text(packet: pyrad_packet.AuthPacket, name: str) -> str | None:
+    """The first value of a text attribute, decoded by pyrad with the dictionary type."""
+    values = packet.get(name)
+    if not values:
+        return None
+    value = values[0]
+    if not isinstance(value, str):  # pyrad hands back bytes that are not UTF-8
+        raise MalformedPacket("decode", f"{name} is not UTF-8")
+    return value
+
+
+def decode_request(data: bytes, secret: bytes) -> Request:
+    """Strictly validate and decode a request; raises MalformedPacket and nothing else.
+
+    A Message-Authenticator, when present, is verified before the password is decrypted
+    (cause "bad-message-authenticator"), so a wrong shared secret is reported as such
+    rather than as a garbled password. Whether one is *required* is the caller's policy.
+    """
+    code, identifier, authenticator = peek_header(data)
+    if code not in _REPLY_CODES:
+        raise MalformedPacket("bad-code", f"code {code}")
+    length = struct.unpack_from("!H", data, 2)[0]
+    raw = bytes(data[:length])
+
+    once: dict[int, bytes] = {}
+    proxy_states: list[bytes] = []
+    types_seen: set[int] = set()
+    for attr_type, _, value in _walk_attributes(raw):
+        if attr_type in _AT_MOST_ONCE and attr_type in once:
+            raise MalformedPacket("duplicate-attribute", f"type {attr_type}")
+        if attr_type in _AT_MOST_ONCE:
+            once[attr_type] = value
+        elif attr_type == _PROXY_STATE:
+            proxy_states.append(value)
+        types_seen.add(attr_type)
+
+    message_authenticator = once.get(_MESSAGE_AUTHENTICATOR)
+    if message_authenticator is not None and len(message_authenticator) != 16:
+        raise MalformedPacket("ma-length", f"{len(message_authenticator)} octets")
+
+    try:
+        packet = pyrad_packet.AuthPacket(code=code, id=identifier, dict=DICTIONARY, packet=raw)
+        user_name = _pyrad_text(packet, "User-Name")
+        nas_identifier = _pyrad_text(packet, "NAS-Identifier")
+        nas_ips = packet.get("NAS-IP-Address")
+        nas_ip = str(nas_ips[0]) if nas_ips else None
+    except MalformedPacket:
+        raise
+    except Exception as exc:  # pyrad raises many types; each one means "does not decode"
+        raise MalformedPacket("decode", f"{type(exc).__name__}: {exc}") from exc
+
+    if message_authenticator is not None and not _message_authenticator_valid(raw, secret):
+        raise MalformedPacket("bad-message-authenticator")
+
+    hidden = once.get(_USER_PASSWORD)
+    password = None if hidden is None else _decrypt_password(hidden, secret, authenticator)
+
+    return Request(
+        code=code,
+        identifier=identifier,
+        authenticator=authenticator,
+        raw=raw,
+        user_name=user_name,
+        password=password,
+        state=once.get(_STATE),
+        has_message_authenticator=message_authenticator is not None,
+        has_chap=_CHAP_PASSWORD in types_seen,
+        has_eap=_EAP_MESSAGE in types_seen,
+        proxy_states=tuple(proxy_states),
+        nas_identifier=nas_identifier,
+        nas_ip=nas_ip,
+    )
+
+
+def verify_message_authenticator(request: Request, secret: bytes) -> bool:
+    """Check the Message-Authenticator over the raw bytes (RFC 3579 s3.2); False if absent."""
+    return request.has_message_authenticator and _message_authenticator_valid(request.raw, secret)
+
+
+def _message_authenticator_valid(raw: bytes, secret: bytes) -> bool:
+    """HMAC-MD5 keyed with the secret over the packet as received with the attribute's value
+    zeroed, compared in constant time. Its position in the packet does not matter.
+    """
+    try:
+        attributes = _walk_attributes(raw)
+    except MalformedPacket:  # only a hand-built Request can get here
+        return False
+    for attr_type, offset, value in attributes:
+        if attr_type == _MESSAGE_AUTHENTICATOR:
+            start = offset + 2
+            zeroed = raw[:start] + bytes(16) + raw[start + 16 :]
+            expected = hmac.new(secret, zeroed, hashlib.md5).digest()
+            return hmac.compare_digest(expected, value)
+    return False
+
+
+def _split_text(text: str) -> list[bytes]:
+    """UTF-8 chunks of at most 253 octets, cut only between characters."""
+    encoded = text.encode("utf-8")
+    chunks: list[bytes] = []
+    start = 0
+    while start < len(encoded):
+        end = min(start + MAX_VALUE_LENGTH, len(encoded))
+        while end < len(encoded) and encoded[end] & 0xC0 == 0x80:  # continuation octet
+            end -= 1
+        chunks.append(encoded[start:end])
+        start = end
+    return chunks
+
+
+def encode_reply(
+    request: Request,
+    secret: bytes,
+    code: int,
+    *,
+    reply_message: str | None = None,
+    state: bytes | None = None,
+) -> bytes:
+    """The reply datagram: Message-Authenticator first, then Reply-Message, State, Proxy-State.
+
+    A long Reply-Message is split over several attributes; the request's Proxy-State
+    attributes are copied unchanged and in order. The Message-Authenticator is computed
+    with the request authenticator, then the Response Authenticator over the final bytes.
+    Raises ValueError for a code that does not answer this request (Status-Server gets
+    Access-Accept only), a State outside a challenge or not 1..253 octets, or a reply over
+    4096 octets.
+    """
+    if code not in _REPLY_CODES.get(request.code, frozenset()):
+        raise ValueError(f"code {code} does not answer a request of code {request.code}")
+    if state is not None and code != ACCESS_CHALLENGE:
+        raise ValueError("State belongs in an Access-Challenge only")
+    if state is not None and not 1 <= len(state) <= MAX_VALUE_LENGTH:
+        raise ValueError(f"State must be 1..{MAX_VALUE_LENGTH} octets, not {len(state)}")
+
+    reply = pyrad_packet.AuthPacket(
+        code=code,
+        id=request.identifier,
+        secret=secret,
+        authenticator=request.authenticator,
+        dict=DICTIONARY,
+    )
+    reply.add_message_authenticator()  # placeholder put first; computed by ReplyPacket
+    for chunk in _split_text(reply_message or ""):
+        reply.AddAttribute("Reply-Message", chunk)
+    # octets go in by attribute code: pyrad would read a value starting with "0x" as hex
+    if state is not None:
+        reply[_STATE] = [state]
+    if request.proxy_states:
+        reply[_PROXY_STATE] = list(request.proxy_states)
+    data: bytes = reply.ReplyPacket()
+    if len(data) > MAX_PACKET_LENGTH:
+        raise ValueError(f"reply of {len(data)} octets exceeds {MAX_PACKET_LENGTH}")
+    return data
