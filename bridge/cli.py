@@ -200,7 +200,21 @@ def _run(config: Config) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     service = make_service(config, reactor)
-    reactor.callWhenRunning(service.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    failed: list[str] = []
+
+    def start() -> None:
+        try:
+            service.startService()
+        except Exception as exc:  # a port in use, a bad demo LDIF: say so and exit
+            failed.append(str(exc))
+            service.stopService()  # stop what did start (the directory's threads)
+            reactor.stop()
+            return
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+
+    reactor.callWhenRunning(start)
     reactor.run()
+    if failed:
+        print(f"error: cannot start: {failed[0]}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK

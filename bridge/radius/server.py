@@ -216,7 +216,13 @@ class RadiusProtocol(DatagramProtocol):
             code, message = codec.ACCESS_REJECT, reject_message(decision)
             self.counters["rejects"] += 1
         reply = codec.encode_reply(request, client.secret, code, reply_message=message, state=state)
-        if code == codec.ACCESS_REJECT and self._config.reject_delay > 0:
+        # No transport: the listener stopped while this login was in flight, and a delay
+        # scheduled now would outlive stopProtocol (nothing could cancel it).
+        if (
+            code == codec.ACCESS_REJECT
+            and self._config.reject_delay > 0
+            and self.transport is not None
+        ):
             call = self._clock.callLater(self._config.reject_delay, self._delayed, key, addr, reply)
             self._pending.add(call)
             return
@@ -231,6 +237,7 @@ class RadiusProtocol(DatagramProtocol):
         if entry is not None:
             entry.reply = reply
             entry.expires = self._clock.seconds() + REPLY_CACHE_SECONDS
+            self._replies.move_to_end(key)  # keep the cache in expiry order
         if self.transport is not None:
             self.transport.write(reply, addr)
 

@@ -1,0 +1,1019 @@
+"""Protocol tests of the RADIUS listener: datagrams in, replies out, no sockets, no sleeping.
+
+`RadiusProtocol` is driven by calling `datagramReceived` directly. The clock is a
+`MemoryReactorClock` set to a fixed time, the transport only records what is written, the
+directory is a fake whose answers (and unfired Deferreds) the test controls, and the
+`Authenticator` is the real one over a real SQLite store in tmp_path. Requests are built
+and replies checked with pyrad's client side, as a NAS would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyrad import packet as pyrad_packet
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import MemoryReactorClock
+
+from bridge.auth import Authenticator
+from bridge.config import parse_config
+from bridge.core.totp import code_at_step
+from bridge.core.types import LockReason, State, UserRecord
+from bridge.directory import BindResult, BindStatus
+from bridge.radius import codec, server
+from bridge.radius.codec import DICTIONARY
+from bridge.radius.server import PROMPT, RadiusProtocol
+from bridge.service import open_store, policy_from
+from bridge.store import SqliteStore
+
+NOW = 1_700_000_000  # the clock starts here: a fixed Unix time, so codes are reproducible
+SECRET = b"protocol-test-secret-0123"
+LEGACY_SECRET = b"legacy-pam-client-secret-4567"
+TOTP_SECRET = bytes(range(1, 21))  # 160 bits
+
+Address = tuple[str, int]
+NAS: Address = ("127.0.0.1", 40001)  # client "vpn" (127.0.0.0/24)
+NEIGHBOUR: Address = ("127.0.0.2", 40001)  # also client "vpn", but another address
+LEGACY: Address = ("10.1.2.3", 40002)  # client "pam": require_message_authenticator false
+STRANGER: Address = ("192.0.2.7", 40003)  # not a client
+
+PASSWORDS = {"alice": "alice-pass", "bob": "bob-pass", "carol": "carol-pass"}
+
+ACCESS_REQUEST = pyrad_packet.AccessRequest
+STATUS_SERVER = pyrad_packet.StatusServer
+ACCEPT, REJECT, CHALLENGE = (
+    pyrad_packet.AccessAccept,
+    pyrad_packet.AccessReject,
+    pyrad_packet.AccessChallenge,
+)
+
+MESSAGE_AUTHENTICATOR, REPLY_MESSAGE, STATE, PROXY_STATE = 80, 18, 24, 33
+
+
+# --- fakes --------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeDirectory:
+    """`(username, password) -> Deferred[BindResult]`, answering from `PASSWORDS`.
+
+    `hold` keeps each call's Deferred unfired (in `held`) until `release()`; `answer`
+    forces one result for everyone; `error` makes every call errback.
+    """
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    hold: bool = False
+    held: list[tuple[Deferred[BindResult], str, str]] = field(default_factory=list)
+    answer: BindResult | None = None
+    error: Exception | None = None
+
+    def __call__(self, username: str, password: str) -> Deferred[BindResult]:
+        self.calls.append((username, password))
+        if self.hold:
+            d: Deferred[BindResult] = Deferred()
+            self.held.append((d, username, password))
+            return d
+        if self.error is not None:
+            return fail(self.error)
+        return succeed(self.result(username, password))
+
+    def result(self, username: str, password: str) -> BindResult:
+        if self.answer is not None:
+            return self.answer
+        expected = PASSWORDS.get(username)
+        if expected is None:
+            return BindResult(BindStatus.UNKNOWN_USER)
+        if password != expected:
+            return BindResult(BindStatus.BAD_PASSWORD)
+        return BindResult(BindStatus.OK, dn=f"uid={username},ou=people,dc=example,dc=org")
+
+    def release(self) -> None:
+        """Fire every held Deferred with the answer it would have had."""
+        held, self.held = self.held, []
+        for d, username, password in held:
+            d.callback(self.result(username, password))
+
+
+class FakeTransport:
+    """A UDP transport that records `(datagram, address)` instead of sending."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Address]] = []
+
+    def write(self, data: bytes, addr: Address) -> None:
+        self.sent.append((data, addr))
+
+
+# --- requests and replies -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Req:
+    """A request as pyrad built it, and the exact datagram (built once, sent as often)."""
+
+    packet: pyrad_packet.AuthPacket
+    raw: bytes
+
+
+def request(
+    user: str | None = "alice",
+    password: str | None = None,
+    *,
+    state: bytes | None = None,
+    ma: bool = True,
+    secret: bytes = SECRET,
+    code: int = ACCESS_REQUEST,
+    ident: int | None = None,
+    authenticator: bytes | None = None,
+    proxy_states: tuple[bytes, ...] = (),
+    **attributes: Any,
+) -> Req:
+    """An Access-Request (or Status-Server) the way tests/harness.py builds one."""
+    pkt = pyrad_packet.AuthPacket(
+        code=code, id=ident, secret=secret, authenticator=authenticator, dict=DICTIONARY
+    )
+    if user is not None:
+        pkt["User-Name"] = user
+    if password is not None:
+        pkt["User-Password"] = pkt.PwCrypt(password)
+    # octets by attribute code: pyrad would read a value starting with "0x" as hex
+    if state is not None:
+        pkt[STATE] = [state]
+    if proxy_states:
+        pkt[PROXY_STATE] = list(proxy_states)
+    for name, value in attributes.items():
+        pkt.AddAttribute(name.replace("_", "-"), value)
+    if ma:
+        pkt.add_message_authenticator()
+    return Req(pkt, pkt.RequestPacket())
+
+
+def status_server(*, ma: bool = True, secret: bytes = SECRET) -> Req:
+    """A Status-Server (RFC 5997) with no attributes but the Message-Authenticator."""
+    return request(None, code=STATUS_SERVER, ma=ma, secret=secret)
+
+
+def walk(raw: bytes) -> list[tuple[int, bytes]]:
+    """(type, value) of each attribute, walked independently of pyrad and the codec."""
+    out, offset = [], 20
+    while offset < len(raw):
+        attr_type, length = raw[offset], raw[offset + 1]
+        assert length >= 2
+        out.append((attr_type, raw[offset + 2 : offset + length]))
+        offset += length
+    assert offset == len(raw)
+    return out
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply that pyrad's client side accepted for its request."""
+
+    raw: bytes
+    code: int
+    attributes: list[tuple[int, bytes]]
+
+    @property
+    def message(self) -> str:
+        return b"".join(v for t, v in self.attributes if t == REPLY_MESSAGE).decode("utf-8")
+
+    @property
+    def has_message(self) -> bool:
+        return any(t == REPLY_MESSAGE for t, _ in self.attributes)
+
+    @property
+    def state(self) -> bytes | None:
+        states = [v for t, v in self.attributes if t == STATE]
+        assert len(states) <= 1
+        return states[0] if states else None
+
+    @property
+    def proxy_states(self) -> list[bytes]:
+        return [v for t, v in self.attributes if t == PROXY_STATE]
+
+
+def decode(req: Req, raw: bytes) -> Reply:
+    """Check a reply as a careful NAS would, and decode it.
+
+    pyrad verifies the Response Authenticator and, with enforce_ma, requires a valid
+    Message-Authenticator; it must also be the first attribute (bytes 20 and 21).
+    """
+    reply = req.packet.CreateReply(packet=raw)
+    assert req.packet.VerifyReply(reply, raw, enforce_ma=True)
+    assert raw[20] == MESSAGE_AUTHENTICATOR
+    assert raw[21] == 18
+    assert_well_formed(raw, req.raw, req.packet.secret)
+    return Reply(raw, reply.code, walk(raw))
+
+
+def assert_well_formed(reply: bytes, datagram: bytes, secret: bytes) -> None:
+    """A reply to `datagram`, checked by hand: framing, code, ID, M-A first, both signatures."""
+    code, ident, length = struct.unpack_from("!BBH", reply)
+    assert length == len(reply)
+    assert 38 <= length <= 4096
+    assert code in {ACCEPT, REJECT, CHALLENGE}
+    assert ident == datagram[1]
+    attributes = walk(reply)
+    assert attributes[0][0] == MESSAGE_AUTHENTICATOR
+    assert len(attributes[0][1]) == 16
+    assert [t for t, _ in attributes].count(MESSAGE_AUTHENTICATOR) == 1
+    request_authenticator = datagram[4:20]
+    zeroed = reply[:4] + request_authenticator + reply[20:22] + bytes(16) + reply[38:]
+    assert hmac.compare_digest(reply[22:38], hmac.new(secret, zeroed, hashlib.md5).digest())
+    signed = reply[:4] + request_authenticator + reply[20:] + secret
+    assert hmac.compare_digest(reply[4:20], hashlib.md5(signed).digest())  # noqa: S324 - RFC 2865
+
+
+# --- the bridge under test ----------------------------------------------------------------
+
+
+@dataclass
+class Bridge:
+    """One RadiusProtocol with its clock, transport, store and fake directory."""
+
+    clock: MemoryReactorClock
+    directory: FakeDirectory
+    transport: FakeTransport
+    protocol: RadiusProtocol
+    store: SqliteStore
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return dict(self.protocol.counters)
+
+    def send(self, raw: bytes, addr: Address = NAS) -> list[bytes]:
+        """Deliver one datagram; the replies written while handling it (all to `addr`)."""
+        before = len(self.transport.sent)
+        self.protocol.datagramReceived(raw, addr)
+        return self.written_since(before, addr)
+
+    def advance(self, seconds: float, addr: Address = NAS) -> list[bytes]:
+        """Move the clock on; the replies written meanwhile (all to `addr`)."""
+        before = len(self.transport.sent)
+        self.clock.advance(seconds)
+        return self.written_since(before, addr)
+
+    def written_since(self, before: int, addr: Address) -> list[bytes]:
+        new = self.transport.sent[before:]
+        assert all(to == addr for _, to in new)
+        return [data for data, _ in new]
+
+    def exchange(self, req: Req, addr: Address = NAS) -> Reply:
+        """Send a request that must be answered at once, and decode the one reply."""
+        replies = self.send(req.raw, addr)
+        assert len(replies) == 1, f"expected one reply, got {len(replies)}"
+        return decode(req, replies[0])
+
+    def code(self, steps: int = 0) -> str:
+        """The TOTP code of the seeded secret at the clock's step (+ `steps`)."""
+        return code_at_step(TOTP_SECRET, int(self.clock.seconds()) // 30 + steps)
+
+    def challenge(self, user: str = "bob", addr: Address = NAS) -> bytes:
+        """Log in with the password only and return the State of the Access-Challenge."""
+        reply = self.exchange(request(user, PASSWORDS[user]), addr)
+        assert reply.code == CHALLENGE
+        assert reply.state is not None
+        return reply.state
+
+
+def seed(store: SqliteStore, record: UserRecord) -> None:
+    """Put a user's record in the store as the admin CLI would."""
+    store.update(record.username, lambda _: (record, None))
+
+
+MakeBridge = Callable[..., Bridge]
+
+
+@pytest.fixture
+def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
+    """A factory of bridges, configured through the config parser like the daemon.
+
+    Users: alice is new (grace at her first login), bob is active with TOTP_SECRET,
+    carol is locked by an admin. Clients: "vpn" 127.0.0.0/24 with SECRET, "pam"
+    10.1.2.0/24 with LEGACY_SECRET and require_message_authenticator: false.
+    """
+    made: list[Bridge] = []
+
+    def make(
+        *,
+        mode: str = "auto",
+        reject_delay: float = 0.0,
+        require_message_authenticator: bool = True,
+        state_ttl: int = 120,
+    ) -> Bridge:
+        where = tmp_path / f"bridge-{len(made)}"
+        config = parse_config(
+            {
+                "directory": {
+                    "urls": ["ldap://127.0.0.1:1"],
+                    "bind_dn": "cn=bridge,ou=services,dc=example,dc=org",
+                    "bind_password": "service-account-password",
+                    "user_base": "ou=people,dc=example,dc=org",
+                },
+                "store": {"path": str(where / "state.db")},
+                "mfa": {"enrollment_days": 14, "max_failures": 5, "window": 1},
+                "radius": {
+                    "mode": mode,
+                    "reject_delay": reject_delay,
+                    "state_ttl": state_ttl,
+                    "require_message_authenticator": require_message_authenticator,
+                    "clients": [
+                        {"name": "vpn", "address": "127.0.0.0/24", "secret": SECRET.decode()},
+                        {
+                            "name": "pam",
+                            "address": "10.1.2.0/24",
+                            "secret": LEGACY_SECRET.decode(),
+                            "require_message_authenticator": False,
+                        },
+                    ],
+                },
+            },
+            tmp_path,
+        )
+        clock = MemoryReactorClock()
+        clock.advance(NOW)
+        store = open_store(config)
+        seed(
+            store,
+            UserRecord(
+                "bob", State.ACTIVE, secret=TOTP_SECRET, confirmed=True, created=NOW, updated=NOW
+            ),
+        )
+        seed(
+            store,
+            UserRecord(
+                "carol",
+                State.LOCKED,
+                secret=TOTP_SECRET,
+                confirmed=True,
+                lock_reason=LockReason.ADMIN,
+                created=NOW,
+                updated=NOW,
+            ),
+        )
+        directory = FakeDirectory()
+        authenticator = Authenticator(store, directory, policy_from(config), frozenset(), clock)
+        protocol = RadiusProtocol(config.radius, authenticator, clock)
+        transport = FakeTransport()
+        protocol.makeConnection(transport)  # type: ignore[arg-type]
+        bridge = Bridge(clock, directory, transport, protocol, store)
+        made.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in made:
+        if bridge.protocol.numPorts:
+            bridge.protocol.doStop()
+        bridge.store.close()
+
+
+@pytest.fixture
+def bridge(make_bridge: MakeBridge) -> Bridge:
+    """The default bridge: mode auto, no reject delay, Message-Authenticator required."""
+    return make_bridge()
+
+
+def malformed_total(counters: dict[str, int]) -> int:
+    return sum(n for name, n in counters.items() if name.startswith("dropped.malformed."))
+
+
+# --- replies: grace, Message-Authenticator first, Response Authenticator ------------------
+
+
+def test_grace_accept_tells_days_left(bridge: Bridge) -> None:
+    """A new user's correct password is accepted with "14 days left to set up MFA"."""
+    reply = bridge.exchange(request("alice", "alice-pass"))
+    assert reply.code == ACCEPT
+    assert reply.message == "14 days left to set up MFA"
+    assert bridge.directory.calls == [("alice", "alice-pass")]
+    assert bridge.counters["accepts"] == 1
+
+
+@pytest.mark.parametrize(
+    ("make_request", "expected_code"),
+    [
+        pytest.param(lambda: request("alice", "alice-pass"), ACCEPT, id="accept"),
+        pytest.param(lambda: request("alice", "wrong-pass"), REJECT, id="reject"),
+        pytest.param(lambda: request("bob", "bob-pass"), CHALLENGE, id="challenge"),
+        pytest.param(status_server, ACCEPT, id="status-server"),
+    ],
+)
+def test_every_reply_starts_with_message_authenticator(
+    bridge: Bridge, make_request: Callable[[], Req], expected_code: int
+) -> None:
+    """Accept, Reject, Challenge and Status-Server replies carry M-A first and verify."""
+    req = make_request()
+    replies = bridge.send(req.raw)
+    assert len(replies) == 1
+    raw = replies[0]
+    assert raw[20] == 80
+    assert raw[21] == 18
+    reply = decode(req, raw)  # VerifyReply(enforce_ma=True): Response Authenticator and M-A
+    assert reply.code == expected_code
+
+
+def test_status_server_is_answered_without_a_bind(bridge: Bridge) -> None:
+    """Status-Server gets Access-Accept and touches neither directory nor store."""
+    reply = bridge.exchange(status_server())
+    assert reply.code == ACCEPT
+    assert not reply.has_message
+    assert bridge.directory.calls == []
+    assert bridge.counters["status-server"] == 1
+
+
+def test_appended_code_accepts_in_one_round_trip(bridge: Bridge) -> None:
+    """In auto mode, password followed by the current code accepts an active user."""
+    reply = bridge.exchange(request("bob", "bob-pass" + bridge.code()))
+    assert reply.code == ACCEPT
+    assert bridge.directory.calls == [("bob", "bob-pass")]
+
+
+# --- retransmissions and the reply cache --------------------------------------------------
+
+
+def test_retransmission_gets_identical_reply_without_second_bind(bridge: Bridge) -> None:
+    """The same datagram again after the reply gets the same bytes; the directory is asked once."""
+    req = request("bob", "bob-pass" + bridge.code())
+    first = bridge.send(req.raw)
+    second = bridge.send(req.raw)
+    assert len(first) == 1
+    assert second == first
+    assert decode(req, second[0]).code == ACCEPT  # not a replay reject
+    assert len(bridge.directory.calls) == 1
+    assert bridge.counters["duplicates"] == 1
+
+
+def test_duplicate_in_flight_is_discarded_then_answered_once(bridge: Bridge) -> None:
+    """A duplicate while the bind is in flight gets nothing; the late answer is sent once."""
+    bridge.directory.hold = True
+    req = request("alice", "alice-pass")
+    assert bridge.send(req.raw) == []
+    assert bridge.send(req.raw) == []
+    assert len(bridge.directory.calls) == 1
+    before = len(bridge.transport.sent)
+    bridge.directory.release()
+    replies = bridge.written_since(before, NAS)
+    assert len(replies) == 1
+    assert decode(req, replies[0]).code == ACCEPT
+    assert bridge.send(req.raw) == replies  # a later duplicate: the cached bytes
+    assert len(bridge.directory.calls) == 1
+
+
+def test_same_id_with_new_authenticator_is_a_new_request(bridge: Bridge) -> None:
+    """Same client and ID but another Request Authenticator is processed as new."""
+    first = request("alice", "alice-pass", ident=77, authenticator=b"\x01" * 16)
+    second = request("alice", "alice-pass", ident=77, authenticator=b"\x02" * 16)
+    assert bridge.exchange(first).code == ACCEPT
+    assert bridge.exchange(second).code == ACCEPT
+    assert len(bridge.directory.calls) == 2
+    assert bridge.counters.get("duplicates", 0) == 0
+
+
+def test_same_id_from_another_source_port_is_a_new_request(bridge: Bridge) -> None:
+    """The cache key includes the source port: the same datagram from another port is new."""
+    req = request("alice", "alice-pass")
+    bridge.exchange(req, NAS)
+    bridge.exchange(req, (NAS[0], NAS[1] + 1))
+    assert len(bridge.directory.calls) == 2
+
+
+def test_reply_cache_entries_expire_after_30_seconds(bridge: Bridge) -> None:
+    """Within 30 s a retransmission is answered from the cache; after 30 s it is new."""
+    req = request("alice", "alice-pass")
+    first = bridge.send(req.raw)
+    bridge.advance(29.9)
+    assert bridge.send(req.raw) == first
+    assert len(bridge.directory.calls) == 1
+    bridge.advance(0.1)
+    again = bridge.send(req.raw)
+    assert len(again) == 1
+    assert decode(req, again[0]).code == ACCEPT
+    assert len(bridge.directory.calls) == 2
+
+
+def test_reply_cache_is_bounded(bridge: Bridge, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full cache drops new requests (counted), never grows, and frees up as entries expire."""
+    monkeypatch.setattr(server, "REPLY_CACHE_LIMIT", 4)
+    for _ in range(4):
+        assert bridge.exchange(request("alice", "alice-pass")).code == ACCEPT
+    for _ in range(3):
+        assert bridge.send(request("alice", "alice-pass").raw) == []
+    assert bridge.counters["dropped.overload"] == 3
+    assert len(bridge.protocol._replies) == 4
+    assert len(bridge.directory.calls) == 4
+    bridge.advance(30)
+    assert bridge.exchange(request("alice", "alice-pass")).code == ACCEPT
+    assert len(bridge.protocol._replies) == 1
+
+
+# --- reject delay -------------------------------------------------------------------------
+
+
+def test_reject_is_written_only_after_reject_delay(make_bridge: MakeBridge) -> None:
+    """With reject_delay 1.0 an Access-Reject goes out after the clock moves one second."""
+    bridge = make_bridge(reject_delay=1.0)
+    req = request("alice", "wrong-pass")
+    assert bridge.send(req.raw) == []
+    assert bridge.advance(0.999) == []
+    replies = bridge.advance(0.001)
+    assert len(replies) == 1
+    assert decode(req, replies[0]).code == REJECT
+    assert bridge.clock.getDelayedCalls() == []
+
+
+def test_accept_is_not_delayed(make_bridge: MakeBridge) -> None:
+    """With reject_delay 1.0 an Access-Accept is written at once, even while a reject waits."""
+    bridge = make_bridge(reject_delay=1.0)
+    assert bridge.send(request("carol", "wrong-pass").raw) == []
+    assert bridge.exchange(request("alice", "alice-pass")).code == ACCEPT
+    assert len(bridge.clock.getDelayedCalls()) == 1  # only the reject's
+
+
+def test_duplicate_during_reject_delay_gets_nothing_then_cached_reply(
+    make_bridge: MakeBridge,
+) -> None:
+    """A duplicate during the delay is silent; after it, duplicates get the cached reject."""
+    bridge = make_bridge(reject_delay=1.0)
+    req = request("alice", "wrong-pass")
+    assert bridge.send(req.raw) == []
+    bridge.advance(0.5)
+    assert bridge.send(req.raw) == []
+    replies = bridge.advance(0.5)
+    assert len(replies) == 1  # the delayed reject, once, not once per duplicate
+    assert bridge.send(req.raw) == replies
+    assert decode(req, replies[0]).code == REJECT
+    assert len(bridge.directory.calls) == 1
+
+
+def test_stop_protocol_cancels_pending_reject_delays(make_bridge: MakeBridge) -> None:
+    """Stopping the listener cancels delayed rejects: no DelayedCall is left behind."""
+    bridge = make_bridge(reject_delay=1.0)
+    bridge.send(request("alice", "wrong-pass").raw)
+    bridge.send(request("carol", "wrong-pass").raw)
+    assert len(bridge.clock.getDelayedCalls()) == 2
+    bridge.protocol.doStop()
+    assert bridge.clock.getDelayedCalls() == []
+    bridge.clock.advance(5)
+    assert bridge.transport.sent == []
+
+
+def test_decision_after_stop_schedules_no_reject_delay(make_bridge: MakeBridge) -> None:
+    """A bind that completes after the listener stopped leaves no DelayedCall behind."""
+    bridge = make_bridge(reject_delay=1.0)
+    bridge.directory.hold = True
+    bridge.send(request("alice", "wrong-pass").raw)
+    bridge.protocol.doStop()
+    bridge.directory.release()
+    assert bridge.clock.getDelayedCalls() == []
+    assert bridge.transport.sent == []
+
+
+# --- challenge mode -----------------------------------------------------------------------
+
+
+def test_challenge_then_code_accepts(make_bridge: MakeBridge) -> None:
+    """mode challenge: the password draws a 16-byte State and a prompt; State + code accepts."""
+    bridge = make_bridge(mode="challenge")
+    reply = bridge.exchange(request("bob", "bob-pass"))
+    assert reply.code == CHALLENGE
+    assert reply.state is not None
+    assert len(reply.state) == 16
+    assert reply.message == PROMPT
+    assert "code" in reply.message
+    answer = bridge.exchange(request("bob", bridge.code(), state=reply.state))
+    assert answer.code == ACCEPT
+    assert bridge.directory.calls == [("bob", "bob-pass")]
+
+
+def test_challenge_prompt_does_not_echo_the_user_name(make_bridge: MakeBridge) -> None:
+    """The challenge prompt is the same for everyone and never repeats the User-Name."""
+    bridge = make_bridge(mode="challenge")
+    reply = bridge.exchange(request("bob", "bob-pass"))
+    assert reply.code == CHALLENGE
+    assert "bob" not in reply.message.lower()
+    assert reply.message == PROMPT
+
+
+def test_each_challenge_state_is_fresh(make_bridge: MakeBridge) -> None:
+    """Two challenges get two different States."""
+    bridge = make_bridge(mode="challenge")
+    assert bridge.challenge() != bridge.challenge()
+
+
+def test_state_is_single_use(make_bridge: MakeBridge) -> None:
+    """A State already answered is rejected the second time, even with a fresh code."""
+    bridge = make_bridge(mode="challenge")
+    state = bridge.challenge()
+    assert bridge.exchange(request("bob", bridge.code(), state=state)).code == ACCEPT
+    bridge.advance(30)
+    reused = bridge.exchange(request("bob", bridge.code(), state=state))
+    assert reused.code == REJECT
+    assert not reused.has_message
+    assert len(bridge.directory.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("user", "addr", "wait", "made_up"),
+    [
+        pytest.param("bob", NEIGHBOUR, 0, False, id="another-client-address"),
+        pytest.param("alice", NAS, 0, False, id="another-user-name"),
+        pytest.param("bob", NAS, 121, False, id="after-state-ttl"),
+        pytest.param("bob", NAS, 0, True, id="made-up"),
+    ],
+)
+def test_misbound_or_stale_state_is_rejected_without_a_bind(
+    make_bridge: MakeBridge, user: str, addr: Address, wait: int, made_up: bool
+) -> None:
+    """A State from another address, for another user, past state_ttl or never issued: reject."""
+    bridge = make_bridge(mode="challenge")
+    state = bridge.challenge("bob", NAS)
+    if made_up:
+        state = bytes(b ^ 0x5A for b in state)
+    bridge.advance(wait)
+    reply = bridge.exchange(request(user, bridge.code(), state=state), addr)
+    assert reply.code == REJECT
+    assert not reply.has_message  # the caller learns nothing
+    assert bridge.directory.calls == [("bob", "bob-pass")]  # the challenge's bind only
+    assert bridge.store.get("bob") == UserRecord(
+        "bob", State.ACTIVE, secret=TOTP_SECRET, confirmed=True, created=NOW, updated=NOW
+    )
+
+
+def test_state_just_inside_state_ttl_is_accepted(make_bridge: MakeBridge) -> None:
+    """A State answered 119 s after it was issued (state_ttl 120) still works."""
+    bridge = make_bridge(mode="challenge")
+    state = bridge.challenge()
+    bridge.advance(119)
+    assert bridge.exchange(request("bob", bridge.code(), state=state)).code == ACCEPT
+
+
+def test_state_answer_is_deduplicated(make_bridge: MakeBridge) -> None:
+    """A retransmitted challenge answer gets the cached Accept, not a reused-State reject."""
+    bridge = make_bridge(mode="challenge")
+    state = bridge.challenge()
+    req = request("bob", bridge.code(), state=state)
+    first = bridge.send(req.raw)
+    assert bridge.send(req.raw) == first
+    assert decode(req, first[0]).code == ACCEPT
+
+
+# --- Message-Authenticator ----------------------------------------------------------------
+
+
+def test_request_without_message_authenticator_is_dropped_when_required(bridge: Bridge) -> None:
+    """require_message_authenticator: a request without M-A gets no reply and no bind."""
+    assert bridge.send(request("alice", "alice-pass", ma=False).raw) == []
+    assert bridge.counters["dropped.missing-message-authenticator"] == 1
+    assert bridge.directory.calls == []
+
+
+def test_global_require_false_answers_request_without_message_authenticator(
+    make_bridge: MakeBridge,
+) -> None:
+    """radius.require_message_authenticator: false lets a request without M-A through."""
+    bridge = make_bridge(require_message_authenticator=False)
+    reply = bridge.exchange(request("alice", "alice-pass", ma=False))
+    assert reply.code == ACCEPT
+    assert reply.raw[20] == MESSAGE_AUTHENTICATOR  # the reply carries one all the same
+
+
+def test_client_override_false_answers_request_without_message_authenticator(
+    bridge: Bridge,
+) -> None:
+    """A client with require_message_authenticator: false is answered without M-A; others not."""
+    legacy = request("alice", "alice-pass", ma=False, secret=LEGACY_SECRET)
+    legacy_replies = bridge.send(legacy.raw, LEGACY)
+    assert len(legacy_replies) == 1
+    assert decode(legacy, legacy_replies[0]).code == ACCEPT
+    assert bridge.send(request("alice", "alice-pass", ma=False).raw, NAS) == []
+    assert bridge.counters["dropped.missing-message-authenticator"] == 1
+
+
+def flip_message_authenticator(raw: bytes) -> bytes:
+    """The datagram with one bit of its Message-Authenticator value flipped."""
+    offset = 20
+    while raw[offset] != MESSAGE_AUTHENTICATOR:
+        offset += raw[offset + 1]
+    data = bytearray(raw)
+    data[offset + 2] ^= 0x01
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("addr", "secret"), [(NAS, SECRET), (LEGACY, LEGACY_SECRET)], ids=["required", "optional"]
+)
+def test_wrong_message_authenticator_is_dropped(
+    bridge: Bridge, addr: Address, secret: bytes
+) -> None:
+    """A wrong M-A is dropped as bad, also for a client that does not require one."""
+    raw = flip_message_authenticator(request("alice", "alice-pass", secret=secret).raw)
+    assert bridge.send(raw, addr) == []
+    assert bridge.counters["dropped.bad-message-authenticator"] == 1
+    assert malformed_total(bridge.counters) == 0
+    assert bridge.directory.calls == []
+
+
+def test_wrong_shared_secret_is_dropped_as_bad_message_authenticator(bridge: Bridge) -> None:
+    """A request signed with another secret is dropped as a bad M-A, not as malformed."""
+    raw = request("alice", "alice-pass", secret=b"not-the-shared-secret").raw
+    assert bridge.send(raw) == []
+    assert bridge.counters["dropped.bad-message-authenticator"] == 1
+    assert malformed_total(bridge.counters) == 0
+    assert bridge.directory.calls == []
+
+
+def test_bad_message_authenticator_does_not_disturb_the_cache(bridge: Bridge) -> None:
+    """A forged copy with a bad M-A neither evicts nor replaces the cached reply."""
+    req = request("alice", "alice-pass")
+    first = bridge.send(req.raw)
+    forged = flip_message_authenticator(req.raw)
+    bridge.send(forged)
+    assert bridge.send(req.raw) == first
+    assert len(bridge.directory.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("addr", "secret"), [(NAS, SECRET), (LEGACY, LEGACY_SECRET)], ids=["required", "optional"]
+)
+def test_status_server_without_message_authenticator_is_dropped(
+    bridge: Bridge, addr: Address, secret: bytes
+) -> None:
+    """Status-Server without M-A is dropped even from a client that does not require M-A."""
+    assert bridge.send(status_server(ma=False, secret=secret).raw, addr) == []
+    assert bridge.counters["dropped.missing-message-authenticator"] == 1
+    assert bridge.counters.get("status-server", 0) == 0
+
+
+# --- unknown clients and malformed datagrams ----------------------------------------------
+
+
+def test_unknown_client_is_dropped_before_decoding(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A datagram from a non-client address gets no reply and is never parsed."""
+    parsed: list[str] = []
+
+    def refuse(name: str) -> Callable[..., Any]:
+        def called(*args: object) -> Any:
+            parsed.append(name)
+            raise AssertionError(f"{name} called for an unknown client")
+
+        return called
+
+    monkeypatch.setattr(codec, "peek_header", refuse("peek_header"))
+    monkeypatch.setattr(codec, "decode_request", refuse("decode_request"))
+    assert bridge.send(request("alice", "alice-pass").raw, STRANGER) == []
+    assert bridge.send(b"\x01", STRANGER) == []
+    assert parsed == []
+    assert bridge.counters["dropped.unknown-client"] == 2
+    assert bridge.counters.get("dropped.internal-error", 0) == 0
+    assert bridge.directory.calls == []
+
+
+def header(code: int, length: int, ident: int = 9) -> bytes:
+    """A RADIUS header with a fixed Request Authenticator."""
+    return struct.pack("!BBH", code, ident, length) + bytes(range(16))
+
+
+USER_ALICE = bytes((1, 7)) + b"alice"
+
+MALFORMED = [
+    pytest.param(header(1, 20)[:19], "short", id="19-octets"),
+    pytest.param(header(1, 19), "length", id="length-field-19"),
+    pytest.param(header(1, 5000) + bytes(4980), "length", id="length-field-5000"),
+    pytest.param(header(1, 60) + USER_ALICE, "truncated", id="length-past-the-end"),
+    pytest.param(
+        header(1, 20 + 7 + 5) + USER_ALICE + b"\x12\x0aabc",
+        "attribute-length",
+        id="truncated-attribute",
+    ),
+    pytest.param(header(4, 20 + 7) + USER_ALICE, "bad-code", id="accounting-request"),
+    pytest.param(random.Random(2865).randbytes(64), None, id="random-bytes"),
+    pytest.param(
+        header(1, 20 + 64) + random.Random(5080).randbytes(64), None, id="random-attributes"
+    ),
+]
+
+
+@pytest.mark.parametrize(("datagram", "cause"), MALFORMED)
+def test_malformed_datagram_is_dropped_and_service_goes_on(
+    bridge: Bridge, datagram: bytes, cause: str | None
+) -> None:
+    """A malformed datagram: no reply, a dropped.malformed.<cause> count; service goes on."""
+    assert bridge.send(datagram) == []
+    counters = bridge.counters
+    assert malformed_total(counters) == 1
+    if cause is not None:
+        assert counters[f"dropped.malformed.{cause}"] == 1
+    assert counters.get("dropped.internal-error", 0) == 0
+    assert bridge.directory.calls == []
+    assert bridge.exchange(request("alice", "alice-pass")).code == ACCEPT
+
+
+# --- what the bridge does not support -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        pytest.param({"CHAP_Password": b"\x01" + bytes(16)}, id="chap"),
+        pytest.param({"EAP_Message": b"\x02\x01\x00\x0a\x01alice"}, id="eap"),
+    ],
+)
+def test_chap_and_eap_are_rejected_without_a_bind(
+    bridge: Bridge, attributes: dict[str, Any]
+) -> None:
+    """CHAP-Password or EAP-Message: Access-Reject with M-A first, the directory not asked."""
+    reply = bridge.exchange(request("alice", **attributes))
+    assert reply.code == REJECT
+    assert reply.attributes[0][0] == MESSAGE_AUTHENTICATOR
+    assert not reply.has_message
+    assert bridge.directory.calls == []
+
+
+def test_chap_with_a_user_password_too_is_rejected_without_a_bind(bridge: Bridge) -> None:
+    """A request with both CHAP-Password and User-Password is refused, not bound."""
+    reply = bridge.exchange(request("alice", "alice-pass", CHAP_Password=b"\x01" + bytes(16)))
+    assert reply.code == REJECT
+    assert bridge.directory.calls == []
+
+
+def test_proxy_states_are_echoed_in_order(bridge: Bridge) -> None:
+    """Two Proxy-State attributes come back unchanged and in the order received."""
+    proxy_states = (b"second-hop\x00\xff", b"first-hop")
+    req = request("alice", "alice-pass", proxy_states=proxy_states)
+    reply = bridge.exchange(req)
+    assert reply.code == ACCEPT
+    assert reply.proxy_states == list(proxy_states)
+
+
+# --- directory trouble: fail closed -------------------------------------------------------
+
+
+def test_directory_unavailable_rejects_and_recovers(bridge: Bridge) -> None:
+    """Directory down: Access-Reject without a message; once it is back, logins work again."""
+    bridge.directory.answer = BindResult(BindStatus.UNAVAILABLE)
+    reply = bridge.exchange(request("alice", "alice-pass"))
+    assert reply.code == REJECT
+    assert not reply.has_message
+    assert bridge.counters["rejects"] == 1
+    bridge.directory.answer = None
+    assert bridge.exchange(request("alice", "alice-pass")).code == ACCEPT
+
+
+def test_directory_errback_rejects(bridge: Bridge) -> None:
+    """A directory Deferred that fails gives Access-Reject (fail closed); nothing escapes."""
+    bridge.directory.error = RuntimeError("directory exploded")
+    req = request("alice", "alice-pass")
+    bridge.protocol.datagramReceived(req.raw, NAS)  # returns normally
+    ((raw, to),) = bridge.transport.sent
+    assert to == NAS
+    reply = decode(req, raw)
+    assert reply.code == REJECT
+    assert not reply.has_message
+    assert bridge.counters["rejects"] == 1
+    assert bridge.counters.get("dropped.internal-error", 0) == 0
+    assert bridge.store.get("alice") is None
+
+
+def test_late_directory_errback_rejects(bridge: Bridge) -> None:
+    """A bind that errbacks later still gets exactly one Access-Reject (fail closed)."""
+    bridge.directory.hold = True
+    req = request("alice", "alice-pass")
+    assert bridge.send(req.raw) == []
+    (d, _, _), *_ = bridge.directory.held
+    before = len(bridge.transport.sent)
+    d.errback(ConnectionError("ldap server went away"))
+    replies = bridge.written_since(before, NAS)
+    assert len(replies) == 1
+    assert decode(req, replies[0]).code == REJECT
+    assert bridge.counters["rejects"] == 1
+    assert bridge.send(req.raw) == replies
+    assert bridge.store.get("alice") is None
+
+
+# --- what users are told ------------------------------------------------------------------
+
+
+def test_locked_user_with_correct_password_is_told_locked(bridge: Bridge) -> None:
+    """A locked user who gave the right password learns the account is locked."""
+    reply = bridge.exchange(request("carol", "carol-pass"))
+    assert reply.code == REJECT
+    assert "locked" in reply.message
+
+
+def test_locked_user_with_wrong_password_is_told_nothing(bridge: Bridge) -> None:
+    """A wrong password for a locked user gets a bare Access-Reject: no Reply-Message."""
+    reply = bridge.exchange(request("carol", "wrong-pass"))
+    assert reply.code == REJECT
+    assert not reply.has_message
+
+
+def test_unknown_user_is_told_nothing(bridge: Bridge) -> None:
+    """A user the directory does not know gets a bare Access-Reject."""
+    reply = bridge.exchange(request("mallory", "whatever"))
+    assert reply.code == REJECT
+    assert not reply.has_message
+
+
+# --- nothing escapes datagramReceived -----------------------------------------------------
+
+FUZZ_AUTHENTICATOR = bytes(range(100, 116))  # fixed, so the examples are reproducible
+SOURCES: list[tuple[Address, bytes]] = [(NAS, SECRET), (LEGACY, LEGACY_SECRET)]
+
+
+@cache
+def valid_datagrams() -> list[tuple[Address, bytes, bytes]]:
+    """(source, datagram, its client's secret): requests known clients could send.
+
+    The "pam" client does not require a Message-Authenticator, so its mutated requests get
+    past the signature check and exercise password decryption and the login itself.
+    """
+    auth = FUZZ_AUTHENTICATOR
+    state = bytes(16)
+    legacy: dict[str, Any] = {"ma": False, "secret": LEGACY_SECRET, "authenticator": auth}
+    signed = [
+        request("alice", "alice-pass", ident=1, authenticator=auth),
+        request("bob", "bob-pass", ident=2, authenticator=auth),
+        request("bob", "123456", state=state, ident=3, authenticator=auth, proxy_states=(b"p",)),
+        request(None, code=STATUS_SERVER, ident=4, authenticator=auth),
+    ]
+    unsigned = [
+        request("alice", "alice-pass", ident=5, **legacy),
+        request("bob", "bob-pass" + "123456", ident=6, **legacy),
+        request("carol", "carol-pass", ident=7, NAS_Identifier="pam-host", **legacy),
+        request("bob", "654321", state=state, ident=8, **legacy),
+        request("alice", ident=9, CHAP_Password=bytes(17), **legacy),
+        request("alice", "x" * 40, ident=10, proxy_states=(b"a", b"b"), **legacy),
+    ]
+    return [(NAS, req.raw, SECRET) for req in signed] + [
+        (LEGACY, req.raw, LEGACY_SECRET) for req in unsigned
+    ]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[Address, bytes, bytes]:
+    """A valid datagram with up to four octets flipped, set, inserted or deleted, or cut
+    short, or its Length field rewritten; then, half the time, the Length field made right."""
+    addr, base, secret = draw(st.sampled_from(valid_datagrams()))
+    data = bytearray(base)
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "length"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and data:
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete" and data:
+            del data[at : at + draw(st.integers(1, 8))]
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "length" and len(data) >= 4:
+            data[2:4] = struct.pack("!H", draw(st.integers(0, 0xFFFF)))
+    if len(data) >= 4 and draw(st.booleans()):
+        data[2:4] = struct.pack("!H", len(data))
+    return addr, bytes(data), secret
+
+
+random_datagrams = st.builds(
+    lambda source, data: (source[0], data, source[1]),
+    st.sampled_from(SOURCES),
+    st.binary(max_size=300),
+)
+
+
+def test_no_exception_escapes_datagram_received(make_bridge: MakeBridge) -> None:
+    """Random and mutated datagrams never reach the catch-all, and every reply is well-formed."""
+    bridge = make_bridge(reject_delay=1.0)
+
+    @settings(max_examples=300, derandomize=True, deadline=None, database=None)
+    @given(st.one_of(random_datagrams, mutated()))
+    def check(case: tuple[Address, bytes, bytes]) -> None:
+        addr, datagram, secret = case
+        before = len(bridge.transport.sent)
+        bridge.protocol.datagramReceived(datagram, addr)  # raises nothing, by contract
+        bridge.clock.advance(1.0)  # the delayed reject goes out
+        bridge.clock.advance(30.0)  # and the reply cache empties
+        for reply in bridge.written_since(before, addr):
+            assert_well_formed(reply, datagram, secret)
+        assert bridge.protocol.counters.get("dropped.internal-error", 0) == 0
+        assert bridge.clock.getDelayedCalls() == []
+
+    check()
+    counters = bridge.counters
+    assert counters["packets"] >= 300
+    assert malformed_total(counters) > 0  # the fuzzing reached the decoder...
+    assert counters.get("accepts", 0) + counters.get("rejects", 0) > 0  # ...and beyond it
