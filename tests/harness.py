@@ -30,9 +30,18 @@ def free_udp_port() -> int:
         return port
 
 
+def free_tcp_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def code_for(secret_b32: str, offset_steps: int = 0) -> str:
     """The code an authenticator app shows now (or `offset_steps` steps from now)."""
-    return pyotp.TOTP(secret_b32).at(time.time() + 30 * offset_steps)  # type: ignore[no-any-return]
+    code: str = pyotp.TOTP(secret_b32).at(time.time() + 30 * offset_steps)
+    return code
 
 
 class RadiusReply:
@@ -50,15 +59,15 @@ class RadiusReply:
 
     @property
     def accepted(self) -> bool:
-        return self.code == packet.AccessAccept
+        return bool(self.code == packet.AccessAccept)
 
     @property
     def challenged(self) -> bool:
-        return self.code == packet.AccessChallenge
+        return bool(self.code == packet.AccessChallenge)
 
     @property
     def rejected(self) -> bool:
-        return self.code == packet.AccessReject
+        return bool(self.code == packet.AccessReject)
 
 
 class RadiusClient:

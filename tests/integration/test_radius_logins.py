@@ -376,3 +376,18 @@ def test_record_types_round_trip(tmp_path: Path) -> None:
     store.update("zoë", lambda _old: (record, None))
     assert store.get("zoë") == record
     store.close()
+
+
+def test_exempt_user_by_name(make_bridge: MakeBridge, client_for: ClientFor) -> None:
+    """A user listed in mfa.exempt_users (any case) logs in with the password alone."""
+
+    def exempt_judy(config: dict[str, object]) -> None:
+        config["mfa"]["exempt_users"] = ["Judy"]  # type: ignore[index]
+
+    bridge = make_bridge(mode="append", change=exempt_judy)
+    client = client_for(bridge)
+    reply = client.login("judy", "judy-pw")
+    assert reply is not None and reply.accepted and reply.message == ""
+    assert status(bridge, "judy")["state"] == "exempt"
+    wrong = client.login("judy", "not-judy")
+    assert wrong is not None and wrong.rejected

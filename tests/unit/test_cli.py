@@ -1,0 +1,808 @@
+"""The `mfa-bridge` command line (SPEC section 5): check-config and the `user` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from base64 import b32decode
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+import yaml
+
+import bridge.cli
+import bridge.service
+from bridge.cli import main
+from bridge.config import CONFIG_ENV, Config
+from bridge.core.types import UserRecord
+from bridge.store import SqliteStore
+from bridge.store.sealing import Sealer, load_or_create_key
+from tests.conftest import require_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = 1_800_000_000  # 2027-01-15T08:00:00Z: the CLI's clock, fixed
+DAY = 86_400
+DAYS = 14  # mfa.enrollment_days in the test config
+ISSUER = "ACME"
+SECRET_160 = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # 20 bytes
+SECRET_160_B = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"  # another 20 bytes
+SECRET_80 = "JBSWY3DPEHPK3PXP"  # 10 bytes: too short to import
+QR_CHARS = frozenset("█▀▄ ")
+
+
+def iso(timestamp: int) -> str:
+    """The CLI's ISO 8601 form of a Unix time."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def config_data(tmp_path: Path) -> dict[str, Any]:
+    """A minimal valid config: a dummy directory (never contacted), a store in tmp_path."""
+    return {
+        "directory": {
+            "urls": ["ldap://127.0.0.1:1"],
+            "bind_dn": "cn=bridge,ou=services,dc=example,dc=org",
+            "bind_password": "dummy-password",
+            "user_base": "ou=people,dc=example,dc=org",
+        },
+        "mfa": {"issuer": ISSUER, "enrollment_days": DAYS, "exempt_users": ["svc-backup"]},
+        "store": {"path": str(tmp_path / "state" / "bridge.db")},
+        "radius": {
+            "listen": "127.0.0.1:0",
+            "clients": [{"address": "127.0.0.1", "secret": "radius-shared-secret-0123456789"}],
+        },
+    }
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    """Write `data` as YAML to `path` and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def write_csv(path: Path, *lines: str, newline: str = "\n") -> Path:
+    """Write CSV `lines` to `path` and return the path."""
+    path.write_text(newline.join(lines) + newline, encoding="utf-8")
+    return path
+
+
+@dataclass
+class Clock:
+    """The CLI's `time.time()`, moved by hand."""
+
+    now: int = NOW
+
+    def __call__(self) -> float:
+        """The current fixed time."""
+        return float(self.now)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one CLI run produced."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        """stdout parsed as JSON."""
+        return json.loads(self.out)
+
+
+Run = Callable[..., Result]
+
+
+def assert_one_line_error(result: Result, code: int = 1) -> str:
+    """The run failed with `code`, nothing on stdout, one line on stderr; returns it."""
+    assert result.code == code, result
+    assert result.out == ""
+    assert "Traceback" not in result.err
+    assert result.err.endswith("\n")
+    assert result.err.count("\n") == 1, result.err
+    return result.err.strip()
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    """The minimal valid config file."""
+    return write_config(tmp_path / "etc" / "bridge.yaml", config_data(tmp_path))
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """A fixed clock patched in where the CLI reads the time."""
+    clock = Clock()
+    monkeypatch.setattr("bridge.cli.time.time", clock)
+    return clock
+
+
+@pytest.fixture(autouse=True)
+def no_env_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No MFA_BRIDGE_CONFIG, and a working directory without config/bridge.yaml."""
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def cli(config_path: Path, clock: Clock, capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run `main(argv)` in-process, by default with `--config` appended after the words."""
+
+    def run(*argv: str, config: Path | None = config_path) -> Result:
+        args = [*argv, "--config", str(config)] if config is not None else list(argv)
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse: usage mistakes and --help
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def store(config_path: Path) -> Iterator[Callable[[str], UserRecord | None]]:
+    """Read a user's stored record straight from the store the CLI uses."""
+    data = config_data(config_path.parent.parent)
+    db = Path(data["store"]["path"])
+    opened: list[SqliteStore] = []
+
+    def get(username: str) -> UserRecord | None:
+        if not opened:
+            opened.append(SqliteStore.open(db, db.with_suffix(".key")))
+        return opened[0].get(username)
+
+    yield get
+    for each in opened:
+        each.close()
+
+
+def import_users(cli: Run, tmp_path: Path, *rows: str) -> None:
+    """Import `username,secret` rows: confirmed, active users."""
+    path = write_csv(tmp_path / "users.csv", "username,secret", *rows)
+    result = cli("user", "import", str(path))
+    assert result.code == 0, result
+
+
+# --- check-config ---------------------------------------------------------------------------
+
+
+def test_check_config_ok(cli: Run) -> None:
+    """A valid config: exit 0, "config OK" on stdout, nothing on stderr."""
+    result = cli("check-config")
+    assert (result.code, result.out, result.err) == (0, "config OK\n", "")
+
+
+def test_check_config_warnings_go_to_stderr(cli: Run, tmp_path: Path) -> None:
+    """Warnings do not fail the check; they are printed on stderr, one a line."""
+    data = config_data(tmp_path)
+    data["radius"]["clients"][0]["secret"] = "short"
+    path = write_config(tmp_path / "warn.yaml", data)
+    result = cli("check-config", config=path)
+    assert result.code == 0
+    assert result.out == "config OK\n"
+    assert result.err.startswith("warning: radius.clients[0].secret: ")
+    assert result.err.count("\n") == 1
+
+
+def test_check_config_two_errors_each_on_its_own_line(cli: Run, tmp_path: Path) -> None:
+    """Two mistakes: exit 1 and each on its own stderr line, naming its key path."""
+    data = config_data(tmp_path)
+    data["mfa"]["max_failures"] = 0
+    data["radius"]["mode"] = "sometimes"
+    result = cli("check-config", config=write_config(tmp_path / "bad.yaml", data))
+    assert result.code == 1
+    assert result.out == ""
+    assert "Traceback" not in result.err
+    lines = result.err.splitlines()
+    assert len(lines) == 2, lines
+    assert all(line.startswith("config error: ") for line in lines)
+    assert any("mfa.max_failures: " in line for line in lines)
+    assert any("radius.mode: " in line for line in lines)
+
+
+def test_check_config_missing_file(cli: Run, tmp_path: Path) -> None:
+    """A config file that is not there: exit 1, one line naming it."""
+    missing = tmp_path / "nowhere.yaml"
+    line = assert_one_line_error(cli("check-config", config=missing))
+    assert str(missing) in line
+
+
+def test_user_command_with_broken_config(cli: Run, tmp_path: Path) -> None:
+    """A `user` command refuses a broken config the same way: exit 1, no store touched."""
+    data = config_data(tmp_path)
+    data["mfa"]["issuer"] = "AC:ME"
+    line = assert_one_line_error(
+        cli("user", "list", config=write_config(tmp_path / "b.yaml", data))
+    )
+    assert "mfa.issuer" in line
+    assert not (tmp_path / "state").exists()
+
+
+# --- where the config comes from ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["user", "status", "alice", "--json", "--config", "{}"],
+        ["user", "status", "--config", "{}", "alice", "--json"],
+        ["user", "status", "alice", "--config", "{}", "--json"],
+    ],
+)
+def test_config_option_after_the_command_words(
+    cli: Run, config_path: Path, argv: list[str]
+) -> None:
+    """`--config PATH` is accepted after (and between) the command's words."""
+    assert cli("user", "enroll", "alice").code == 0
+    result = cli(*(arg.format(config_path) for arg in argv), config=None)
+    assert result.code == 0, result
+    assert result.json()["username"] == "alice"
+
+
+def test_env_var_sets_the_default_config(
+    cli: Run, config_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """MFA_BRIDGE_CONFIG names the config when --config is not given."""
+    monkeypatch.setenv(CONFIG_ENV, str(config_path))
+    assert cli("check-config", config=None).code == 0
+    assert cli("user", "enroll", "alice", "--json", config=None).code == 0
+    assert (tmp_path / "state" / "bridge.db").exists()
+    assert cli("user", "status", "alice", "--json", config=None).json()["state"] == "pending"
+
+
+def test_config_option_beats_the_env_var(
+    cli: Run, config_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An explicit --config wins over MFA_BRIDGE_CONFIG."""
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.yaml"))
+    assert cli("check-config").code == 0
+    assert cli("check-config", config=None).code == 1
+
+
+def test_default_config_path_when_nothing_is_given(cli: Run) -> None:
+    """Without --config or MFA_BRIDGE_CONFIG: config/bridge.yaml, here missing, one line."""
+    line = assert_one_line_error(cli("check-config", config=None))
+    assert str(Path("config/bridge.yaml")) in line
+
+
+# --- enroll -----------------------------------------------------------------------------------
+
+
+def test_enroll_json(cli: Run) -> None:
+    """`enroll --json`: one object, pending, deadline, days left, base32 secret and its URI."""
+    result = cli("user", "enroll", "alice", "--json")
+    assert result.code == 0
+    assert result.err == ""
+    assert result.out.count("\n") == 1
+    view = result.json()
+    assert view["username"] == "alice"
+    assert view["state"] == "pending"
+    assert view["deadline"] == iso(NOW + DAYS * DAY)
+    assert datetime.fromisoformat(view["deadline"]) == datetime.fromtimestamp(NOW + DAYS * DAY, UTC)
+    assert view["days_left"] == DAYS
+    assert view["failures"] == 0
+    secret = view["secret"]
+    assert len(b32decode(secret + "=" * (-len(secret) % 8))) == 20
+    uri = urlsplit(view["uri"])
+    assert (uri.scheme, uri.netloc) == ("otpauth", "totp")
+    assert unquote(uri.path) == f"/{ISSUER}:alice"
+    query = parse_qs(uri.query)
+    assert query["secret"] == [secret]
+    assert query["issuer"] == [ISSUER]
+
+
+def test_enroll_text_prints_qr_key_and_uri(cli: Run) -> None:
+    """Without --json: a QR code of block characters, the key and the otpauth URI."""
+    result = cli("user", "enroll", "alice")
+    assert result.code == 0
+    assert result.err == ""
+    lines = result.out.splitlines()
+    qr = [line for line in lines if len(line) >= 21 and set(line) <= QR_CHARS]
+    assert len(qr) >= 10, result.out
+    assert any(set(line) & {"▀", "▄"} for line in qr)
+    keys = [line.removeprefix("key: ") for line in lines if line.startswith("key: ")]
+    uris = [line.removeprefix("uri: ") for line in lines if line.startswith("uri: ")]
+    assert len(keys) == len(uris) == 1
+    assert uris[0].startswith(f"otpauth://totp/{ISSUER}:alice?")
+    assert parse_qs(urlsplit(uris[0]).query)["secret"] == keys
+
+
+def test_enroll_issues_a_new_secret_each_time(cli: Run, clock: Clock) -> None:
+    """Enrolling again replaces the secret and keeps the running enrollment deadline."""
+    first = cli("user", "enroll", "alice", "--json").json()
+    clock.now += 2 * DAY
+    second = cli("user", "enroll", "alice", "--json").json()
+    assert second["secret"] != first["secret"]
+    assert second["deadline"] == first["deadline"]
+    assert second["days_left"] == DAYS - 2
+
+
+def test_enroll_of_an_active_user_needs_a_new_code(cli: Run, tmp_path: Path) -> None:
+    """Re-enrolling an active user makes them pending with no password-only period."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    view = cli("user", "enroll", "alice", "--json").json()
+    assert (view["state"], view["deadline"], view["days_left"]) == ("pending", None, None)
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def test_status_json_fields(cli: Run) -> None:
+    """`status --json`: one object with username, state, deadline, days_left, failures."""
+    cli("user", "enroll", "alice")
+    result = cli("user", "status", "alice", "--json")
+    assert result.code == 0
+    assert result.err == ""
+    view = result.json()
+    assert isinstance(view, dict)
+    assert {"username", "state", "deadline", "days_left", "failures"} <= view.keys()
+    assert view["username"] == "alice"
+    assert view["state"] == "pending"
+    assert view["deadline"] == iso(NOW + DAYS * DAY)
+    assert view["days_left"] == DAYS
+    assert view["failures"] == 0
+    assert "secret" not in view
+
+
+def test_status_text(cli: Run) -> None:
+    """Without --json: one line with the state, days left and deadline."""
+    cli("user", "enroll", "alice")
+    result = cli("user", "status", "alice")
+    assert result.code == 0
+    assert result.out == f"alice: pending {DAYS} days left, deadline {iso(NOW + DAYS * DAY)}\n"
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "left"),
+    [
+        (0, DAYS),
+        (1, DAYS),  # 13 days and 86399 s: rounded up
+        (DAY - 1, DAYS),
+        (DAY, DAYS - 1),
+        (DAY + 1, DAYS - 1),
+        ((DAYS - 1) * DAY + 1, 1),
+        (DAYS * DAY - 1, 1),  # one second left is a day left
+    ],
+)
+def test_days_left_is_rounded_up(cli: Run, clock: Clock, elapsed: int, left: int) -> None:
+    """days_left counts a part of a day as a whole day."""
+    cli("user", "enroll", "alice")
+    clock.now = NOW + elapsed
+    view = cli("user", "status", "alice", "--json").json()
+    assert (view["state"], view["days_left"]) == ("pending", left)
+
+
+def test_status_after_the_deadline_is_locked(cli: Run, clock: Clock) -> None:
+    """Once the enrollment period is over the user shows as locked, with no days left."""
+    cli("user", "enroll", "alice")
+    clock.now = NOW + DAYS * DAY
+    view = cli("user", "status", "alice", "--json").json()
+    assert view["state"] == "locked"
+    assert view["lock_reason"] == "enrollment-expired"
+    assert view["days_left"] is None
+
+
+def test_status_unknown_user(cli: Run) -> None:
+    """An unknown user: exit 1, one line on stderr, nothing on stdout."""
+    line = assert_one_line_error(cli("user", "status", "nobody"))
+    assert "nobody" in line
+    assert_one_line_error(cli("user", "status", "nobody", "--json"))
+
+
+@pytest.mark.parametrize(
+    "spelling", ["ALICE", "Alice", " alice ", "\uff41\uff4c\uff49\uff43\uff45"]
+)
+def test_user_names_are_normalised(cli: Run, spelling: str) -> None:
+    """`status ALICE` (or full-width, or padded) finds the user enrolled as alice."""
+    cli("user", "enroll", "alice")
+    result = cli("user", "status", spelling, "--json")
+    assert result.code == 0, result
+    assert result.json()["username"] == "alice"
+
+
+def test_enroll_stores_the_normalised_name(cli: Run) -> None:
+    """`enroll BOB` creates bob."""
+    assert cli("user", "enroll", "BOB", "--json").json()["username"] == "bob"
+    assert [view["username"] for view in cli("user", "list", "--json").json()] == ["bob"]
+
+
+def test_unusable_user_name(cli: Run) -> None:
+    """A blank or control-character name is a one-line error, never a traceback."""
+    assert_one_line_error(cli("user", "enroll", "   "))
+    assert_one_line_error(cli("user", "status", "al\nice"))
+
+
+def test_status_of_an_exempt_user(cli: Run) -> None:
+    """A user exempt in the config is known even without a record."""
+    view = cli("user", "status", "SVC-backup", "--json").json()
+    assert (view["username"], view["state"]) == ("svc-backup", "exempt")
+
+
+# --- list ---------------------------------------------------------------------------------------
+
+
+def test_list_empty_store_json(cli: Run) -> None:
+    """`list --json` on an empty store prints []."""
+    result = cli("user", "list", "--json")
+    assert (result.code, result.err) == (0, "")
+    assert result.json() == []
+
+
+def test_list_empty_store_text(cli: Run) -> None:
+    """`list` on an empty store says so."""
+    result = cli("user", "list")
+    assert (result.code, result.out) == (0, "no users\n")
+
+
+def test_list_json_array(cli: Run, tmp_path: Path) -> None:
+    """`list --json` prints one array of user objects, by name."""
+    cli("user", "enroll", "carol")
+    import_users(cli, tmp_path, f"bob,{SECRET_160}")
+    cli("user", "enroll", "alice")
+    views = cli("user", "list", "--json").json()
+    assert isinstance(views, list)
+    assert [view["username"] for view in views] == ["alice", "bob", "carol"]
+    assert [view["state"] for view in views] == ["pending", "active", "pending"]
+    for view in views:
+        assert {"username", "state", "deadline", "days_left", "failures"} <= view.keys()
+        assert "secret" not in view
+
+
+def test_list_text_one_line_per_user(cli: Run) -> None:
+    """`list` prints one line per user."""
+    cli("user", "enroll", "alice")
+    cli("user", "enroll", "bob")
+    lines = cli("user", "list").out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["alice", "bob"]
+
+
+# --- lock, unlock, reset ------------------------------------------------------------------------
+
+
+def test_lock(cli: Run, tmp_path: Path) -> None:
+    """`lock`: state locked, lock_reason admin, shown at once and by a later status."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    view = cli("user", "lock", "ALICE", "--json").json()
+    assert (view["username"], view["state"], view["lock_reason"]) == ("alice", "locked", "admin")
+    again = cli("user", "status", "alice", "--json").json()
+    assert (again["state"], again["lock_reason"]) == ("locked", "admin")
+    assert cli("user", "lock", "alice").out == "alice: locked (admin)\n"
+
+
+@pytest.mark.parametrize("days", [[], ["--days", "3"]])
+def test_unlock_confirmed_user_is_active(cli: Run, tmp_path: Path, days: list[str]) -> None:
+    """`unlock` returns a user with a confirmed secret to active, failures 0, no deadline."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    cli("user", "lock", "alice")
+    view = cli("user", "unlock", "alice", *days, "--json").json()
+    assert view["state"] == "active"
+    assert (view["failures"], view["lock_reason"], view["deadline"]) == (0, None, None)
+    assert cli("user", "status", "alice", "--json").json()["state"] == "active"
+
+
+def test_unlock_unconfirmed_user_gets_a_fresh_period(cli: Run, clock: Clock) -> None:
+    """An expired, never-confirmed user is unlocked into grace with a new full period."""
+    cli("user", "enroll", "alice")
+    clock.now = NOW + 20 * DAY
+    assert cli("user", "status", "alice", "--json").json()["state"] == "locked"
+    view = cli("user", "unlock", "alice", "--json").json()
+    assert view["state"] == "grace"
+    assert view["deadline"] == iso(clock.now + DAYS * DAY)
+    assert view["days_left"] == DAYS
+    assert view["failures"] == 0
+
+
+def test_unlock_days_is_honoured(cli: Run, clock: Clock) -> None:
+    """`unlock --days N` gives an unconfirmed user N days of grace."""
+    cli("user", "enroll", "alice")
+    cli("user", "lock", "alice")
+    clock.now = NOW + 5
+    view = cli("user", "unlock", "alice", "--days", "3", "--json").json()
+    assert (view["state"], view["days_left"]) == ("grace", 3)
+    assert view["deadline"] == iso(NOW + 5 + 3 * DAY)
+
+
+def test_unlock_days_zero_forgets_an_unconfirmed_user(cli: Run) -> None:
+    """`--days 0`: no period at all, so the record goes and the user must be enrolled."""
+    cli("user", "enroll", "alice")
+    result = cli("user", "unlock", "alice", "--days", "0", "--json")
+    assert result.code == 0
+    assert result.json()["state"] is None
+    assert_one_line_error(cli("user", "status", "alice"))
+
+
+def test_reset_forgets_the_secret(
+    cli: Run, tmp_path: Path, clock: Clock, store: Callable[[str], UserRecord | None]
+) -> None:
+    """`reset`: back to grace with a fresh period, and the stored secret is gone."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    clock.now = NOW + 100
+    result = cli("user", "reset", "alice", "--json")
+    assert result.code == 0
+    assert result.json()["state"] == "grace"
+    view = cli("user", "status", "alice", "--json").json()
+    assert (view["state"], view["days_left"]) == ("grace", DAYS)
+    assert view["deadline"] == iso(NOW + 100 + DAYS * DAY)
+    assert view["enrolled"] is False
+    record = store("alice")
+    assert record is not None
+    assert (record.secret, record.confirmed) == (None, False)
+
+
+@pytest.mark.parametrize("action", ["lock", "unlock", "reset"])
+def test_change_of_an_unknown_user(cli: Run, action: str) -> None:
+    """lock, unlock and reset of an unknown user: exit 1, one line, nothing created."""
+    line = assert_one_line_error(cli("user", action, "nobody"))
+    assert "nobody" in line
+    assert cli("user", "list", "--json").json() == []
+
+
+# --- import -------------------------------------------------------------------------------------
+
+
+def test_import_makes_active_users(
+    cli: Run, tmp_path: Path, store: Callable[[str], UserRecord | None]
+) -> None:
+    """Imported users are active with the secret from the file."""
+    path = write_csv(
+        tmp_path / "users.csv", "username,secret", f"alice,{SECRET_160}", f"Bob,{SECRET_160_B}"
+    )
+    result = cli("user", "import", str(path))
+    assert (result.code, result.err) == (0, "")
+    assert "2" in result.out
+    for name in ("alice", "bob"):
+        view = cli("user", "status", name, "--json").json()
+        assert (view["state"], view["deadline"], view["enrolled"]) == ("active", None, True)
+    alice = store("alice")
+    assert alice is not None
+    assert alice.secret == b32decode(SECRET_160)
+
+
+def test_import_json_reports_the_count(cli: Run, tmp_path: Path) -> None:
+    """`import --json` prints how many users were imported."""
+    path = write_csv(tmp_path / "u.csv", "username,secret", f"alice,{SECRET_160}")
+    assert cli("user", "import", str(path), "--json").json() == {"imported": 1}
+
+
+def test_import_bad_secret_names_the_line_and_imports_nothing(cli: Run, tmp_path: Path) -> None:
+    """A bad secret on line 3: exit 1, the message names line 3, and no row is imported."""
+    path = write_csv(
+        tmp_path / "users.csv",
+        "username,secret",
+        f"alice,{SECRET_160}",
+        "bob,not-base32!",
+        f"carol,{SECRET_160_B}",
+    )
+    line = assert_one_line_error(cli("user", "import", str(path)))
+    assert "line 3" in line
+    assert "not-base32" not in line  # the secret is never echoed
+    assert cli("user", "list", "--json").json() == []
+
+
+@pytest.mark.parametrize(
+    "header", ["user,secret", "username,secret,extra", "secret,username", "username"]
+)
+def test_import_wrong_header(cli: Run, tmp_path: Path, header: str) -> None:
+    """A header other than username,secret: exit 1, nothing imported."""
+    path = write_csv(tmp_path / "users.csv", header, f"alice,{SECRET_160}")
+    line = assert_one_line_error(cli("user", "import", str(path)))
+    assert "header" in line
+    assert cli("user", "list", "--json").json() == []
+
+
+def test_import_empty_file(cli: Run, tmp_path: Path) -> None:
+    """An empty file has no header: exit 1."""
+    path = tmp_path / "empty.csv"
+    path.write_text("", encoding="utf-8")
+    assert_one_line_error(cli("user", "import", str(path)))
+
+
+def test_import_missing_file(cli: Run, tmp_path: Path) -> None:
+    """A file that is not there: exit 1, one line naming it."""
+    missing = tmp_path / "nowhere.csv"
+    line = assert_one_line_error(cli("user", "import", str(missing)))
+    assert str(missing) in line
+
+
+def test_import_refuses_a_short_secret(cli: Run, tmp_path: Path) -> None:
+    """An 80-bit secret is refused (128 bits at least)."""
+    path = write_csv(tmp_path / "users.csv", "username,secret", f"alice,{SECRET_80}")
+    line = assert_one_line_error(cli("user", "import", str(path)))
+    assert "line 2" in line
+    assert "80" in line
+    assert cli("user", "list", "--json").json() == []
+
+
+def test_import_refuses_duplicates(cli: Run, tmp_path: Path) -> None:
+    """The same user twice (after normalising the name) is refused, nothing imported."""
+    path = write_csv(
+        tmp_path / "users.csv", "username,secret", f"alice,{SECRET_160}", f"ALICE,{SECRET_160_B}"
+    )
+    line = assert_one_line_error(cli("user", "import", str(path)))
+    assert "line 3" in line
+    assert cli("user", "list", "--json").json() == []
+
+
+def test_import_accepts_lowercase_spaced_base32(
+    cli: Run, tmp_path: Path, store: Callable[[str], UserRecord | None]
+) -> None:
+    """Keys as apps show them (lower case, in groups of four) are accepted."""
+    spaced = " ".join(SECRET_160[i : i + 4] for i in range(0, len(SECRET_160), 4)).lower()
+    path = write_csv(tmp_path / "users.csv", "username,secret", f"alice,{spaced}")
+    assert cli("user", "import", str(path)).code == 0
+    record = store("alice")
+    assert record is not None
+    assert record.secret == b32decode(SECRET_160)
+
+
+def test_import_accepts_a_spreadsheet_export(cli: Run, tmp_path: Path) -> None:
+    """A BOM, CRLF line ends, a header in capitals and a blank line are all fine."""
+    path = tmp_path / "users.csv"
+    path.write_bytes(b"\xef\xbb\xbfUsername,Secret\r\nalice," + SECRET_160.encode() + b"\r\n\r\n")
+    assert cli("user", "import", str(path), "--json").json() == {"imported": 1}
+    assert cli("user", "status", "alice", "--json").json()["state"] == "active"
+
+
+def test_import_unparsable_csv_is_one_line(cli: Run, tmp_path: Path) -> None:
+    """A field the csv module refuses (too large) is a bad file, not a traceback."""
+    path = write_csv(tmp_path / "users.csv", "username,secret", "alice," + "A" * 200_000)
+    line = assert_one_line_error(cli("user", "import", str(path)))
+    assert "line 2" in line
+
+
+def test_import_over_existing_users(cli: Run, tmp_path: Path) -> None:
+    """Importing over a pending user makes them active with the imported secret."""
+    cli("user", "enroll", "alice")
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    view = cli("user", "status", "alice", "--json").json()
+    assert (view["state"], view["deadline"]) == ("active", None)
+
+
+# --- bad usage ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frob"],
+        ["user"],
+        ["user", "frob"],
+        ["user", "status"],
+        ["user", "enroll"],
+        ["user", "import"],
+        ["user", "status", "alice", "bob"],
+        ["user", "status", "alice", "--bogus"],
+        ["user", "unlock", "alice", "--days", "abc"],
+        ["user", "unlock", "alice", "--days", "-1"],
+        ["user", "unlock", "alice", "--days"],
+        ["check-config", "--json"],
+        ["check-config", "--config"],
+    ],
+)
+def test_bad_usage_exits_2(cli: Run, argv: list[str]) -> None:
+    """Usage mistakes: exit 2 with a one-line error on stderr."""
+    line = assert_one_line_error(cli(*argv, config=None), code=2)
+    assert "error:" in line
+
+
+def test_help_exits_0(cli: Run) -> None:
+    """--help prints the usage on stdout and exits 0."""
+    result = cli("user", "--help", config=None)
+    assert result.code == 0
+    assert "enroll" in result.out
+
+
+# --- the store ------------------------------------------------------------------------------------
+
+
+def test_unopenable_store_is_one_line(cli: Run, tmp_path: Path) -> None:
+    """A store path that cannot be created: exit 1, one line."""
+    (tmp_path / "blocker").write_text("a file, not a directory", encoding="utf-8")
+    data = config_data(tmp_path)
+    data["store"]["path"] = str(tmp_path / "blocker" / "bridge.db")
+    assert_one_line_error(cli("user", "list", config=write_config(tmp_path / "s.yaml", data)))
+
+
+def test_wrong_key_file_is_one_line(cli: Run, tmp_path: Path) -> None:
+    """Secrets that do not open with the key file: exit 1, one line."""
+    cli("user", "enroll", "alice")
+    (tmp_path / "state" / "bridge.key").unlink()  # a new key is made on the next open
+    line = assert_one_line_error(cli("user", "status", "alice"))
+    assert "key" in line
+
+
+def test_busy_store_is_one_line(cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store held by another writer past the busy timeout: exit 1, one line."""
+
+    def open_store(config: Config) -> SqliteStore:
+        config.store.path.parent.mkdir(parents=True, exist_ok=True)
+        sealer = Sealer(load_or_create_key(config.store.key_file))
+        return SqliteStore(config.store.path, sealer, busy_timeout=0.05)
+
+    monkeypatch.setattr(bridge.service, "open_store", open_store)
+    cli("user", "enroll", "alice")
+    other = sqlite3.connect(tmp_path / "state" / "bridge.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        line = assert_one_line_error(cli("user", "lock", "alice"))
+        assert "locked" in line
+    finally:
+        other.close()
+    assert cli("user", "lock", "alice").code == 0
+
+
+# --- as a program ---------------------------------------------------------------------------------
+
+
+def run_program(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run a command in a child process from the repository root, without the env config."""
+    env = {k: v for k, v in os.environ.items() if k != CONFIG_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONIOENCODING"] = "utf-8"
+    return subprocess.run(
+        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_python_m_bridge(config_path: Path, tmp_path: Path) -> None:
+    """`python -m bridge` is the command, and its exit statuses reach the shell."""
+    conf = ["--config", str(config_path)]
+    python = [sys.executable, "-m", "bridge"]
+    ok = run_program([*python, "user", "enroll", "alice", "--json", *conf], tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["state"] == "pending"
+    unknown = run_program([*python, "user", "status", "nobody", *conf], tmp_path)
+    assert (unknown.returncode, unknown.stdout) == (1, "")
+    assert unknown.stderr.count("\n") == 1
+    assert "Traceback" not in unknown.stderr
+    usage = run_program(python, tmp_path)
+    assert (usage.returncode, usage.stdout) == (2, "")
+    assert usage.stderr.count("\n") == 1
+
+
+def test_console_script_entry_point(config_path: Path, tmp_path: Path) -> None:
+    """The `mfa-bridge` entry point in pyproject runs main and exits with its status."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["scripts"]
+    assert scripts["mfa-bridge"] == "bridge.cli:main"
+    # What pip's console-script wrapper does: sys.exit(<entry point>()).
+    wrapper = (
+        "import sys; from importlib.metadata import EntryPoint; "
+        "sys.exit(EntryPoint('mfa-bridge', 'bridge.cli:main', 'console_scripts').load()())"
+    )
+    command = [sys.executable, "-c", wrapper]
+    assert (
+        run_program([*command, "check-config", "--config", str(config_path)], tmp_path).returncode
+        == 0
+    )
+    missing = run_program([*command, "check-config", "--config", "nowhere.yaml"], tmp_path)
+    assert missing.returncode == 1
+    assert run_program([*command, "user"], tmp_path).returncode == 2
+
+
+def test_installed_mfa_bridge_command(config_path: Path, tmp_path: Path) -> None:
+    """The installed `mfa-bridge` script works (skipped where the project is not installed)."""
+    beside = Path(sys.executable).parent / "mfa-bridge"
+    script = (
+        str(beside)
+        if beside.exists()
+        else shutil.which("mfa-bridge") or require_binary("mfa-bridge")
+    )
+    ok = run_program([script, "check-config", "--config", str(config_path)], tmp_path)
+    assert (ok.returncode, ok.stdout) == (0, "config OK\n"), ok.stderr
+    assert (
+        run_program([script, "user", "status", "x", "--config", "no.yaml"], tmp_path).returncode
+        == 1
+    )
+    assert run_program([script], tmp_path).returncode == 2
