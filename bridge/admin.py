@@ -162,6 +162,13 @@ def parse_import(text: str, source: str, now: int) -> list[UserRecord]:
     header = next(reader, None)
     if header is None or [h.strip().lower() for h in header] != ["username", "secret"]:
         raise AdminError(f"{source}: line 1: the header must be exactly 'username,secret'")
+    try:
+        return _import_rows(reader, source, now)
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit
+        raise AdminError(f"{source}: line {reader.line_num}: {exc}") from exc
+
+
+def _import_rows(reader: Any, source: str, now: int) -> list[UserRecord]:
     seen: set[str] = set()
     records: list[UserRecord] = []
     for row in reader:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _days(text: str) -> int:
+    """`--days N`: a whole number of days, 0 or more (anything else is bad usage)."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {days}")
+    return days
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = actions.add_parser(name, parents=[config, as_json], help=text)
         sub.add_argument("username")
         if name == "unlock":
-            sub.add_argument("--days", type=int, help="length of a fresh enrollment period")
+            sub.add_argument("--days", type=_days, help="length of a fresh enrollment period")
     actions.add_parser("list", parents=[config, as_json], help="list known users")
     imp = actions.add_parser(
         "import", parents=[config, as_json], help="import 'username,secret' rows (CSV)"
@@ -82,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except (AdminError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except sqlite3.Error as exc:  # e.g. "database is locked" after the busy timeout
+        print(f"error: store: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -130,7 +145,11 @@ def _enroll(admin: Admin, args: argparse.Namespace, now: int) -> int:
     enrollment = admin.enroll(args.username, now)
     view = admin.status(enrollment.record.username, now)
     if args.json:
-        print(json.dumps({**view, "secret": enrollment.secret, "uri": enrollment.uri}))
+        print(
+            json.dumps(
+                {**view, "secret": enrollment.secret, "uri": enrollment.uri}, ensure_ascii=False
+            )
+        )
         return EXIT_OK
     segno.make(enrollment.uri, error="m").terminal(out=sys.stdout, compact=True)
     print("\nScan the QR code with an authenticator app, or type the key by hand.")

@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import yaml
 
-import bridge.cli
 import bridge.service
 from bridge.cli import main
 from bridge.config import CONFIG_ENV, Config
