@@ -20,7 +20,7 @@ from enum import StrEnum
 from urllib.parse import urlsplit
 
 import ldap3
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPCertificateError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
@@ -91,8 +91,14 @@ class _Session:
             auto_referrals=False,
             check_names=True,
         )
-        conn.open()
-        if self._config.start_tls and not conn.start_tls():
+        try:
+            conn.open()
+            secured = not self._config.start_tls or conn.start_tls()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the socket is closed whatever went wrong
+                conn.unbind()
+            raise
+        if not secured:
             conn.unbind()
             raise _UnavailableError("StartTLS failed")
         return conn
@@ -151,16 +157,33 @@ class _Session:
                     conn.unbind()
 
 
+class _VerifiedTls(ldap3.Tls):  # type: ignore[misc]  # ldap3 is untyped
+    """TLS for ldap3 where OpenSSL checks chain and host name (ldap3's check breaks on 3.12+)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(validate=ssl.CERT_REQUIRED)
+        self._context = context
+
+    def wrap_socket(self, connection: ldap3.Connection, do_handshake: bool = False) -> None:
+        """Wrap the connection's socket (ldaps:// on open, or after StartTLS succeeded)."""
+        try:
+            connection.socket = self._context.wrap_socket(
+                connection.socket,
+                do_handshake_on_connect=do_handshake,
+                server_hostname=connection.server.host,
+            )
+        except ssl.SSLCertVerificationError as exc:  # ldap3 logs str(): keep OpenSSL's reason
+            raise LDAPCertificateError(f"certificate verify failed: {exc.verify_message}") from exc
+
+
 def _make_server(url: str, config: DirectoryConfig) -> _Server:
     parts = urlsplit(url)
     secure = parts.scheme == "ldaps"
     tls = None
     if secure or config.start_tls:
-        tls = ldap3.Tls(
-            validate=ssl.CERT_REQUIRED,
-            ca_certs_file=str(config.ca_file) if config.ca_file else None,
-            version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls = _VerifiedTls(context)
     server = ldap3.Server(
         parts.hostname or "",
         port=parts.port or (636 if secure else 389),
