@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import time
 from collections.abc import Callable, Iterator
@@ -12,10 +11,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.certs import Ca, make_ca, make_server_cert
 from tests.conftest import require_binary
 from tests.harness import Bridge, RadiusClient
 from tests.slapd import Slapd, SlapdUser
@@ -28,95 +25,11 @@ MODES = ["ldaps", "starttls"]
 
 
 @dataclass(frozen=True)
-class _Ca:
-    """A test certificate authority: its key and self-signed certificate (also as a file)."""
-
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-    path: Path
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return builder.not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(
-        now + datetime.timedelta(days=1)
-    )
-
-
-def _make_ca(directory: Path, common_name: str) -> _Ca:
-    """A self-signed CA certificate written to ``directory/<name>.pem``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        _validity(x509.CertificateBuilder())
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / f"{common_name.replace(' ', '-')}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return _Ca(key, cert, path)
-
-
-def _make_server_cert(
-    ca: _Ca, directory: Path, stem: str, names: list[x509.GeneralName]
-) -> tuple[Path, Path]:
-    """A server certificate for ``names`` (subjectAltName) signed by ``ca``; (cert, key)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        _validity(x509.CertificateBuilder())
-        .subject_name(_name(stem))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-@dataclass(frozen=True)
 class _Pki:
     """The test CA, an unrelated CA, and server certificates from the test CA."""
 
-    ca: _Ca
-    other_ca: _Ca
+    ca: Ca
+    other_ca: Ca
     good: tuple[Path, Path]  # for IP 127.0.0.1
     wrong_name: tuple[Path, Path]  # for DNS:ldap.example.org only
 
@@ -125,12 +38,12 @@ class _Pki:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> _Pki:
     """Certificates written to a temporary directory."""
     directory = tmp_path_factory.mktemp("pki")
-    ca = _make_ca(directory, "Bridge Test CA")
-    other = _make_ca(directory, "Unrelated CA")
-    good = _make_server_cert(
+    ca = make_ca(directory, "Bridge Test CA")
+    other = make_ca(directory, "Unrelated CA")
+    good = make_server_cert(
         ca, directory, "ip", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     )
-    wrong = _make_server_cert(ca, directory, "dns", [x509.DNSName("ldap.example.org")])
+    wrong = make_server_cert(ca, directory, "dns", [x509.DNSName("ldap.example.org")])
     return _Pki(ca, other, good, wrong)
 
 

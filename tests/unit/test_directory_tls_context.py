@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import socket
 import ssl
@@ -12,13 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from ldap3.core.exceptions import LDAPCertificateError
 
 from bridge.config import DirectoryConfig
 from bridge.directory import _make_server, _VerifiedTls
+from tests.certs import self_signed
 
 
 def _config(**changes: object) -> DirectoryConfig:
@@ -29,35 +26,6 @@ def _config(**changes: object) -> DirectoryConfig:
         "user_base": "dc=example",
     }
     return DirectoryConfig(**(base | changes))  # type: ignore[arg-type]
-
-
-def _self_signed(tmp_path: Path, san: x509.GeneralName) -> tuple[Path, Path]:
-    """A self-signed certificate (it is its own CA) for `san`; (cert, key)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def _handshake(tls: _VerifiedTls, cert: Path, key: Path, host: str) -> SimpleNamespace:
@@ -103,7 +71,7 @@ def test_context_is_strict(url: str, start_tls: bool) -> None:
 
 def test_ip_address_certificate_is_accepted(tmp_path: Path) -> None:
     """A certificate with an IP SAN matches a server given by IP (no ssl.match_hostname)."""
-    cert, key = _self_signed(tmp_path, x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    cert, key = self_signed(tmp_path, x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     tls = _make_server("ldaps://127.0.0.1", _config(ca_file=cert)).server.tls
     connection = _handshake(tls, cert, key, "127.0.0.1")
     assert isinstance(connection.socket, ssl.SSLSocket)
@@ -111,7 +79,7 @@ def test_ip_address_certificate_is_accepted(tmp_path: Path) -> None:
 
 def test_wrong_name_is_refused_readably(tmp_path: Path) -> None:
     """A trusted certificate for another host fails with OpenSSL's reason, not a cert dump."""
-    cert, key = _self_signed(tmp_path, x509.DNSName("ldap.example.org"))
+    cert, key = self_signed(tmp_path, x509.DNSName("ldap.example.org"))
     tls = _make_server("ldaps://127.0.0.1", _config(ca_file=cert)).server.tls
     with pytest.raises(LDAPCertificateError, match="certificate verify failed: IP address mis"):
         _handshake(tls, cert, key, "127.0.0.1")
