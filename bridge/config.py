@@ -55,6 +55,7 @@ class DirectoryConfig:
     timeout: float = 5.0  # seconds per server
     group_filter: str = "(|(member={dn})(uniqueMember={dn})(memberUid={username}))"
     pool_size: int = 4  # worker threads / connections to the directory
+    cache_ttl: int = 300  # seconds a user's DN and group membership are remembered; 0: never
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,6 +558,7 @@ _DIRECTORY_KEYS: Final = (
     "timeout",
     "group_filter",
     "pool_size",
+    "cache_ttl",
 )
 
 
@@ -644,6 +646,7 @@ def _directory(report: _Report, data: Mapping[object, object]) -> DirectoryConfi
         timeout=timeout,
         group_filter=group_filter,
         pool_size=m.integer("pool_size", _DEFAULT_DIRECTORY.pool_size, 1, 64),
+        cache_ttl=m.integer("cache_ttl", _DEFAULT_DIRECTORY.cache_ttl, 0, 86_400),
     )
 
 
