@@ -1,22 +1,24 @@
 """The upstream directory: find a user with the service account, bind as them.
 
-python-ldap (OpenLDAP's C libldap) does the protocol work and releases the GIL while it
-waits, so the calls run on a bounded Twisted thread pool and the reactor never waits on
-the network. Each worker thread keeps two connections per server: one bound as the
-service account for searches, one that is re-bound as each user. A user's DN and
-exempt-group membership are remembered for `cache_ttl` seconds (never a password or a
-bind result), so a returning user costs one bind and nothing else. Threads never touch
-transports or the store; they return a `BindResult`.
+python-ldap (OpenLDAP's C libldap) encodes and decodes; its asynchronous calls are driven
+by the reactor: each connection's socket is watched for replies, so a login costs no
+thread hand-off and no blocking wait. Searches are pipelined on one service connection;
+binds go to a pool of connections kept only for binding (a bind changes a connection's
+identity, and RFC 4511 allows one bind at a time on it). Only opening connections (TCP,
+TLS handshake, service bind) happens on a thread, so an unreachable server never stalls
+the reactor. A user's DN and exempt-group membership are remembered for `cache_ttl`
+seconds (never a password or a bind result), so a returning user costs one bind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -25,9 +27,9 @@ from urllib.parse import urlsplit
 import ldap
 from ldap.filter import escape_filter_chars
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from bridge.config import DirectoryConfig
@@ -60,15 +62,15 @@ class BindResult:
     server: str | None = None
 
 
-class _UnavailableError(Exception):
+class UnavailableError(Exception):
     """This server cannot answer now: try the next one."""
 
 
 def connect(url: str, config: DirectoryConfig) -> Any:
-    """An LDAPv3 connection to `url`, TLS verified (chain and host name) when used.
+    """An LDAPv3 connection to `url` bound as the service account (blocking: use a thread).
 
-    Options are set per connection, so a user's ldaprc or /etc/ldap/ldap.conf cannot
-    weaken certificate checks; referrals are never chased.
+    TLS options are set per connection, so a user's ldaprc or /etc/ldap/ldap.conf cannot
+    weaken certificate checks (chain and host name); referrals are never chased.
     """
     conn = ldap.initialize(url)
     conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
@@ -85,102 +87,261 @@ def connect(url: str, config: DirectoryConfig) -> Any:
     try:
         if config.start_tls:
             conn.start_tls_s()
-    except ldap.LDAPError:
-        conn.unbind_s()
-        raise
+        conn.simple_bind_s(config.bind_dn, config.bind_password)
+    except ldap.LDAPError as exc:
+        with contextlib.suppress(ldap.LDAPError):
+            conn.unbind_s()
+        if isinstance(exc, _REFUSED):
+            raise UnavailableError(f"service account bind refused: {_describe(exc)}") from exc
+        diagnosis = None
+        if isinstance(exc, ldap.SERVER_DOWN | ldap.CONNECT_ERROR):
+            diagnosis = tls_diagnosis(url, config)
+        raise UnavailableError(diagnosis or _describe(exc)) from exc
     return conn
 
 
-class _Session:
-    """One worker thread's connections to one server."""
+class _Link:
+    """One libldap connection driven by the reactor: send now, answer when the socket says.
 
-    def __init__(self, url: str, config: DirectoryConfig) -> None:
+    Implements IReadDescriptor. Any error that is not an operation's own result (the
+    server went away, an operation timed out) breaks the link; `on_broken` is told once.
+    """
+
+    def __init__(
+        self, conn: Any, reactor: Any, timeout: float, on_broken: Callable[[Exception], None]
+    ) -> None:
+        self.conn = conn
+        # The reactor watches a duplicate of the socket: libldap closes its own descriptor
+        # when it sees an error, and the number could be reused before we unregister.
+        self._fd: int = os.dup(conn.fileno())
+        self._reactor = reactor
+        self._timeout = timeout
+        self._on_broken = on_broken
+        self._pending: dict[int, tuple[Deferred[Any], Any]] = {}
+        self.closed = False
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        """The socket the reactor watches."""
+        return self._fd
+
+    def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
+        """For Twisted's log lines."""
+        return "ldap"
+
+    def call(self, start: Callable[[Any], int]) -> Deferred[Any]:
+        """Start an asynchronous libldap call; the Deferred fires with (type, data)."""
+        if self.closed:
+            raise UnavailableError("connection closed")
+        try:
+            msgid = start(self.conn)
+        except ldap.LDAPError as exc:
+            self._break(exc)
+            raise UnavailableError(_describe(exc)) from exc
+        done: Deferred[Any] = Deferred()
+        timer = self._reactor.callLater(self._timeout, self._expired)
+        self._pending[msgid] = (done, timer)
+        return done
+
+    def doRead(self) -> None:  # noqa: N802 - Twisted's name
+        """Collect every complete reply libldap can give now."""
+        while not self.closed:
+            try:
+                kind, data, msgid, _controls = self.conn.result3(ldap.RES_ANY, 1, 0)
+            except ldap.LDAPError as exc:
+                info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+                if "msgid" not in info:
+                    self._break(exc)
+                    return
+                self._settle(info["msgid"], exc)
+                continue
+            if kind is None:
+                return
+            self._settle(msgid, (kind, data))
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        """The reactor saw the socket fail."""
+        self._break(UnavailableError("connection lost"))
+
+    def _settle(self, msgid: int, outcome: object) -> None:
+        entry = self._pending.pop(msgid, None)
+        if entry is None:
+            return
+        done, timer = entry
+        if timer.active():
+            timer.cancel()
+        if isinstance(outcome, Exception):
+            done.errback(outcome)
+        else:
+            done.callback(outcome)
+
+    def _expired(self) -> None:
+        self._break(UnavailableError(f"no answer within {self._timeout:g} s"))
+
+    def _break(self, exc: Exception) -> None:
+        if not self.closed:
+            self.close(exc)
+            self._on_broken(exc)
+
+    def close(self, exc: Exception | None = None) -> None:
+        """Stop watching the socket, fail what is pending, close the connection."""
+        if self.closed:
+            return
+        self.closed = True
+        self._reactor.removeReader(self)
+        os.close(self._fd)
+        pending, self._pending = self._pending, {}
+        reason = UnavailableError(_describe(exc) if exc else "connection closed")
+        for done, timer in pending.values():
+            if timer.active():
+                timer.cancel()
+            done.errback(reason)
+        with contextlib.suppress(ldap.LDAPError):
+            self.conn.unbind_ext()
+
+
+class _Server:
+    """The connections to one directory URL: one for searches, `pool_size` for binds."""
+
+    def __init__(self, url: str, config: DirectoryConfig, reactor: Any, pool: ThreadPool) -> None:
         self.url = url
         self._config = config
-        self.service = connect(url, config)
-        try:
-            self.service.simple_bind_s(config.bind_dn, config.bind_password)
-        except ldap.LDAPError as exc:
-            self.service.unbind_s()
-            if isinstance(exc, _REFUSED):
-                raise _UnavailableError(f"service account bind refused: {_describe(exc)}") from exc
-            raise
-        self._user: Any = None
+        self._reactor = reactor
+        self._pool = pool
+        self._search_link: _Link | None = None
+        self._idle: list[_Link] = []
+        self._busy: set[_Link] = set()
+        self._queue: deque[Deferred[_Link]] = deque()
+        self._opening: list[Deferred[None]] | None = None
 
-    def find(self, username: str) -> str | None:
-        """The DN of the one entry matching the user filter, None for none or several."""
+    def ready(self) -> Deferred[None]:
+        """Fires once the connections are open (opening them on a thread if need be)."""
+        if self._search_link is not None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        if self._opening is None:
+            self._opening = [waiter]
+            count = self._config.pool_size + 1
+            opened = deferToThreadPool(self._reactor, self._pool, self._open_all, count)
+            opened.addCallbacks(self._opened, self._open_failed)
+        else:
+            self._opening.append(waiter)
+        return waiter
+
+    def _open_all(self, count: int) -> list[Any]:
+        conns: list[Any] = []
+        try:
+            for _ in range(count):
+                conns.append(connect(self.url, self._config))
+        except BaseException:
+            for conn in conns:
+                with contextlib.suppress(ldap.LDAPError):
+                    conn.unbind_s()
+            raise
+        return conns
+
+    def _opened(self, conns: list[Any]) -> None:
+        links = [_Link(c, self._reactor, self._config.timeout, self.fail) for c in conns]
+        self._search_link, self._idle = links[0], links[1:]
+        waiters, self._opening = self._opening or [], None
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _open_failed(self, failure: Failure) -> None:
+        waiters, self._opening = self._opening or [], None
+        for waiter in waiters:
+            waiter.errback(failure)
+
+    def fail(self, exc: Exception) -> None:
+        """Close every connection; everything waiting gets UnavailableError."""
+        links = [self._search_link, *self._idle, *self._busy]
+        self._search_link, self._idle, self._busy = None, [], set()
+        for link in links:
+            if link is not None:
+                link.close(exc)
+        queue, self._queue = self._queue, deque()
+        for waiter in queue:
+            waiter.errback(UnavailableError(_describe(exc)))
+
+    async def find(self, username: str) -> str | None:
+        """The DN of the one entry matching the user filter; None for none or several."""
         query = self._config.user_filter.replace("{username}", escape_filter_chars(username))
         try:
-            found = self.service.search_ext_s(
-                self._config.user_base,
-                ldap.SCOPE_SUBTREE,
-                query,
-                ["1.1"],
-                sizelimit=2,
-                timeout=self._config.timeout,
+            _kind, entries = await self._search(
+                self._config.user_base, ldap.SCOPE_SUBTREE, query, 2
             )
         except ldap.SIZELIMIT_EXCEEDED:
             log.warn("directory.ambiguous: the user filter matched several entries")
             return None
         except ldap.NO_SUCH_OBJECT:
             return None
-        entries = [dn for dn, _ in found if dn]
-        if len(entries) != 1:
-            if entries:
-                log.warn("directory.ambiguous: the user filter matched several entries")
-            return None
-        dn: str = entries[0]
-        return dn
+        except ldap.LDAPError as exc:
+            raise UnavailableError(_describe(exc)) from exc
+        dns = [dn for dn, _attrs in entries if dn]
+        if len(dns) > 1:
+            log.warn("directory.ambiguous: the user filter matched several entries")
+        return dns[0] if len(dns) == 1 else None
 
-    def bind_user(self, dn: str, password: str) -> bool:
-        """Whether the directory accepts `password` for `dn` (one simple bind)."""
-        if self._user is None:
-            self._user = connect(self.url, self._config)
-        try:
-            self._user.simple_bind_s(dn, password)
-        except _REFUSED:
-            return False
-        except ldap.LDAPError:
-            self._close_user()
-            raise
-        return True
-
-    def member_of_any(self, dn: str, username: str, groups: tuple[str, ...]) -> bool:
-        """Whether `dn` is a member of one of `groups` (searched as the service account)."""
+    async def member_of_any(self, dn: str, username: str, groups: tuple[str, ...]) -> bool:
+        """Whether `dn` is a member of one of `groups` (a base search on each)."""
         query = self._config.group_filter.replace("{dn}", escape_filter_chars(dn)).replace(
             "{username}", escape_filter_chars(username)
         )
         for group in groups:
             try:
-                found = self.service.search_ext_s(
-                    group,
-                    ldap.SCOPE_BASE,
-                    query,
-                    ["1.1"],
-                    sizelimit=1,
-                    timeout=self._config.timeout,
-                )
+                _kind, entries = await self._search(group, ldap.SCOPE_BASE, query, 1)
             except ldap.NO_SUCH_OBJECT:
                 continue
-            if any(entry_dn for entry_dn, _ in found):
+            except ldap.LDAPError as exc:
+                raise UnavailableError(_describe(exc)) from exc
+            if any(entry_dn for entry_dn, _attrs in entries):
                 return True
         return False
 
-    def _close_user(self) -> None:
-        if self._user is not None:
-            with contextlib.suppress(ldap.LDAPError):
-                self._user.unbind_s()
-            self._user = None
+    async def bind(self, dn: str, password: str) -> bool:
+        """Whether the directory accepts `password` for `dn`: one simple bind."""
+        link = await self._acquire()
+        try:
+            await link.call(lambda c: c.simple_bind(dn, password))
+        except _REFUSED:
+            return False
+        except ldap.LDAPError as exc:
+            raise UnavailableError(_describe(exc)) from exc
+        finally:
+            self._release(link)
+        return True
 
-    def close(self) -> None:
-        """Close both connections."""
-        self._close_user()
-        with contextlib.suppress(ldap.LDAPError):
-            self.service.unbind_s()
+    def _search(self, base: str, scope: int, query: str, limit: int) -> Deferred[Any]:
+        """A search on the shared connection, asking for DNs only."""
+        if self._search_link is None:
+            raise UnavailableError("not connected")
+        return self._search_link.call(
+            lambda c: c.search_ext(base, scope, query, ["1.1"], sizelimit=limit)
+        )
+
+    def _acquire(self) -> Deferred[_Link]:
+        if self._search_link is None:
+            raise UnavailableError("not connected")
+        if self._idle:
+            link = self._idle.pop()
+            self._busy.add(link)
+            return succeed(link)
+        waiter: Deferred[_Link] = Deferred()
+        self._queue.append(waiter)
+        return waiter
+
+    def _release(self, link: _Link) -> None:
+        if link.closed or link not in self._busy:
+            return
+        if self._queue:
+            self._queue.popleft().callback(link)
+            return
+        self._busy.discard(link)
+        self._idle.append(link)
 
 
 class _Expiring:
-    """A small map whose entries expire; shared by the worker threads (dict ops are atomic)."""
+    """A bounded map whose entries expire after `ttl` seconds."""
 
     def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
         self._ttl = ttl
@@ -211,132 +372,115 @@ class Directory:
         self,
         config: DirectoryConfig,
         exempt_groups: tuple[str, ...],
-        reactor: IReactorFromThreads,
+        reactor: Any,  # IReactorFDSet, IReactorTime and IReactorFromThreads
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._exempt_groups = exempt_groups
-        self._reactor = reactor
         self._monotonic = monotonic
         self._down_until: dict[str, float] = {}
         self._dns = _Expiring(config.cache_ttl, monotonic)
         self._exempt = _Expiring(config.cache_ttl, monotonic)
-        self._local = threading.local()
-        self._sessions: list[_Session] = []
-        self._lock = threading.Lock()
-        self.pool = ThreadPool(minthreads=0, maxthreads=config.pool_size, name="directory")
+        self.pool = ThreadPool(minthreads=0, maxthreads=2, name="directory-connect")
+        self._servers = {url: _Server(url, config, reactor, self.pool) for url in config.urls}
 
     def start(self) -> None:
-        """Start the worker threads."""
+        """Start the thread that opens connections."""
         self.pool.start()
 
     def stop(self) -> None:
-        """Stop the workers and close every connection."""
+        """Close every connection and stop the thread."""
+        for server in self._servers.values():
+            server.fail(UnavailableError("shutting down"))
         self.pool.stop()
-        with self._lock:
-            sessions, self._sessions = self._sessions, []
-        for session in sessions:
-            session.close()
 
     def authenticate(self, username: str, password: str) -> Deferred[BindResult]:
-        """Find `username` and bind as them with `password`, off the reactor thread."""
+        """Find `username` and bind as them with `password`."""
         if not password:  # an empty password is an anonymous bind at many directories
             return succeed(BindResult(BindStatus.BAD_PASSWORD))
-        return deferToThreadPool(self._reactor, self.pool, self._authenticate, username, password)
+        return _start(self._authenticate(username, password))
 
     def probe(self) -> Deferred[BindResult]:
-        """Reach a server and bind the service account (start-up and health checks)."""
-        return deferToThreadPool(self._reactor, self.pool, self._probe)
+        """Open connections to the first server that answers (start-up, health checks)."""
+        return _start(self._probe())
 
-    def _probe(self) -> BindResult:
-        for url in self._ordered():
+    async def _probe(self) -> BindResult:
+        for server in self._ordered():
             try:
-                self._session(url)
-            except (_UnavailableError, ldap.LDAPError) as exc:
-                self._failed(url, exc)
+                await server.ready()
+            except UnavailableError as exc:
+                self._failed(server, exc)
                 continue
-            return BindResult(BindStatus.OK, server=url)
+            return BindResult(BindStatus.OK, server=server.url)
         return BindResult(BindStatus.UNAVAILABLE)
 
-    def _authenticate(self, username: str, password: str) -> BindResult:
-        for url in self._ordered():
+    async def _authenticate(self, username: str, password: str) -> BindResult:
+        for server in self._ordered():
             try:
-                result = self._login(self._session(url), username, password)
-            except (_UnavailableError, ldap.LDAPError) as exc:
-                self._failed(url, exc)
+                await server.ready()
+                result = await self._login(server, username, password)
+            except UnavailableError as exc:
+                self._failed(server, exc)
                 continue
-            self._down_until.pop(url, None)
+            self._down_until.pop(server.url, None)
             return result
         return BindResult(BindStatus.UNAVAILABLE)
 
-    def _login(self, session: _Session, username: str, password: str) -> BindResult:
+    async def _login(self, server: _Server, username: str, password: str) -> BindResult:
         """Search (unless the DN is remembered), then one bind as the user."""
         cached: str | None = self._dns.get(username)
-        dn = cached or session.find(username)
+        dn = cached or await server.find(username)
         if dn is None:
-            return BindResult(BindStatus.UNKNOWN_USER, server=session.url)
+            return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
         self._dns.put(username, dn)
-        ok = session.bind_user(dn, password)
+        ok = await server.bind(dn, password)
         if not ok and cached is not None:
             # A remembered DN may be stale (the entry moved): bind again only if it did.
-            fresh = session.find(username)
+            fresh = await server.find(username)
             if fresh is None:
                 self._dns.drop(username)
-                return BindResult(BindStatus.UNKNOWN_USER, server=session.url)
+                return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
             if fresh != dn:
                 self._dns.put(username, fresh)
-                dn, ok = fresh, session.bind_user(fresh, password)
+                dn, ok = fresh, await server.bind(fresh, password)
         if not ok:
-            return BindResult(BindStatus.BAD_PASSWORD, dn, server=session.url)
-        return BindResult(
-            BindStatus.OK,
-            dn,
-            in_exempt_group=self._is_exempt(session, dn, username),
-            server=session.url,
-        )
+            return BindResult(BindStatus.BAD_PASSWORD, dn, server=server.url)
+        exempt = await self._is_exempt(server, dn, username)
+        return BindResult(BindStatus.OK, dn, in_exempt_group=exempt, server=server.url)
 
-    def _is_exempt(self, session: _Session, dn: str, username: str) -> bool:
+    async def _is_exempt(self, server: _Server, dn: str, username: str) -> bool:
         if not self._exempt_groups:
             return False
         exempt: bool | None = self._exempt.get(dn)
         if exempt is None:
-            exempt = session.member_of_any(dn, username, self._exempt_groups)
+            exempt = await server.member_of_any(dn, username, self._exempt_groups)
             self._exempt.put(dn, exempt)
         return exempt
 
-    def _ordered(self) -> list[str]:
-        """Server URLs in configured order, those recently failed last (still tried)."""
+    def _ordered(self) -> list[_Server]:
+        """Servers in configured order, those recently failed last (still tried)."""
         now = self._monotonic()
-        up = [u for u in self._config.urls if self._down_until.get(u, 0.0) <= now]
-        return up + [u for u in self._config.urls if u not in up]
+        servers = list(self._servers.values())
+        up = [s for s in servers if self._down_until.get(s.url, 0.0) <= now]
+        return up + [s for s in servers if s not in up]
 
-    def _sessions_here(self) -> dict[str, _Session]:
-        sessions: dict[str, _Session] = self._local.__dict__.setdefault("sessions", {})
-        return sessions
+    def _failed(self, server: _Server, exc: Exception) -> None:
+        server.fail(exc)
+        now = self._monotonic()
+        already_down = self._down_until.get(server.url, 0.0) > now
+        self._down_until[server.url] = now + HOLD_DOWN_SECONDS
+        if already_down:  # one line per outage, not one per login caught in it
+            return
+        log.warn(
+            "directory.unavailable server={server} error={error}",
+            server=server.url,
+            error=_describe(exc),
+        )
 
-    def _session(self, url: str) -> _Session:
-        sessions = self._sessions_here()
-        session = sessions.get(url)
-        if session is None:
-            session = _Session(url, self._config)
-            sessions[url] = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
 
-    def _failed(self, url: str, exc: Exception) -> None:
-        session = self._sessions_here().pop(url, None)
-        if session is not None:
-            with self._lock:
-                if session in self._sessions:
-                    self._sessions.remove(session)
-            session.close()
-        self._down_until[url] = self._monotonic() + HOLD_DOWN_SECONDS
-        error = _describe(exc)
-        if isinstance(exc, ldap.SERVER_DOWN | ldap.CONNECT_ERROR):
-            error = tls_diagnosis(url, self._config) or error
-        log.warn("directory.unavailable server={server} error={error}", server=url, error=error)
+def _start(coroutine: Coroutine[Deferred[Any], Any, BindResult]) -> Deferred[BindResult]:
+    return Deferred.fromCoroutine(coroutine)
 
 
 _STARTTLS_REQUEST = bytes.fromhex("301d02017f7718801631") + b".3.6.1.4.1.1466.20037"
@@ -347,6 +491,7 @@ def tls_diagnosis(url: str, config: DirectoryConfig) -> str | None:
 
     libldap reports a refused certificate as "Can't contact LDAP server"; this repeats the
     handshake with Python's ssl (same trust anchor, host name checked) to say why.
+    Blocking: call it on a thread.
     """
     parts = urlsplit(url)
     host, secure = parts.hostname or "", parts.scheme == "ldaps"
@@ -354,9 +499,8 @@ def tls_diagnosis(url: str, config: DirectoryConfig) -> str | None:
         return None
     context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
     try:
-        with socket.create_connection(
-            (host, parts.port or (636 if secure else 389)), timeout=config.timeout
-        ) as sock:
+        address = (host, parts.port or (636 if secure else 389))
+        with socket.create_connection(address, timeout=config.timeout) as sock:
             if not secure:
                 sock.sendall(_STARTTLS_REQUEST)
                 sock.recv(4096)
@@ -368,7 +512,7 @@ def tls_diagnosis(url: str, config: DirectoryConfig) -> str | None:
         return f"TLS: {exc}"
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     """One readable line from an ldap error (its `desc` and `info`), or the exception."""
     args = exc.args[0] if exc.args else None
     if isinstance(args, dict):
