@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -58,38 +58,42 @@ class Authenticator:
     def _now(self) -> int:
         return int(self._clock.seconds())
 
-    @inlineCallbacks
-    def login(self, raw_username: str, field: str, mode: Mode, caller: Caller):  # type: ignore[no-untyped-def]
+    def login(
+        self, raw_username: str, field: str, mode: Mode, caller: Caller
+    ) -> Deferred[Decision]:
         """Decide a login from a user name and a password field (maybe with a code)."""
         started = self._clock.seconds()
         username = normalize_username(raw_username)
         if username is None:
-            return self._audit(rejected(raw_username[:64], Reason.BAD_USERNAME), caller, started)
+            decision = rejected(raw_username[:64], Reason.BAD_USERNAME)
+            return succeed(self._audit(decision, caller, started))
         if not field:
-            return self._audit(rejected(username, Reason.EMPTY_PASSWORD), caller, started)
+            return succeed(self._audit(rejected(username, Reason.EMPTY_PASSWORD), caller, started))
         record = self._store.get(username)
         attempt = plan_attempt(record, field, mode, self._now(), self._policy)
-        result: BindResult = yield self._authenticate(username, attempt.password)
-        if result.status is not BindStatus.OK:
-            return self._audit(
-                rejected(username, _BIND_REJECTS[result.status], record), caller, started
-            )
-        exempt = username in self._exempt_users or result.in_exempt_group
 
-        def decide(current: UserRecord | None) -> tuple[UserRecord | None, Verdict]:
-            verdict = conclude(
-                current,
-                username,
-                attempt,
-                exempt=exempt,
-                can_challenge=mode is not Mode.APPEND,
-                now=self._now(),
-                policy=self._policy,
-            )
-            return verdict.record, verdict
+        def bound(result: BindResult) -> Decision:
+            if result.status is not BindStatus.OK:
+                decision = rejected(username, _BIND_REJECTS[result.status], record)
+                return self._audit(decision, caller, started)
+            exempt = username in self._exempt_users or result.in_exempt_group
 
-        verdict = self._store.update(username, decide)
-        return self._audit(verdict.decision, caller, started)
+            def decide(current: UserRecord | None) -> tuple[UserRecord | None, Verdict]:
+                verdict = conclude(
+                    current,
+                    username,
+                    attempt,
+                    exempt=exempt,
+                    can_challenge=mode is not Mode.APPEND,
+                    now=self._now(),
+                    policy=self._policy,
+                )
+                return verdict.record, verdict
+
+            verdict = self._store.update(username, decide)
+            return self._audit(verdict.decision, caller, started)
+
+        return self._authenticate(username, attempt.password).addCallback(bound)
 
     def answer_challenge(self, username: str, code: str, caller: Caller) -> Decision:
         """Decide the code sent in answer to a challenge (the password was checked then)."""

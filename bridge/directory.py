@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import ldap
 from ldap.filter import escape_filter_chars
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -117,7 +118,7 @@ class _Link:
         self._reactor = reactor
         self._timeout = timeout
         self._on_broken = on_broken
-        self._pending: dict[int, tuple[Deferred[Any], Any]] = {}
+        self._pending: dict[int, tuple[Deferred[Any], float]] = {}
         self.closed = False
         reactor.addReader(self)
 
@@ -139,9 +140,13 @@ class _Link:
             self._break(exc)
             raise UnavailableError(_describe(exc)) from exc
         done: Deferred[Any] = Deferred()
-        timer = self._reactor.callLater(self._timeout, self._expired)
-        self._pending[msgid] = (done, timer)
+        self._pending[msgid] = (done, self._reactor.seconds() + self._timeout)
         return done
+
+    def check_deadlines(self, now: float) -> None:
+        """Break the link if an operation has waited past the timeout (a hung server)."""
+        if any(deadline <= now for _done, deadline in self._pending.values()):
+            self._expired()
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name
         """Collect every complete reply libldap can give now."""
@@ -167,9 +172,7 @@ class _Link:
         entry = self._pending.pop(msgid, None)
         if entry is None:
             return
-        done, timer = entry
-        if timer.active():
-            timer.cancel()
+        done = entry[0]
         if isinstance(outcome, Exception):
             done.errback(outcome)
         else:
@@ -192,9 +195,7 @@ class _Link:
         os.close(self._fd)
         pending, self._pending = self._pending, {}
         reason = UnavailableError(_describe(exc) if exc else "connection closed")
-        for done, timer in pending.values():
-            if timer.active():
-                timer.cancel()
+        for done, _deadline in pending.values():
             done.errback(reason)
         with contextlib.suppress(ldap.LDAPError):
             self.conn.unbind_ext()
@@ -251,6 +252,12 @@ class _Server:
         waiters, self._opening = self._opening or [], None
         for waiter in waiters:
             waiter.errback(failure)
+
+    def check_deadlines(self, now: float) -> None:
+        """Let each open connection check its operations' deadlines."""
+        for link in [self._search_link, *self._idle, *self._busy]:
+            if link is not None and not link.closed:
+                link.check_deadlines(now)
 
     def fail(self, exc: Exception) -> None:
         """Close every connection; everything waiting gets UnavailableError."""
@@ -384,16 +391,28 @@ class Directory:
         self._exempt = _Expiring(config.cache_ttl, monotonic)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="directory-connect")
         self._servers = {url: _Server(url, config, reactor, self.pool) for url in config.urls}
+        self._reactor = reactor
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = reactor
 
     def start(self) -> None:
-        """Start the thread that opens connections."""
+        """Start the thread that opens connections, and the operation deadline checks."""
         self.pool.start()
+        self._sweeper.start(max(0.1, self._config.timeout / 4), now=False)
 
     def stop(self) -> None:
         """Close every connection and stop the thread."""
+        if self._sweeper.running:
+            self._sweeper.stop()
         for server in self._servers.values():
             server.fail(UnavailableError("shutting down"))
         self.pool.stop()
+
+    def _sweep(self) -> None:
+        """One timer for all operations, rather than one per operation."""
+        now = self._reactor.seconds()
+        for server in self._servers.values():
+            server.check_deadlines(now)
 
     def authenticate(self, username: str, password: str) -> Deferred[BindResult]:
         """Find `username` and bind as them with `password`."""

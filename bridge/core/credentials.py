@@ -14,11 +14,14 @@ def normalize_username(raw: str) -> str | None:
     NFKC folds full-width and compatibility forms, surrounding blanks are dropped and
     case is folded, so `Alice`, ` alice` and its full-width form share one record and one lockout.
     """
-    # Folding case can undo NFKC's composition (ß + accent -> ss + accent): normalise again.
-    name = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).strip().casefold())
+    if raw.isascii():  # the common case: NFKC changes nothing, casefold is lower
+        name = raw.strip().lower()
+    else:
+        # Folding case can undo NFKC's composition (ß + accent -> ss + accent): again.
+        name = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", raw).strip().casefold())
     if not name or len(name) > MAX_USERNAME_LENGTH:
         return None
-    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in name):
+    if not name.isprintable():  # control, format, unassigned, private-use, line breaks
         return None
     return name
 

@@ -169,7 +169,8 @@ def _decrypt_password(hidden: bytes, secret: bytes, authenticator: bytes) -> str
     for start in range(0, len(hidden), 16):
         block = hidden[start : start + 16]
         pad = hashlib.md5(secret + previous).digest()  # noqa: S324 - RFC 2865 mandates MD5
-        plain += bytes(a ^ b for a, b in zip(block, pad, strict=True))
+        mixed = int.from_bytes(block, "big") ^ int.from_bytes(pad, "big")
+        plain += mixed.to_bytes(16, "big")
         previous = block
     password = bytes(plain).rstrip(b"\x00")
     if b"\x00" in password:

@@ -31,6 +31,7 @@ REPLY_CACHE_SECONDS = 30.0
 REPLY_CACHE_LIMIT = 16_384
 CHALLENGE_LIMIT = 16_384
 LOG_INTERVAL = 60.0
+CLIENT_MEMO_LIMIT = 4096
 
 PROMPT = "Enter the 6-digit code from your authenticator app"
 LOCKED = "Your account is locked: contact your IT admin"
@@ -77,6 +78,7 @@ class RadiusProtocol(DatagramProtocol):
         self._random = random_bytes
         self._mode = Mode(config.mode)
         self._clients = sorted(config.clients, key=lambda c: c.network.prefixlen, reverse=True)
+        self._client_of: dict[str, RadiusClient | None] = {}
         self._replies: OrderedDict[CacheKey, _Entry] = OrderedDict()
         self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
         self._last_logged: dict[tuple[str, str], float] = {}
@@ -264,14 +266,22 @@ class RadiusProtocol(DatagramProtocol):
             del self._challenges[state]
 
     def _client(self, host: str) -> RadiusClient | None:
+        """The client entry for a source address (most specific network first), memoised."""
+        if host in self._client_of:
+            return self._client_of[host]
+        found = None
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            return None
+            address = None
         for client in self._clients:
-            if address in client.network:
-                return client
-        return None
+            if address is not None and address in client.network:
+                found = client
+                break
+        if len(self._client_of) >= CLIENT_MEMO_LIMIT:
+            self._client_of.clear()
+        self._client_of[host] = found
+        return found
 
     def _drop(self, cause: str, addr: Address, what: str) -> None:
         """Count a dropped packet and log it, at most once a minute per cause and client."""
