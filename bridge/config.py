@@ -54,7 +54,7 @@ class DirectoryConfig:
     ca_file: Path | None = None  # CA bundle; certificates are always verified
     timeout: float = 5.0  # seconds per server
     group_filter: str = "(|(member={dn})(uniqueMember={dn})(memberUid={username}))"
-    pool_size: int = 4  # worker threads / connections to the directory
+    pool_size: int = 16  # connections used for user binds (one bind at a time each)
     cache_ttl: int = 300  # seconds a user's DN and group membership are remembered; 0: never
 
 

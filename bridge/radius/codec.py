@@ -4,7 +4,7 @@ Pure: bytes in, bytes out; no sockets, no clock, no Twisted. The server needs a 
 of attributes, so they are read and written here directly, after an exact check of the
 header and the attribute walk (pyrad is lenient about framing: it reads past the end of a
 truncated attribute), without building pyrad's per-packet objects: that cost three times
-the rest of the decoding (see docs/performance.md). pyrad supplies the dictionary, and the
+the rest of the decoding (see docs/ldap-path.md). pyrad supplies the dictionary, and the
 tests check every reply with pyrad as an independent implementation.
 """
 
