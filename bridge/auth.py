@@ -90,7 +90,7 @@ class Authenticator:
                 )
                 return verdict.record, verdict
 
-            verdict = self._store.update(username, decide)
+            verdict = self._store.update_seen(username, record, decide)
             return self._audit(verdict.decision, caller, started)
 
         return self._authenticate(username, attempt.password).addCallback(bound)

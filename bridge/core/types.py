@@ -69,6 +69,7 @@ class UserRecord:
     confirmed: bool = False  # the secret was proven by a code (or imported): unlock -> active
     created: int = 0
     updated: int = 0
+    version: int = 0  # the store's row version, for compare-and-set writes
 
     def evolve(self, **changes: object) -> UserRecord:
         """A copy with some fields changed."""

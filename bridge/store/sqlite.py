@@ -20,10 +20,10 @@ from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _COLUMNS = (
     "username, state, deadline, failures, last_step, secret, lock_reason, confirmed,"
-    " created, updated"
+    " created, updated, version"
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -36,18 +36,28 @@ CREATE TABLE IF NOT EXISTS users (
     lock_reason TEXT,
     confirmed   INTEGER NOT NULL DEFAULT 0,
     created     INTEGER NOT NULL,
-    updated     INTEGER NOT NULL
+    updated     INTEGER NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID
 """
+_MIGRATIONS = {  # from schema version N to N + 1
+    1: "ALTER TABLE users ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+}
 
 # Only the constant column list is interpolated into these statements.
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM users WHERE username = ?"  # noqa: S608
 _SELECT_ALL = f"SELECT {_COLUMNS} FROM users ORDER BY username"  # noqa: S608
-_UPSERT = f"INSERT OR REPLACE INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+_UPSERT = f"INSERT OR REPLACE INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+_INSERT = f"INSERT INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+_UPDATE_SEEN = (
+    "UPDATE users SET state = ?, deadline = ?, failures = ?, last_step = ?, lock_reason = ?,"
+    " confirmed = ?, updated = ?, version = version + 1 WHERE username = ? AND version = ?"
+)
+_DELETE_SEEN = "DELETE FROM users WHERE username = ? AND version = ?"
 # Bulk import: a row that exists keeps its creation time and its replay guard.
 _IMPORT = (
-    f"INSERT INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
-    " ON CONFLICT (username) DO UPDATE SET state = excluded.state,"
+    f"INSERT INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+    " ON CONFLICT (username) DO UPDATE SET state = excluded.state, version = users.version + 1,"
     " deadline = excluded.deadline, failures = excluded.failures, secret = excluded.secret,"
     " lock_reason = excluded.lock_reason, confirmed = excluded.confirmed,"
     " updated = excluded.updated,"
@@ -56,7 +66,7 @@ _IMPORT = (
     " ELSE max(users.last_step, excluded.last_step) END"
 )
 
-Row = tuple[str, str, int | None, int, int | None, bytes | None, str | None, int, int, int]
+Row = tuple[str, str, int | None, int, int | None, bytes | None, str | None, int, int, int, int]
 
 
 class StoreError(Exception):
@@ -103,7 +113,11 @@ class SqliteStore:
             )
         if version < SCHEMA_VERSION:
             with self._transaction():
-                self._db.execute(_SCHEMA)
+                if version == 0:
+                    self._db.execute(_SCHEMA)
+                else:
+                    for step in range(version, SCHEMA_VERSION):
+                        self._db.execute(_MIGRATIONS[step])
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -138,8 +152,39 @@ class SqliteStore:
             before = self.get(username)
             after, result = change(before)
             if after != before:
-                self._write(username, after)
+                self._write(username, after, before)
         return result
+
+    def update_seen(
+        self,
+        username: str,
+        seen: UserRecord | None,
+        change: Callable[[UserRecord | None], tuple[UserRecord | None, T]],
+    ) -> T:
+        """`update` for a caller that has just read `seen`: one statement, no transaction.
+
+        The write is a compare-and-set on the row version read with `seen`; when another
+        writer (a login of the same user, the CLI) got there first, `change` is run again
+        on the current record inside `update`. The hot path of a login: the record read
+        before the bind is decided on after it, without reading it again.
+        """
+        after, result = change(seen)
+        if after == seen:
+            return result
+        try:
+            if seen is None:
+                assert after is not None
+                self._db.execute(_INSERT, self._row(after, 1))
+                return result
+            if after is None:
+                written = self._db.execute(_DELETE_SEEN, (username, seen.version)).rowcount
+            elif after.secret == seen.secret and after.created == seen.created:
+                written = self._db.execute(_UPDATE_SEEN, self._changes(after, seen)).rowcount
+            else:
+                written = 0  # a new secret: take the full path
+        except sqlite3.IntegrityError:  # inserted meanwhile
+            written = 0
+        return result if written == 1 else self.update(username, change)
 
     def put_many(self, records: Iterable[UserRecord]) -> int:
         """Insert or update many records in one transaction (bulk import)."""
@@ -148,13 +193,27 @@ class SqliteStore:
             self._db.executemany(_IMPORT, rows)
         return len(rows)
 
-    def _write(self, username: str, record: UserRecord | None) -> None:
+    def _write(self, username: str, record: UserRecord | None, before: UserRecord | None) -> None:
         if record is None:
             self._db.execute("DELETE FROM users WHERE username = ?", (username,))
             return
-        self._db.execute(_UPSERT, self._row(record))
+        self._db.execute(_UPSERT, self._row(record, before.version + 1 if before else 1))
 
-    def _row(self, record: UserRecord) -> Row:
+    @staticmethod
+    def _changes(after: UserRecord, seen: UserRecord) -> tuple[object, ...]:
+        return (
+            after.state.value,
+            after.deadline,
+            after.failures,
+            after.last_step,
+            after.lock_reason.value if after.lock_reason else None,
+            int(after.confirmed),
+            after.updated,
+            seen.username,
+            seen.version,
+        )
+
+    def _row(self, record: UserRecord, version: int = 1) -> Row:
         if record.state is State.EXEMPT:
             raise ValueError("exempt is derived from the config, never stored")
         sealed = (
@@ -171,6 +230,7 @@ class SqliteStore:
             int(record.confirmed),
             record.created,
             record.updated,
+            version,
         )
 
     def _record(self, row: Row) -> UserRecord:
@@ -185,6 +245,7 @@ class SqliteStore:
             confirmed,
             created,
             updated,
+            version,
         ) = row
         try:
             secret = self._sealer.open(username, sealed) if sealed is not None else None
@@ -201,4 +262,5 @@ class SqliteStore:
             confirmed=bool(confirmed),
             created=created,
             updated=updated,
+            version=version,
         )

@@ -645,9 +645,12 @@ def test_misbound_or_stale_state_is_rejected_without_a_bind(
     assert reply.code == REJECT
     assert not reply.has_message  # the caller learns nothing
     assert bridge.directory.calls == [("bob", "bob-pass")]  # the challenge's bind only
-    assert bridge.store.get("bob") == UserRecord(
+    stored = bridge.store.get("bob")
+    assert stored is not None
+    assert stored.evolve(version=0) == UserRecord(  # unchanged since the import
         "bob", State.ACTIVE, secret=TOTP_SECRET, confirmed=True, created=NOW, updated=NOW
     )
+    assert stored.version == 1
 
 
 def test_state_just_inside_state_ttl_is_accepted(make_bridge: MakeBridge) -> None:
