@@ -7,7 +7,7 @@ the other, and every decision is written to the audit log here, once, with its r
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -36,6 +36,16 @@ class Caller:
     client: str
 
 
+@dataclass(frozen=True, slots=True)
+class LoginOutcome:
+    """A decision and, for an accepted login, the password and DN the directory accepted."""
+
+    decision: Decision
+    password: str | None = field(default=None, repr=False)  # never in a repr or a log
+    dn: str | None = None
+    server: str | None = None
+
+
 class Authenticator:
     """Decides logins; the adapters only translate between wire and `Decision`."""
 
@@ -62,20 +72,32 @@ class Authenticator:
         self, raw_username: str, field: str, mode: Mode, caller: Caller
     ) -> Deferred[Decision]:
         """Decide a login from a user name and a password field (maybe with a code)."""
+        return self.login_outcome(raw_username, field, mode, caller).addCallback(
+            lambda outcome: outcome.decision
+        )
+
+    def login_outcome(
+        self, raw_username: str, field: str, mode: Mode, caller: Caller
+    ) -> Deferred[LoginOutcome]:
+        """`login`, also saying which password the directory accepted and for which DN.
+
+        The LDAP proxy needs them to bind upstream as the user for the rest of a session.
+        """
         started = self._clock.seconds()
         username = normalize_username(raw_username)
         if username is None:
             decision = rejected(raw_username[:64], Reason.BAD_USERNAME)
-            return succeed(self._audit(decision, caller, started))
+            return succeed(LoginOutcome(self._audit(decision, caller, started)))
         if not field:
-            return succeed(self._audit(rejected(username, Reason.EMPTY_PASSWORD), caller, started))
+            decision = rejected(username, Reason.EMPTY_PASSWORD)
+            return succeed(LoginOutcome(self._audit(decision, caller, started)))
         record = self._store.get(username)
         attempt = plan_attempt(record, field, mode, self._now(), self._policy)
 
-        def bound(result: BindResult) -> Decision:
+        def bound(result: BindResult) -> LoginOutcome:
             if result.status is not BindStatus.OK:
                 decision = rejected(username, _BIND_REJECTS[result.status], record)
-                return self._audit(decision, caller, started)
+                return LoginOutcome(self._audit(decision, caller, started))
             exempt = username in self._exempt_users or result.in_exempt_group
 
             def decide(current: UserRecord | None) -> tuple[UserRecord | None, Verdict]:
@@ -91,7 +113,10 @@ class Authenticator:
                 return verdict.record, verdict
 
             verdict = self._store.update_seen(username, record, decide)
-            return self._audit(verdict.decision, caller, started)
+            decision = self._audit(verdict.decision, caller, started)
+            if not decision.accepted:
+                return LoginOutcome(decision)
+            return LoginOutcome(decision, attempt.password, result.dn, result.server)
 
         return self._authenticate(username, attempt.password).addCallback(bound)
 

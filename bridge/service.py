@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import UDPServer
+from twisted.application.internet import TCPServer, UDPServer
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
@@ -13,6 +13,9 @@ from bridge.config import Config
 from bridge.core.policy import Policy
 from bridge.core.totp import TotpParams
 from bridge.directory import BindStatus, Directory
+from bridge.ldap_proxy.login import LdapLogin
+from bridge.ldap_proxy.server import LdapProxyFactory, Settings
+from bridge.ldap_proxy.upstream import Opener
 from bridge.radius.server import RadiusProtocol
 from bridge.store import SqliteStore
 
@@ -97,4 +100,18 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     )
     top.addService(udp)
     top.radius = radius  # type: ignore[attr-defined]
+    if config.ldap_proxy is not None:
+        top.addService(ldap_proxy_service(config, LdapLogin(authenticator), reactor))
     return top
+
+
+def ldap_proxy_service(config: Config, login: LdapLogin, reactor: Any) -> TCPServer:
+    """The LDAP bind proxy's TCP listener (SPEC section 6)."""
+    proxy = config.ldap_proxy
+    assert proxy is not None  # only called when the section is present
+    factory = LdapProxyFactory(
+        Settings.from_config(proxy, config.directory),
+        login,
+        Opener(config.directory, reactor),
+    )
+    return TCPServer(proxy.listen_port, factory, interface=proxy.listen_host, reactor=reactor)

@@ -1,0 +1,475 @@
+"""The LDAP listener: one session per client connection, decided binds, relayed operations.
+
+A session is unbound until a simple bind succeeds. Unbound, it answers only the RootDSE
+read (locally, from fixed values: no upstream connection for unauthenticated clients)
+and refuses everything else with insufficientAccessRights (50). A bind first drops the
+session's identity (RFC 4513 section 4), then:
+
+- a user DN or bare user name: `Authenticator.login` in append mode decides (state
+  machine, replay, locks, audit); when accepted the proxy binds upstream as the DN the
+  directory found, with the password part, on a connection of the session's own;
+- a DN listed in `passthrough_dns`: bound upstream as given, no code;
+- the empty DN with an empty password: anonymous, forwarded only with `allow_anonymous`.
+
+Once bound, every request but Bind, Unbind and StartTLS is passed upstream byte for
+byte and the directory's responses come back the same way. Any refused bind answers
+invalidCredentials (49), whatever the reason (the log says which); a directory that
+cannot be reached answers unavailable (52), as checklist item 66 asks, since it tells
+the client nothing about the account. Requests are decoded with ldaptor's codec inside
+a size-checked envelope: a malformed or oversize PDU closes that connection only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from typing import Protocol as Interface
+
+from ldaptor.protocols import pureber, pureldap
+from ldaptor.protocols.ldap.ldapserver import BaseLDAPServer
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bridge.auth import Caller
+from bridge.config import DirectoryConfig, LdapProxyConfig
+from bridge.core.types import Decision, Reason
+from bridge.ldap_proxy.framing import FramingError, pdu_size
+from bridge.ldap_proxy.login import LoginResult
+from bridge.ldap_proxy.names import DnKey, UserMapper, dn_key, same_dn
+from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailableError
+
+log = Logger(namespace="bridge.ldap")
+
+MAX_PDU = 64 * 1024  # a bind or a search request is far smaller
+MAX_BUFFER = 4 * MAX_PDU  # what a client may have sent ahead while its bind is decided
+
+SUCCESS = 0
+OPERATIONS_ERROR = 1
+PROTOCOL_ERROR = 2
+AUTH_METHOD_NOT_SUPPORTED = 7
+UNAVAILABLE_CRITICAL_EXTENSION = 12
+INVALID_CREDENTIALS = 49
+INSUFFICIENT_ACCESS_RIGHTS = 50
+UNAVAILABLE = 52
+
+STARTTLS_OID = pureldap.LDAPStartTLSRequest.oid
+NOTICE_OF_DISCONNECTION = b"1.3.6.1.4.1.1466.20036"
+WHOAMI_OID = b"1.3.6.1.4.1.4203.1.11.3"
+PASSWORD_MODIFY_OID = pureldap.LDAPPasswordModifyRequest.oid
+
+# The answer to each refused request type (requests without a response are ignored).
+_REFUSALS: dict[type[Any], type[Any]] = {
+    pureldap.LDAPSearchRequest: pureldap.LDAPSearchResultDone,
+    pureldap.LDAPModifyRequest: pureldap.LDAPModifyResponse,
+    pureldap.LDAPAddRequest: pureldap.LDAPAddResponse,
+    pureldap.LDAPDelRequest: pureldap.LDAPDelResponse,
+    pureldap.LDAPModifyDNRequest: pureldap.LDAPModifyDNResponse,
+    pureldap.LDAPCompareRequest: pureldap.LDAPCompareResponse,
+    pureldap.LDAPExtendedRequest: pureldap.LDAPExtendedResponse,
+}
+
+
+class Login(Interface):
+    """`LdapLogin`: the shared login decision, as the proxy calls it."""
+
+    def __call__(self, username: str, field: str, caller: Caller) -> Deferred[LoginResult]:
+        """Decide a login (append form); accepted results say how to bind upstream."""
+
+    def refuse(self, raw_username: str, reason: Reason, caller: Caller) -> Decision:
+        """Audit a bind refused before any password check."""
+
+
+class Upstream(Interface):
+    """A bound upstream connection (`upstream.Link`)."""
+
+    @property
+    def producer(self) -> Any:
+        """What to pause while the client cannot keep up."""
+
+    def relay(self, on_pdus: Any, on_lost: Any) -> None:
+        """Start passing whole response PDUs to `on_pdus`; `on_lost` once it closes."""
+
+    def send(self, pdu: bytes) -> None:
+        """Pass a request on, as encoded by the client."""
+
+    def close(self) -> None:
+        """Unbind and disconnect."""
+
+
+class Opener(Interface):
+    """`upstream.Opener`: a bound upstream connection, or UpstreamRefusedError/Unavailable."""
+
+    def __call__(self, urls: Sequence[str], dn: str, password: str) -> Deferred[Any]:
+        """Connect (servers in `urls` first, then the configured order) and bind."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a session needs from the config, prepared once."""
+
+    mapper: UserMapper
+    passthrough: frozenset[DnKey]
+    allow_anonymous: bool = False
+    max_pdu: int = MAX_PDU
+
+    @classmethod
+    def from_config(cls, proxy: LdapProxyConfig, directory: DirectoryConfig) -> Settings:
+        """From the `ldap_proxy` and `directory` sections."""
+        keys = (dn_key(dn) for dn in proxy.passthrough_dns)
+        return cls(
+            mapper=UserMapper(directory.user_base, directory.user_filter),
+            passthrough=frozenset(key for key in keys if key),
+            allow_anonymous=proxy.allow_anonymous,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How a bind ended: the result code, and the upstream link when it succeeded."""
+
+    code: int
+    upstream: Any = None
+
+
+_REFUSED = _Outcome(INVALID_CREDENTIALS)
+
+
+def decode_request(pdu: bytes) -> Any:
+    """ldaptor's LDAPMessage for one whole PDU, or None when it is not a valid request.
+
+    ldaptor prints and skips tags it does not know; such a PDU counts as malformed.
+    """
+    skipped = io.StringIO()
+    with contextlib.redirect_stdout(skipped):
+        message, used = pureber.berDecodeObject(BaseLDAPServer.berdecoder, pdu)
+    if skipped.getvalue() or used != len(pdu):
+        return None
+    if not isinstance(message, pureldap.LDAPMessage):
+        return None
+    if not isinstance(message.value, pureldap.LDAPProtocolRequest):
+        return None
+    if not isinstance(message.id, int) or not 0 < message.id < 2**31:
+        return None
+    return message
+
+
+def root_dse_entry() -> Any:
+    """The RootDSE an unbound client sees: enough to know it talks LDAPv3."""
+    return pureldap.LDAPSearchResultEntry(
+        objectName="",
+        attributes=[
+            ("objectClass", ["top"]),
+            ("supportedLDAPVersion", ["3"]),
+            ("supportedExtension", [WHOAMI_OID, PASSWORD_MODIFY_OID]),
+        ],
+    )
+
+
+def _is_root_dse_read(op: Any) -> bool:
+    return (
+        isinstance(op, pureldap.LDAPSearchRequest)
+        and op.baseObject in (b"", "")
+        and op.scope == pureldap.LDAP_SCOPE_baseObject
+    )
+
+
+def _text(value: object) -> str | None:
+    """An LDAPString as text; None when it is not valid UTF-8."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+class LdapProxyProtocol(Protocol):
+    """One client connection: its buffer, its identity, its upstream link."""
+
+    def __init__(self, settings: Settings, login: Login, opener: Opener) -> None:
+        self._settings = settings
+        self._login = login
+        self._opener = opener
+        self._buffer = bytearray()
+        self._upstream: Any = None
+        self._binding = False  # a bind is being decided: reading is paused
+        self._draining = False  # inside `_drain`: a bind decided at once must not recurse
+        self._generation = 0  # bumped by every bind and by disconnection
+        self._closed = False
+        self.client = "unknown"
+
+    # --- Protocol ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        """Note the client's address for the audit log."""
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.client = str(getattr(peer, "host", "unknown"))
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        """Buffer, then handle every whole request (unless a bind is being decided)."""
+        if self._closed:
+            return
+        self._buffer += data
+        if len(self._buffer) > MAX_BUFFER:
+            self._drop("buffer limit")
+            return
+        self._drain()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        """Drop the upstream link; a bind still being decided finds nobody to answer."""
+        self._closed = True
+        self._generation += 1
+        self._reset()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            self._drain_buffer()
+        finally:
+            self._draining = False
+
+    def _drain_buffer(self) -> None:
+        while not self._binding and not self._closed:
+            try:
+                size = pdu_size(self._buffer, 0, self._settings.max_pdu)
+            except FramingError as exc:
+                self._drop(str(exc))
+                return
+            if size is None or len(self._buffer) < size:
+                return
+            pdu = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            try:
+                message = decode_request(pdu)
+            except Exception as exc:  # ldaptor raises anything on bad input
+                self._drop(f"undecodable request: {type(exc).__name__}")
+                return
+            if message is None:
+                self._drop("not an LDAP request")
+                return
+            try:
+                self._dispatch(message, pdu)
+            except Exception:  # one session's failure must not hang or spread
+                log.failure("ldap.error client={client}", client=self.client)
+                self._drop("internal error")
+                return
+
+    def _dispatch(self, message: Any, pdu: bytes) -> None:
+        op, msg_id = message.value, message.id
+        if isinstance(op, pureldap.LDAPBindRequest):
+            self._bind(msg_id, op, message.controls)
+        elif isinstance(op, pureldap.LDAPUnbindRequest):
+            self._reset()
+            self._close()
+        elif isinstance(op, pureldap.LDAPExtendedRequest) and op.requestName == STARTTLS_OID:
+            response = pureldap.LDAPStartTLSResponse(
+                resultCode=UNAVAILABLE, errorMessage="StartTLS is not configured"
+            )
+            self._reply(msg_id, response)
+        elif self._upstream is not None:
+            self._upstream.send(pdu)
+        elif _is_root_dse_read(op):
+            self._reply(msg_id, root_dse_entry())
+            self._reply(msg_id, pureldap.LDAPSearchResultDone(resultCode=SUCCESS))
+        else:
+            answer = next((r for q, r in _REFUSALS.items() if isinstance(op, q)), None)
+            if answer is not None:  # Abandon has no response
+                self._reply(msg_id, answer(resultCode=INSUFFICIENT_ACCESS_RIGHTS))
+
+    def _reply(self, msg_id: int, op: Any) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.write(pureldap.LDAPMessage(op, id=msg_id).toWire())
+
+    # --- binds ---------------------------------------------------------------------------
+
+    def _bind(self, msg_id: int, op: Any, controls: Any) -> None:
+        self._reset()  # a bind drops the current identity, whatever its outcome
+        if op.version != 3:
+            self._answer_bind(msg_id, PROTOCOL_ERROR, "only LDAPv3 is supported")
+            return
+        if op.sasl:
+            self._answer_bind(msg_id, AUTH_METHOD_NOT_SUPPORTED, "only simple binds")
+            return
+        if any(critical for _type, critical, _value in controls or ()):
+            self._answer_bind(msg_id, UNAVAILABLE_CRITICAL_EXTENSION, "")
+            return
+        self._binding = True
+        self._generation += 1
+        generation = self._generation
+        transport: Any = self.transport
+        if transport is not None:
+            transport.pauseProducing()
+        decided = Deferred.fromCoroutine(self._decide(_text(op.dn), _text(op.auth)))
+        decided.addErrback(self._bind_failed)
+        decided.addCallback(self._bound, msg_id, generation)
+        decided.addErrback(self._fatal)
+
+    def _bind_failed(self, failure: Failure) -> _Outcome:
+        """Whatever went wrong deciding a bind, the client gets 49 and is not left waiting."""
+        log.failure("ldap.bind.error client={client}", failure, client=self.client)
+        return _REFUSED
+
+    def _fatal(self, failure: Failure) -> None:
+        log.failure("ldap.error client={client}", failure, client=self.client)
+        self._drop("internal error")
+
+    def _bound(self, outcome: _Outcome, msg_id: int, generation: int) -> None:
+        if generation != self._generation or self._closed:  # the client left meanwhile
+            if outcome.upstream is not None:
+                outcome.upstream.close()
+            return
+        self._binding = False
+        if outcome.upstream is not None:
+            self._attach(outcome.upstream, generation)
+        self._answer_bind(msg_id, outcome.code, "")
+        transport: Any = self.transport
+        if transport is not None:
+            transport.resumeProducing()
+        self._drain()
+
+    def _answer_bind(self, msg_id: int, code: int, message: str) -> None:
+        self._reply(msg_id, pureldap.LDAPBindResponse(resultCode=code, errorMessage=message))
+
+    async def _decide(self, dn: str | None, password: str | None) -> _Outcome:
+        """The outcome of a simple bind; refusals are logged here with their reason."""
+        if dn is None or password is None:
+            return self._refuse("not-utf8", dn or "")
+        if not dn:
+            if password:
+                return self._refuse("empty-dn-with-password", dn)
+            if not self._settings.allow_anonymous:
+                return self._refuse("anonymous", dn)
+            return await self._open((), "", "", "anonymous", dn)
+        key = dn_key(dn) if "=" in dn else None
+        if key is not None and key in self._settings.passthrough:
+            if not password:
+                return self._refuse("empty-password", dn)
+            return await self._open((), dn, password, "passthrough", dn)
+        username = self._settings.mapper.username(dn)
+        caller = Caller("ldap", self.client)
+        if username is None:
+            self._login.refuse(dn[:256], Reason.BAD_USERNAME, caller)
+            return _REFUSED
+        result = await self._login(username, password, caller)
+        decision = result.decision
+        if not decision.accepted:  # SPEC 6: 49 whatever the reason, even a directory outage
+            return _REFUSED
+        if result.password is None or result.dn is None:
+            return self._refuse("no-bind-recorded", dn)
+        if key is not None and not same_dn(dn, result.dn):
+            return self._refuse("dn-mismatch", dn)
+        urls = (result.server,) if result.server else ()
+        return await self._open(urls, result.dn, result.password, "user", dn)
+
+    async def _open(
+        self, urls: Sequence[str], dn: str, password: str, kind: str, bind_dn: str
+    ) -> _Outcome:
+        try:
+            upstream = await self._opener(urls, dn, password)
+        except UpstreamRefusedError:
+            return self._refuse(f"{kind}-refused-upstream", bind_dn)
+        except UpstreamUnavailableError as exc:
+            log.warn(
+                "ldap.bind.unavailable kind={kind} dn={dn} client={client} error={error}",
+                kind=kind,
+                dn=bind_dn,
+                client=self.client,
+                error=str(exc)[:200],
+            )
+            return _REFUSED  # SPEC 6: a failed bind is 49, whatever the reason
+        log.info(
+            "ldap.bind.ok kind={kind} dn={dn} client={client}",
+            kind=kind,
+            dn=bind_dn,
+            client=self.client,
+        )
+        return _Outcome(SUCCESS, upstream)
+
+    def _refuse(self, reason: str, dn: str) -> _Outcome:
+        log.info(
+            "ldap.bind.refused reason={reason} dn={dn} client={client}",
+            reason=reason,
+            dn=dn[:256],
+            client=self.client,
+        )
+        return _REFUSED
+
+    # --- the upstream link ---------------------------------------------------------------
+
+    def _attach(self, upstream: Any, generation: int) -> None:
+        self._upstream = upstream
+
+        def on_pdus(data: bytes) -> None:
+            if generation == self._generation and not self._closed and self.transport is not None:
+                self.transport.write(data)
+
+        def on_lost() -> None:
+            if generation == self._generation and self._upstream is upstream:
+                self._upstream_lost()
+
+        transport: Any = self.transport
+        if transport is not None and upstream.producer is not None:
+            transport.registerProducer(upstream.producer, True)
+        upstream.relay(on_pdus, on_lost)
+
+    def _upstream_lost(self) -> None:
+        """The directory closed the session's connection: tell the client, then close."""
+        self._upstream = None
+        log.info("ldap.upstream.lost client={client}", client=self.client)
+        notice = pureldap.LDAPExtendedResponse(
+            resultCode=UNAVAILABLE,
+            errorMessage="the directory closed the connection",
+            responseName=NOTICE_OF_DISCONNECTION,
+        )
+        self._reply(0, notice)
+        self._close()
+
+    def _reset(self) -> None:
+        """Forget the session's identity: close its upstream link."""
+        upstream, self._upstream = self._upstream, None
+        if upstream is None:
+            return
+        transport: Any = self.transport
+        if transport is not None and upstream.producer is not None:
+            with contextlib.suppress(Exception):
+                transport.unregisterProducer()
+        upstream.close()
+
+    # --- closing -------------------------------------------------------------------------
+
+    def _drop(self, why: str) -> None:
+        log.info("ldap.drop reason={reason} client={client}", reason=why, client=self.client)
+        self._reset()
+        self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._buffer.clear()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+class LdapProxyFactory(ServerFactory):
+    """Builds one `LdapProxyProtocol` per connection, sharing the login and the opener."""
+
+    def __init__(self, settings: Settings, login: Login, opener: Opener) -> None:
+        self.settings = settings
+        self.login = login
+        self.opener = opener
+
+    def buildProtocol(self, addr: Any) -> LdapProxyProtocol:  # noqa: N802 - Twisted's name
+        """A session for a new client connection."""
+        proto = LdapProxyProtocol(self.settings, self.login, self.opener)
+        proto.factory = self
+        return proto

@@ -1,0 +1,252 @@
+"""The proxy's connection to the directory for one client session.
+
+A `Link` is opened only for a session whose bind the proxy accepted: it connects
+(ldaps://, or ldap:// with StartTLS when the directory section asks for it, the
+certificate chain and host name verified), binds as the session's identity, and from
+then on relays whole PDUs from the directory back to the client untouched, so results,
+referrals, controls and intermediate responses reach the client exactly as the
+directory sent them. Only the proxy's own StartTLS and bind are encoded and decoded
+here, with ldaptor's codec. Nothing blocks: Twisted's TCP and TLS, no threads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ldaptor.protocols import pureber, pureldap
+from ldaptor.protocols.ldap.ldapclient import LDAPClient
+from twisted.internet import ssl
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bridge.config import DirectoryConfig
+from bridge.ldap_proxy.framing import FramingError, complete_prefix, pdu_size
+
+log = Logger(namespace="bridge.ldap")
+
+SUCCESS = 0
+# Bind answers that mean "not this identity", as opposed to "cannot answer now".
+_REFUSING_CODES = frozenset({19, 32, 48, 49, 50, 53})
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+class UpstreamError(Exception):
+    """Opening or binding the upstream connection failed."""
+
+
+class UpstreamRefusedError(UpstreamError):
+    """The directory refused the bind (wrong password, unknown DN, ...)."""
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """No directory server could be reached, or TLS failed: fail closed."""
+
+
+OnPdus = Callable[[bytes], None]
+OnLost = Callable[[], None]
+
+
+class Link(Protocol):
+    """One upstream connection: a short handshake (StartTLS, bind), then a relay."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._waiter: Deferred[Any] | None = None
+        self._waiting_for = 0
+        self._on_pdus: OnPdus | None = None
+        self._on_lost: OnLost | None = None
+        self._next_id = 1
+        self.closed = False
+
+    # --- the handshake -------------------------------------------------------------------
+
+    def request(self, op: Any) -> Deferred[Any]:
+        """Send one of the proxy's own requests; fires with ldaptor's decoded response."""
+        msg_id, self._next_id = self._next_id, self._next_id + 1
+        waiter: Deferred[Any] = Deferred(lambda _d: self.abort())
+        self._waiter, self._waiting_for = waiter, msg_id
+        assert self.transport is not None  # connected before any request
+        self.transport.write(pureldap.LDAPMessage(op, id=msg_id).toWire())
+        return waiter
+
+    def _answer(self) -> None:
+        """Decode the one response the handshake waits for, once it is whole."""
+        size = pdu_size(self._buffer)
+        if size is None or len(self._buffer) < size:
+            return
+        pdu = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        message, used = pureber.berDecodeObject(LDAPClient.berdecoder, pdu)
+        if not isinstance(message, pureldap.LDAPMessage) or used != size:
+            raise FramingError("undecodable response")
+        if message.id != self._waiting_for:
+            raise FramingError(f"response to message {message.id}, not {self._waiting_for}")
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.called:
+            waiter.callback(message.value)
+
+    # --- the relay -----------------------------------------------------------------------
+
+    def relay(self, on_pdus: OnPdus, on_lost: OnLost) -> None:
+        """From now on every whole PDU from the directory goes to `on_pdus`, as bytes."""
+        self._on_pdus, self._on_lost = on_pdus, on_lost
+        self._forward()
+
+    def send(self, pdu: bytes) -> None:
+        """Pass a client's request on, exactly as the client encoded it."""
+        if not self.closed and self.transport is not None:
+            self.transport.write(pdu)
+
+    @property
+    def producer(self) -> Any:
+        """The transport, to pause when the client reads slower than the directory writes."""
+        return self.transport
+
+    def close(self) -> None:
+        """Unbind and disconnect (the session ended or changed identity)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._on_pdus = self._on_lost = None
+        if self.transport is not None:
+            self.transport.write(pureldap.LDAPMessage(pureldap.LDAPUnbindRequest()).toWire())
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Drop the connection now (a timeout, a protocol error)."""
+        self.closed = True
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def _forward(self) -> None:
+        end = complete_prefix(self._buffer)
+        if end and self._on_pdus is not None:
+            chunk = bytes(self._buffer[:end])
+            del self._buffer[:end]
+            self._on_pdus(chunk)
+
+    # --- Protocol ------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        """Handshake replies are decoded; in relay mode whole PDUs are passed on."""
+        self._buffer += data
+        try:
+            if self._on_pdus is not None:
+                self._forward()
+            else:
+                self._answer()
+        except Exception as exc:  # anything undecodable ends the link
+            log.warn("ldap.upstream.malformed error={error}", error=str(exc)[:200])
+            waiter, self._waiter = self._waiter, None
+            self.abort()
+            if waiter is not None and not waiter.called:
+                waiter.errback(UpstreamUnavailableError(f"malformed response: {exc}"))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        """Fail the handshake, or tell the session its upstream is gone."""
+        self.closed = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.called:
+            waiter.errback(UpstreamUnavailableError(f"connection lost: {reason.getErrorMessage()}"))
+        on_lost, self._on_pdus, self._on_lost = self._on_lost, None, None
+        if on_lost is not None:
+            on_lost()
+
+
+def _trust_root(ca_file: Path | None) -> Any:
+    """The CA bundle from the directory section, or the system's trust store."""
+    if ca_file is None:
+        return ssl.platformTrust()  # type: ignore[no-untyped-call]
+    pems = _PEM_CERTIFICATE.findall(ca_file.read_bytes())
+    if not pems:
+        raise ValueError(f"no certificate in {ca_file}")
+    certificates = [ssl.Certificate.loadPEM(pem) for pem in pems]
+    return ssl.trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]
+
+
+class Opener:
+    """Opens bound links to the configured directory servers, in order (failover)."""
+
+    def __init__(self, config: DirectoryConfig, reactor: Any) -> None:
+        self._config = config
+        self._reactor = reactor
+        needs_tls = config.start_tls or any(u.lower().startswith("ldaps:") for u in config.urls)
+        self._trust = _trust_root(config.ca_file) if needs_tls else None
+
+    def __call__(self, urls: Sequence[str], dn: str, password: str) -> Deferred[Link]:
+        """A link bound as `dn`; fails with UpstreamRefusedError or UpstreamUnavailableError."""
+        return Deferred.fromCoroutine(self._open_any(urls, dn, password))
+
+    async def _open_any(self, urls: Sequence[str], dn: str, password: str) -> Link:
+        ordered = list(dict.fromkeys([*urls, *self._config.urls]))
+        last: Exception = UpstreamUnavailableError("no directory server configured")
+        for url in ordered:
+            attempt = Deferred.fromCoroutine(self._open(url, dn, password))
+            attempt.addTimeout(self._config.timeout, self._reactor)
+            try:
+                return await attempt
+            except UpstreamRefusedError:
+                raise
+            except (UpstreamError, OSError, TimeoutError, CancelledError) as exc:
+                last = exc if isinstance(exc, UpstreamError) else UpstreamUnavailableError(str(exc))
+                log.warn(
+                    "ldap.upstream.unavailable server={server} error={error}",
+                    server=url,
+                    error=str(last)[:200],
+                )
+        raise last
+
+    def _tls_options(self, host: str) -> Any:
+        return ssl.optionsForClientTLS(
+            host,
+            trustRoot=self._trust,
+            extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
+        )
+
+    async def _start_tls(self, link: Link, host: str) -> None:
+        answer = await link.request(pureldap.LDAPStartTLSRequest())
+        if answer.resultCode != SUCCESS:
+            raise UpstreamUnavailableError(f"StartTLS refused ({answer.resultCode})")
+        transport: Any = link.transport
+        transport.startTLS(self._tls_options(host))
+
+    async def _open(self, url: str, dn: str, password: str) -> Link:
+        parts = urlsplit(url)
+        host, secure = parts.hostname or "", parts.scheme.lower() == "ldaps"
+        endpoint: Any = HostnameEndpoint(
+            self._reactor,
+            host,
+            parts.port or (636 if secure else 389),
+            timeout=self._config.timeout,
+        )
+        if secure:
+            endpoint = wrapClientTLS(self._tls_options(host), endpoint)
+        try:
+            link: Link = await connectProtocol(endpoint, Link())  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            raise UpstreamUnavailableError(f"connect: {exc}") from exc
+        try:
+            if self._config.start_tls and not secure:
+                await self._start_tls(link, host)
+            # TLS (if any) completes before this is sent: a failed check sends nothing.
+            answer = await link.request(pureldap.LDAPBindRequest(dn=dn, auth=password))
+        except BaseException:
+            link.abort()
+            raise
+        code = answer.resultCode
+        if code == SUCCESS:
+            return link
+        link.close()
+        if code in _REFUSING_CODES:
+            raise UpstreamRefusedError(f"bind refused ({code})")
+        raise UpstreamUnavailableError(f"bind failed ({code})")

@@ -1,0 +1,668 @@
+"""Protocol tests of the LDAP bind proxy: bytes in, bytes out, no sockets, no sleeping.
+
+`LdapProxyProtocol` runs on a `StringTransport`. Requests are encoded and responses
+decoded with ldaptor's codec, as a client would. The login decision is the real one
+(`LdapLogin` over the real `Authenticator` and a SQLite store in tmp_path) over a fake
+directory; the upstream connection is a fake whose opening the test controls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ldaptor.protocols import pureber, pureldap
+from ldaptor.protocols.ldap.ldapclient import LDAPClient
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
+
+from bridge.auth import Authenticator, Caller
+from bridge.config import parse_config
+from bridge.core.totp import code_at_step
+from bridge.core.types import LockReason, State, UserRecord
+from bridge.directory import BindResult, BindStatus
+from bridge.ldap_proxy.framing import FramingError, complete_prefix, pdu_size
+from bridge.ldap_proxy.login import LdapLogin, LoginResult
+from bridge.ldap_proxy.names import UserMapper, same_dn
+from bridge.ldap_proxy.server import (
+    MAX_PDU,
+    LdapProxyFactory,
+    LdapProxyProtocol,
+    Settings,
+)
+from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailableError
+from bridge.service import open_store, policy_from
+from bridge.store import SqliteStore
+
+NOW = 1_700_000_000
+TOTP_SECRET = bytes(range(1, 21))
+BASE = "ou=people,dc=example,dc=org"
+SERVICE_DN = "cn=app,ou=services,dc=example,dc=org"
+PASSWORDS = {"alice": "alice-pass", "bob": "bob-pass", "carol": "carol-pass"}
+SUCCESS, PROTOCOL_ERROR, AUTH_METHOD, INVALID, INSUFFICIENT, UNAVAILABLE = 0, 2, 7, 49, 50, 52
+
+
+def dn(user: str) -> str:
+    return f"uid={user},{BASE}"
+
+
+# --- fakes --------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeDirectory:
+    """`Directory.authenticate`: answers from PASSWORDS; `answer`/`error` force an outcome."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    answer: BindResult | None = None
+    error: Exception | None = None
+    found_dn: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, username: str, password: str) -> Deferred[BindResult]:
+        self.calls.append((username, password))
+        if self.error is not None:
+            return fail(self.error)
+        if self.answer is not None:
+            return succeed(self.answer)
+        expected = PASSWORDS.get(username)
+        if expected is None:
+            return succeed(BindResult(BindStatus.UNKNOWN_USER))
+        if password != expected:
+            return succeed(BindResult(BindStatus.BAD_PASSWORD))
+        found = self.found_dn.get(username, dn(username))
+        return succeed(BindResult(BindStatus.OK, found, server="ldap://dir-b"))
+
+
+@dataclass
+class FakeUpstream:
+    """A bound upstream connection: records what it is sent; the test plays the directory."""
+
+    sent: list[bytes] = field(default_factory=list)
+    closed: bool = False
+    on_pdus: Callable[[bytes], None] | None = None
+    on_lost: Callable[[], None] | None = None
+    producer: Any = None
+
+    def relay(self, on_pdus: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
+        self.on_pdus, self.on_lost = on_pdus, on_lost
+
+    def send(self, pdu: bytes) -> None:
+        self.sent.append(pdu)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeOpener:
+    """Opens FakeUpstreams; `outcome` may be an exception to fail with; `hold` keeps it pending."""
+
+    calls: list[tuple[tuple[str, ...], str, str]] = field(default_factory=list)
+    opened: list[FakeUpstream] = field(default_factory=list)
+    outcome: Exception | None = None
+    hold: bool = False
+    held: list[Deferred[Any]] = field(default_factory=list)
+
+    def __call__(self, urls: Sequence[str], bind_dn: str, password: str) -> Deferred[Any]:
+        self.calls.append((tuple(urls), bind_dn, password))
+        if self.hold:
+            d: Deferred[Any] = Deferred()
+            self.held.append(d)
+            return d
+        if self.outcome is not None:
+            return fail(self.outcome)
+        return succeed(self.new())
+
+    def new(self) -> FakeUpstream:
+        upstream = FakeUpstream()
+        self.opened.append(upstream)
+        return upstream
+
+
+# --- the proxy under test -----------------------------------------------------------------
+
+
+@dataclass
+class Proxy:
+    """One client connection to the proxy, with its fakes."""
+
+    protocol: LdapProxyProtocol
+    transport: StringTransport
+    directory: FakeDirectory
+    opener: FakeOpener
+    store: SqliteStore
+    clock: MemoryReactorClock
+    read: int = 0
+
+    def send(self, op: Any, msg_id: int = 1, controls: Any = None) -> list[Any]:
+        """Send one request; the responses written while handling it, decoded."""
+        return self.send_raw(pureldap.LDAPMessage(op, id=msg_id, controls=controls).toWire())
+
+    def send_raw(self, data: bytes) -> list[Any]:
+        self.protocol.dataReceived(data)
+        return self.responses()
+
+    def responses(self) -> list[Any]:
+        """LDAPMessages written since the last call."""
+        data = self.transport.value()[self.read :]
+        self.read += len(data)
+        out = []
+        while data:
+            message, used = pureber.berDecodeObject(LDAPClient.berdecoder, data)
+            assert message is not None and used > 0
+            out.append(message)
+            data = data[used:]
+        return out
+
+    def bind(self, bind_dn: str, password: str, msg_id: int = 1) -> int:
+        """A simple bind; its result code."""
+        (reply,) = self.send(pureldap.LDAPBindRequest(dn=bind_dn, auth=password), msg_id)
+        assert isinstance(reply.value, pureldap.LDAPBindResponse)
+        assert reply.id == msg_id
+        return int(reply.value.resultCode)
+
+    def code(self, steps: int = 0) -> str:
+        return code_at_step(TOTP_SECRET, int(self.clock.seconds()) // 30 + steps)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+    @property
+    def upstream(self) -> FakeUpstream:
+        return self.opener.opened[-1]
+
+
+def search(base: str = BASE, scope: int = 2) -> Any:
+    return pureldap.LDAPSearchRequest(baseObject=base, scope=scope, attributes=["1.1"])
+
+
+MakeProxy = Callable[..., Proxy]
+
+
+@pytest.fixture
+def make_proxy(tmp_path: Path) -> Iterator[MakeProxy]:
+    """Proxies configured through the config parser. bob is active with TOTP_SECRET,
+    carol is locked, alice is new (grace at her first login)."""
+    stores: list[SqliteStore] = []
+
+    def make(**ldap_proxy: Any) -> Proxy:
+        where = tmp_path / f"proxy-{len(stores)}"
+        config = parse_config(
+            {
+                "directory": {
+                    "urls": ["ldap://dir-a", "ldap://dir-b"],
+                    "bind_dn": "cn=bridge,ou=services,dc=example,dc=org",
+                    "bind_password": "service-account-password",
+                    "user_base": BASE,
+                    "user_filter": "(&(objectClass=person)(uid={username}))",
+                },
+                "store": {"path": str(where / "state.db")},
+                "mfa": {"enrollment_days": 14, "max_failures": 5, "window": 1},
+                "radius": {
+                    "listen": "127.0.0.1:0",
+                    "clients": [{"address": "127.0.0.1", "secret": "s3cret-s3cret-s3cret"}],
+                },
+                "ldap_proxy": {"listen": "127.0.0.1:0", **ldap_proxy},
+            },
+            tmp_path,
+        )
+        assert config.ldap_proxy is not None
+        store = open_store(config)
+        stores.append(store)
+        store.update(
+            "bob",
+            lambda _: (
+                UserRecord("bob", State.ACTIVE, secret=TOTP_SECRET, confirmed=True),
+                None,
+            ),
+        )
+        store.update(
+            "carol",
+            lambda _: (UserRecord("carol", State.LOCKED, lock_reason=LockReason.ADMIN), None),
+        )
+        clock = MemoryReactorClock()
+        clock.advance(NOW)
+        directory = FakeDirectory()
+        authenticator = Authenticator(store, directory, policy_from(config), frozenset(), clock)
+        opener = FakeOpener()
+        factory = LdapProxyFactory(
+            Settings.from_config(config.ldap_proxy, config.directory),
+            LdapLogin(authenticator),
+            opener,
+        )
+        protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.10", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.10", 40000))
+        protocol.makeConnection(transport)
+        return Proxy(protocol, transport, directory, opener, store, clock)
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    """Every log event emitted during the test."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+# --- binds that succeed -------------------------------------------------------------------
+
+
+def test_grace_user_binds_upstream_with_the_whole_field(make_proxy: MakeProxy) -> None:
+    """A new user's password-only bind is accepted (grace) and bound upstream as the found DN,
+    on the server that checked the password first."""
+    proxy = make_proxy()
+    assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
+    assert proxy.directory.calls == [("alice", "alice-pass")]
+    assert proxy.opener.calls == [(("ldap://dir-b",), dn("alice"), "alice-pass")]
+    record = proxy.store.get("alice")
+    assert record is not None and record.state is State.GRACE
+
+
+def test_enrolled_user_binds_upstream_with_the_password_part(make_proxy: MakeProxy) -> None:
+    """password+code: the code is checked locally and only the password goes upstream."""
+    proxy = make_proxy()
+    assert proxy.bind(dn("bob"), "bob-pass" + proxy.code()) == SUCCESS
+    assert proxy.directory.calls == [("bob", "bob-pass")]
+    assert proxy.opener.calls == [(("ldap://dir-b",), dn("bob"), "bob-pass")]
+
+
+def test_bare_user_name_and_case_of_the_dn(make_proxy: MakeProxy) -> None:
+    """A bare name is a user name; a DN matches the user base whatever its case and spacing."""
+    proxy = make_proxy()
+    assert proxy.bind("alice", "alice-pass") == SUCCESS
+    assert proxy.bind("UID=Alice, OU=People,DC=Example,DC=org", "alice-pass", 2) == SUCCESS
+    assert [c[0] for c in proxy.directory.calls] == ["alice", "alice"]
+
+
+def test_passthrough_dn_binds_upstream_without_a_code(make_proxy: MakeProxy) -> None:
+    """A listed service account is bound upstream as given; the login decision is not asked."""
+    proxy = make_proxy(passthrough_dns=[SERVICE_DN])
+    assert proxy.bind("CN=App,ou=services,dc=example,dc=org", "app-secret") == SUCCESS
+    assert proxy.opener.calls == [((), "CN=App,ou=services,dc=example,dc=org", "app-secret")]
+    assert proxy.directory.calls == []
+
+
+def test_anonymous_bind_forwarded_when_allowed(make_proxy: MakeProxy) -> None:
+    """With allow_anonymous the empty bind is made upstream, as anonymous."""
+    proxy = make_proxy(allow_anonymous=True)
+    assert proxy.bind("", "") == SUCCESS
+    assert proxy.opener.calls == [((), "", "")]
+
+
+# --- binds that fail: 49 whatever the reason ----------------------------------------------
+
+FAILURES: dict[str, tuple[str, str]] = {
+    "wrong password": (dn("alice"), "wrong"),
+    "unknown user": (dn("zoe"), "zoe-pass"),
+    "empty password with a user DN": (dn("alice"), ""),
+    "anonymous": ("", ""),
+    "empty DN with a password": ("", "alice-pass"),
+    "DN outside the user base": ("uid=alice,ou=admins,dc=example,dc=org", "alice-pass"),
+    "DN named by another attribute": (f"cn=alice,{BASE}", "alice-pass"),
+    "multi-valued RDN": (f"uid=alice+cn=x,{BASE}", "alice-pass"),
+    "not a DN": ("uid=alice,,dc=x", "alice-pass"),
+    "filter characters": ("alice)(uid=*", "alice-pass"),
+    "NUL in the name": (f"uid=alice\\00,{BASE}", "alice-pass"),
+    "enrolled user without code": (dn("bob"), "bob-pass"),
+    "enrolled user with a wrong code": (dn("bob"), "bob-pass000000"),
+    "locked user": (dn("carol"), "carol-pass"),
+    "passthrough DN with an empty password": (SERVICE_DN, ""),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_every_failed_bind_is_invalid_credentials(make_proxy: MakeProxy, case: str) -> None:
+    """Each kind of failed bind answers 49, and nothing is bound upstream."""
+    proxy = make_proxy(passthrough_dns=[SERVICE_DN])
+    bind_dn, password = FAILURES[case]
+    assert proxy.bind(bind_dn, password) == INVALID
+    assert proxy.opener.calls == []
+    assert not proxy.closed
+    (done,) = proxy.send(search(), 2)
+    assert done.value.resultCode == INSUFFICIENT  # still unbound
+
+
+def test_empty_password_never_reaches_the_directory(make_proxy: MakeProxy) -> None:
+    """An empty password is refused before any directory call (slapd may bind it anonymous)."""
+    proxy = make_proxy(passthrough_dns=[SERVICE_DN])
+    assert proxy.bind(dn("alice"), "") == INVALID
+    assert proxy.bind(SERVICE_DN, "", 2) == INVALID
+    assert proxy.directory.calls == []
+    assert proxy.opener.calls == []
+
+
+def test_invalid_utf8_password_refused(make_proxy: MakeProxy) -> None:
+    """A password that is not UTF-8 answers 49 without a directory call."""
+    proxy = make_proxy()
+    assert proxy.bind(dn("alice"), b"\xff\xfe") == INVALID  # type: ignore[arg-type]
+    assert proxy.directory.calls == []
+
+
+def test_replayed_code_refused(make_proxy: MakeProxy) -> None:
+    """A code accepted once is refused the second time (49)."""
+    proxy = make_proxy()
+    code = proxy.code()
+    assert proxy.bind(dn("bob"), "bob-pass" + code) == SUCCESS
+    assert proxy.bind(dn("bob"), "bob-pass" + code, 2) == INVALID
+    assert proxy.upstream.closed  # the second bind dropped the first identity
+
+
+def test_dn_must_be_the_one_the_directory_found(make_proxy: MakeProxy) -> None:
+    """A bind DN naming the user but not the entry the search found is refused."""
+    proxy = make_proxy()
+    proxy.directory.found_dn["alice"] = f"uid=alice,ou=staff,{BASE}"
+    assert proxy.bind(dn("alice"), "alice-pass") == INVALID
+    assert proxy.opener.calls == []
+    assert proxy.bind("alice", "alice-pass", 2) == SUCCESS  # a bare name has no DN to compare
+    assert proxy.opener.calls[-1][1] == f"uid=alice,ou=staff,{BASE}"
+
+
+def test_upstream_refusal_is_invalid_credentials(make_proxy: MakeProxy) -> None:
+    """If the session's own upstream bind is refused, the client gets 49."""
+    proxy = make_proxy(passthrough_dns=[SERVICE_DN])
+    proxy.opener.outcome = UpstreamRefusedError("bind refused (49)")
+    assert proxy.bind(SERVICE_DN, "wrong") == INVALID
+    assert proxy.bind(dn("alice"), "alice-pass", 2) == INVALID
+
+
+def test_directory_down_is_invalid_credentials(make_proxy: MakeProxy) -> None:
+    """No directory server answering fails the bind with 49 (SPEC 6: whatever the reason)."""
+    proxy = make_proxy(passthrough_dns=[SERVICE_DN])
+    proxy.directory.answer = BindResult(BindStatus.UNAVAILABLE)
+    assert proxy.bind(dn("alice"), "alice-pass") == INVALID
+    proxy.opener.outcome = UpstreamUnavailableError("connect: refused")
+    assert proxy.bind(SERVICE_DN, "app-secret", 2) == INVALID
+
+
+def test_sasl_bind_is_auth_method_not_supported(make_proxy: MakeProxy) -> None:
+    """A SASL bind answers 7 without any login attempt."""
+    proxy = make_proxy()
+    request = pureldap.LDAPBindRequest(dn="", auth=("PLAIN", b"\0alice\0alice-pass"), sasl=True)
+    (reply,) = proxy.send(request)
+    assert reply.value.resultCode == AUTH_METHOD
+    assert proxy.directory.calls == []
+
+
+def test_ldapv2_bind_is_protocol_error(make_proxy: MakeProxy) -> None:
+    """An LDAPv2 bind answers protocolError (2)."""
+    proxy = make_proxy()
+    (reply,) = proxy.send(pureldap.LDAPBindRequest(version=2, dn=dn("alice"), auth="alice-pass"))
+    assert reply.value.resultCode == PROTOCOL_ERROR
+    assert proxy.directory.calls == []
+
+
+# --- before and after a bind ---------------------------------------------------------------
+
+
+def test_root_dse_answered_before_bind(make_proxy: MakeProxy) -> None:
+    """The RootDSE read is answered locally (no upstream connection) before any bind."""
+    proxy = make_proxy()
+    entry, done = proxy.send(search("", 0), 3)
+    assert isinstance(entry.value, pureldap.LDAPSearchResultEntry) and entry.id == 3
+    assert dict(entry.value.attributes)[b"supportedLDAPVersion"] == [b"3"]
+    assert isinstance(done.value, pureldap.LDAPSearchResultDone)
+    assert done.value.resultCode == SUCCESS
+    assert proxy.opener.calls == []
+
+
+@pytest.mark.parametrize(
+    ("request_op", "response_type"),
+    [
+        (search(), pureldap.LDAPSearchResultDone),
+        (search("", 2), pureldap.LDAPSearchResultDone),  # a subtree search from the root
+        (
+            pureldap.LDAPCompareRequest(
+                dn("alice"),
+                pureldap.LDAPAttributeValueAssertion(
+                    pureber.BEROctetString("uid"), pureber.BEROctetString("alice")
+                ),
+            ),
+            pureldap.LDAPCompareResponse,
+        ),
+        (pureldap.LDAPDelRequest(entry=dn("alice")), pureldap.LDAPDelResponse),
+        (
+            pureldap.LDAPExtendedRequest(requestName=b"1.3.6.1.4.1.4203.1.11.3"),
+            pureldap.LDAPExtendedResponse,
+        ),
+    ],
+)
+def test_other_operations_refused_before_bind(
+    make_proxy: MakeProxy, request_op: Any, response_type: type[Any]
+) -> None:
+    """Searches, compares, writes and extended operations before a bind get 50."""
+    proxy = make_proxy()
+    (reply,) = proxy.send(request_op, 4)
+    assert isinstance(reply.value, response_type) and reply.id == 4
+    assert reply.value.resultCode == INSUFFICIENT
+    assert proxy.opener.calls == [] and not proxy.closed
+
+
+def test_abandon_before_bind_ignored(make_proxy: MakeProxy) -> None:
+    """Abandon has no response; before a bind it is ignored."""
+    proxy = make_proxy()
+    assert proxy.send(pureldap.LDAPAbandonRequest(id=1), 2) == []
+    assert not proxy.closed
+
+
+def test_operations_after_bind_forwarded_byte_for_byte(make_proxy: MakeProxy) -> None:
+    """After a bind, requests go upstream as the client encoded them, responses come back
+    the same way (controls and all)."""
+    proxy = make_proxy()
+    assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
+    request = pureldap.LDAPMessage(search(), id=2, controls=[("1.2.3", False, b"v")]).toWire()
+    assert proxy.send_raw(request) == []
+    assert proxy.upstream.sent == [request]
+    entry = pureldap.LDAPMessage(
+        pureldap.LDAPSearchResultEntry(dn("alice"), [("uid", ["alice"])]), id=2
+    ).toWire()
+    done = pureldap.LDAPMessage(pureldap.LDAPSearchResultDone(resultCode=0), id=2).toWire()
+    assert proxy.upstream.on_pdus is not None
+    proxy.upstream.on_pdus(entry + done)
+    assert proxy.transport.value().endswith(entry + done)
+
+
+def test_new_bind_drops_the_old_identity(make_proxy: MakeProxy) -> None:
+    """A second bind closes the first upstream link; if it fails the session is unbound."""
+    proxy = make_proxy()
+    assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
+    first = proxy.upstream
+    assert proxy.bind(dn("bob"), "wrong", 2) == INVALID
+    assert first.closed
+    (done,) = proxy.send(search(), 3)
+    assert done.value.resultCode == INSUFFICIENT
+    assert first.sent == []
+
+
+def test_requests_sent_during_a_bind_wait_for_it(make_proxy: MakeProxy) -> None:
+    """A search pipelined behind a bind is handled after the bind, under the new identity."""
+    proxy = make_proxy()
+    proxy.opener.hold = True
+    bind = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn=dn("alice"), auth="alice-pass"), id=1)
+    query = pureldap.LDAPMessage(search(), id=2).toWire()
+    assert proxy.send_raw(bind.toWire() + query) == []
+    assert proxy.transport.producerState == "paused"
+    upstream = proxy.opener.new()
+    proxy.opener.held[0].callback(upstream)
+    (reply,) = proxy.responses()
+    assert reply.value.resultCode == SUCCESS
+    assert upstream.sent == [query]
+    assert proxy.transport.producerState == "producing"
+
+
+def test_client_gone_before_bind_completes(make_proxy: MakeProxy) -> None:
+    """A link opened for a client that has left is closed, and nothing is written."""
+    proxy = make_proxy()
+    proxy.opener.hold = True
+    proxy.send(pureldap.LDAPBindRequest(dn=dn("alice"), auth="alice-pass"))
+    proxy.protocol.connectionLost()
+    upstream = proxy.opener.new()
+    proxy.opener.held[0].callback(upstream)
+    assert upstream.closed
+    assert proxy.responses() == []
+
+
+def test_upstream_lost_disconnects_the_client(make_proxy: MakeProxy) -> None:
+    """When the directory drops the session's link, the client gets a notice and is closed."""
+    proxy = make_proxy()
+    assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
+    assert proxy.upstream.on_lost is not None
+    proxy.upstream.on_lost()
+    (notice,) = proxy.responses()
+    assert notice.id == 0 and notice.value.resultCode == UNAVAILABLE
+    assert proxy.closed
+
+
+def test_unbind_closes_both_sides(make_proxy: MakeProxy) -> None:
+    """Unbind closes the upstream link and the client connection."""
+    proxy = make_proxy()
+    assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
+    proxy.send(pureldap.LDAPUnbindRequest(), 2)
+    assert proxy.upstream.closed and proxy.closed
+
+
+def test_starttls_unavailable_without_a_certificate(make_proxy: MakeProxy) -> None:
+    """StartTLS answers unavailable (52) while no certificate is configured; not forwarded."""
+    proxy = make_proxy()
+    assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
+    (reply,) = proxy.send(pureldap.LDAPStartTLSRequest(), 2)
+    assert reply.value.resultCode == UNAVAILABLE
+    assert proxy.upstream.sent == []
+
+
+# --- robustness ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello on the plain port
+        b"\x30\x80\x02\x01\x01",  # indefinite length
+        b"\x30\x84\x7f\xff\xff\xff",  # a 2 GiB PDU announced
+        b"\x30\x85\x01\x00\x00\x00\x00",  # a length in five octets
+        b"\x30\x03\x02\x01\x01",  # a message with no operation
+        b"\x30\x05\x02\x01\x01\x7f\x00",  # an unknown operation
+        b"\x30\x06\x02\x01\x00\x42\x00\x00",  # message ID 0
+        b"\x30\x0c\x02\x01\x01\x61\x07\x0a\x01\x00\x04\x00\x04\x00",  # a response, not a request
+    ],
+)
+def test_malformed_request_closes_the_connection(make_proxy: MakeProxy, junk: bytes) -> None:
+    """Malformed BER closes that connection without a reply or an exception."""
+    proxy = make_proxy()
+    assert proxy.send_raw(junk) == []
+    assert proxy.closed
+
+
+def test_oversize_request_closes_the_connection(make_proxy: MakeProxy) -> None:
+    """A request over the PDU limit is refused from its header, before it is buffered."""
+    proxy = make_proxy()
+    big = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn="x" * MAX_PDU, auth="p"), id=1)
+    proxy.send_raw(big.toWire()[:16])
+    assert proxy.closed
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200))
+def test_random_bytes_never_raise(make_proxy: MakeProxy, data: bytes) -> None:
+    """Whatever the bytes, the protocol neither raises nor starts a login it should not."""
+    proxy = make_proxy()
+    proxy.protocol.dataReceived(data)
+    proxy.protocol.dataReceived(os.urandom(8))
+
+
+def test_login_error_still_answers(make_proxy: MakeProxy, logged: list[dict[str, Any]]) -> None:
+    """If deciding a bind raises, the client gets 49 at once instead of waiting forever."""
+    proxy = make_proxy()
+    proxy.directory.error = RuntimeError("boom")
+    assert proxy.bind(dn("alice"), "alice-pass") == INVALID
+    assert any(e.get("log_format", "").startswith("ldap.bind.error") for e in logged)
+    assert not proxy.closed
+
+
+def test_opener_crash_still_answers(make_proxy: MakeProxy) -> None:
+    """An unexpected exception opening the upstream link answers 49 too."""
+    proxy = make_proxy()
+    proxy.opener.outcome = ValueError("unexpected")
+    assert proxy.bind(dn("alice"), "alice-pass") == INVALID
+
+
+def test_no_password_or_code_in_the_log(
+    make_proxy: MakeProxy, logged: list[dict[str, Any]]
+) -> None:
+    """Passwords and codes never appear in any log event, on success or failure."""
+    proxy = make_proxy(passthrough_dns=[SERVICE_DN])
+    code = proxy.code()
+    proxy.bind(dn("bob"), "bob-pass" + code)
+    proxy.bind(dn("bob"), "bob-pass" + code, 2)
+    proxy.bind(dn("alice"), "wrong-secret-pw", 3)
+    proxy.bind(SERVICE_DN, "app-secret", 4)
+    text = repr(logged)
+    for secret in ("bob-pass", code, "wrong-secret-pw", "app-secret"):
+        assert secret not in text
+
+
+# --- the parts ----------------------------------------------------------------------------
+
+
+def test_mapper_takes_the_filter_attribute() -> None:
+    """The naming attribute comes from the user filter; the base is matched as a suffix."""
+    mapper = UserMapper(BASE, "(uid={username})")
+    assert mapper.username(dn("alice")) == "alice"
+    assert mapper.username(f"uid=alice,ou=staff,{BASE}") == "alice"
+    assert mapper.username(f"uid=a\\2cb,{BASE}") == "a,b"
+    assert mapper.username("uid=alice,dc=org") is None
+    assert UserMapper(BASE, "(mail=*)").username(dn("alice")) is None
+
+
+def test_same_dn_ignores_case_spacing_and_escapes() -> None:
+    """DNs compare as a directory compares them."""
+    assert same_dn("UID=Alice, ou=People,dc=example,dc=org", dn("alice"))
+    assert same_dn("uid=\\61lice,ou=people,dc=example,dc=org", dn("alice"))
+    assert not same_dn(dn("alice"), dn("alicia"))
+    assert not same_dn("not a dn", "not a dn")
+
+
+def test_framing_sizes() -> None:
+    """Short and long lengths, partial headers, the limit."""
+    assert pdu_size(b"") is None and pdu_size(b"\x30") is None
+    assert pdu_size(b"\x30\x03") == 5
+    assert pdu_size(b"\x30\x82\x01") is None
+    assert pdu_size(b"\x30\x82\x01\x00") == 260
+    with pytest.raises(FramingError):
+        pdu_size(b"\x30\x82\x01\x00", limit=100)
+    assert complete_prefix(b"\x30\x00\x30\x01\x00\x30\x05") == 5
+
+
+def test_login_outcome_carries_the_password_the_directory_accepted(tmp_path: Path) -> None:
+    """The LdapLogin result carries the password part and the DN only for accepted logins."""
+    directory = FakeDirectory()
+    store = SqliteStore.open(tmp_path / "s.db", tmp_path / "s.key")
+    try:
+        clock = MemoryReactorClock()
+        clock.advance(NOW)
+        from bridge.core.policy import Policy  # noqa: PLC0415
+
+        login = LdapLogin(Authenticator(store, directory, Policy(), frozenset(), clock))
+        caller = Caller("ldap", "192.0.2.1")
+        results: list[LoginResult] = []
+        login("alice", "alice-pass", caller).addCallback(results.append)
+        login("alice", "nope", caller).addCallback(results.append)
+        ok, bad = results
+        assert ok.decision.accepted and ok.password == "alice-pass" and ok.dn == dn("alice")
+        assert not bad.decision.accepted and bad.password is None
+        assert "alice-pass" not in repr(ok)
+    finally:
+        store.close()
