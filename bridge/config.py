@@ -103,6 +103,14 @@ class RadiusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LdapProxyTls:
+    """The proxy's own certificate, for StartTLS and LDAPS towards clients (PEM files)."""
+
+    certificate: Path  # the server certificate, then any intermediate CA certificates
+    key: Path  # its private key, unencrypted
+
+
+@dataclass(frozen=True, slots=True)
 class LdapProxyConfig:
     """The LDAP simple-bind proxy (SPEC section 6); absent section, no listener."""
 
@@ -110,6 +118,12 @@ class LdapProxyConfig:
     listen_port: int
     passthrough_dns: tuple[str, ...] = ()  # bound upstream directly, without a code
     allow_anonymous: bool = False  # forward anonymous binds (empty DN and password)
+    tls: LdapProxyTls | None = None  # StartTLS on `listen`, and LDAPS on `listen_tls`
+    listen_tls: tuple[str, int] | None = None  # (host, port) of the LDAPS listener
+    require_tls: bool = False  # refuse simple binds on connections without TLS (13)
+    max_connections: int = 1000  # open client connections, all addresses together
+    max_connections_per_address: int = 100  # open client connections from one IP address
+    idle_timeout: float = 300.0  # seconds without a request before a connection is closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -813,14 +827,57 @@ def _radius(report: _Report, data: Mapping[object, object]) -> RadiusConfig:
 # --- ldap_proxy, demo ---------------------------------------------------------------------
 
 
+_LDAP_PROXY_KEYS: Final = (
+    "listen",
+    "passthrough_dns",
+    "allow_anonymous",
+    "tls",
+    "listen_tls",
+    "require_tls",
+    "max_connections",
+    "max_connections_per_address",
+    "idle_timeout",
+)
+_DEFAULT_LDAP_PROXY: Final = LdapProxyConfig(listen_host="", listen_port=0)
+
+
+def _ldap_proxy_tls(report: _Report, data: Mapping[object, object]) -> LdapProxyTls | None:
+    m = _Map(report, "ldap_proxy.tls", data, ("certificate", "key"))
+    certificate = m.path("certificate", required=True, must_be_file=True)
+    key = m.path("key", required=True, must_be_file=True)
+    if certificate is None or key is None:
+        return None
+    return LdapProxyTls(certificate=certificate, key=key)
+
+
 def _ldap_proxy(report: _Report, data: Mapping[object, object]) -> LdapProxyConfig:
-    m = _Map(report, "ldap_proxy", data, ("listen", "passthrough_dns", "allow_anonymous"))
+    m = _Map(report, "ldap_proxy", data, _LDAP_PROXY_KEYS)
+    defaults = _DEFAULT_LDAP_PROXY
     host, port = m.listen("listen", None)
+    tls_data = m.section("tls")
+    tls = _ldap_proxy_tls(report, tls_data) if tls_data is not None else None
+    listen_tls = m.listen("listen_tls", "") if m.get("listen_tls") is not None else None
+    require_tls = m.boolean("require_tls", defaults.require_tls)
+    if tls_data is None:
+        if listen_tls is not None:
+            m.error("listen_tls", "needs ldap_proxy.tls (certificate and key)")
+        if require_tls:
+            m.error("require_tls", "needs ldap_proxy.tls (certificate and key)")
+    if listen_tls is not None and _same_tcp_port((host, port), listen_tls):
+        m.error("listen_tls", "same port as ldap_proxy.listen")
     return LdapProxyConfig(
         listen_host=host,
         listen_port=port,
         passthrough_dns=m.str_list("passthrough_dns", check=_dn_problem),
         allow_anonymous=m.boolean("allow_anonymous", False),
+        tls=tls,
+        listen_tls=listen_tls,
+        require_tls=require_tls,
+        max_connections=m.integer("max_connections", defaults.max_connections, 1, 1_000_000),
+        max_connections_per_address=m.integer(
+            "max_connections_per_address", defaults.max_connections_per_address, 1, 1_000_000
+        ),
+        idle_timeout=m.number("idle_timeout", defaults.idle_timeout, 0, 86_400, lo_open=True),
     )
 
 
@@ -876,6 +933,9 @@ def parse_config(data: object, base_dir: Path) -> Config:
         proxy_at = (ldap_proxy.listen_host, ldap_proxy.listen_port)
         if _same_tcp_port(proxy_at, (demo.listen_host, demo.listen_port)):
             report.error("demo.listen", "same port as ldap_proxy.listen")
+        tls_at = ldap_proxy.listen_tls
+        if tls_at is not None and _same_tcp_port(tls_at, (demo.listen_host, demo.listen_port)):
+            report.error("demo.listen", "same port as ldap_proxy.listen_tls")
 
     if report.problems or directory is None or store is None or radius is None:
         raise ConfigError(report.problems)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import TCPServer, UDPServer
+from twisted.application.internet import SSLServer, TCPServer, UDPServer
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from bridge.auth import Authenticator
-from bridge.config import Config
+from bridge.config import Config, ConfigError
 from bridge.core.policy import Policy
 from bridge.core.totp import TotpParams
 from bridge.directory import BindStatus, Directory
 from bridge.ldap_proxy.login import LdapLogin
 from bridge.ldap_proxy.server import LdapProxyFactory, Settings
+from bridge.ldap_proxy.tls import TlsSetupError
 from bridge.ldap_proxy.upstream import Opener
 from bridge.radius.server import RadiusProtocol
 from bridge.store import SqliteStore
@@ -105,13 +106,24 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     return top
 
 
-def ldap_proxy_service(config: Config, login: LdapLogin, reactor: Any) -> TCPServer:
-    """The LDAP bind proxy's TCP listener (SPEC section 6)."""
+def ldap_proxy_service(config: Config, login: LdapLogin, reactor: Any) -> MultiService:
+    """The LDAP bind proxy's listeners (SPEC section 6): plain TCP, and LDAPS if configured.
+
+    Both share one factory, so the connection limits count both. A certificate or key
+    that cannot be used is a config error: the daemon does not start.
+    """
     proxy = config.ldap_proxy
     assert proxy is not None  # only called when the section is present
-    factory = LdapProxyFactory(
-        Settings.from_config(proxy, config.directory),
-        login,
-        Opener(config.directory, reactor),
-    )
-    return TCPServer(proxy.listen_port, factory, interface=proxy.listen_host, reactor=reactor)
+    try:
+        settings = Settings.from_config(proxy, config.directory)
+    except TlsSetupError as exc:
+        raise ConfigError([f"ldap_proxy.tls: {exc}"]) from exc
+    factory = LdapProxyFactory(settings, login, Opener(config.directory, reactor), reactor)
+    listeners = MultiService()
+    plain = TCPServer(proxy.listen_port, factory, interface=proxy.listen_host, reactor=reactor)
+    plain.setServiceParent(listeners)
+    if proxy.listen_tls is not None and settings.tls is not None:
+        host, port = proxy.listen_tls
+        ldaps = SSLServer(port, factory, settings.tls, interface=host, reactor=reactor)
+        ldaps.setServiceParent(listeners)
+    return listeners

@@ -13,17 +13,26 @@ session's identity (RFC 4513 section 4), then:
 
 Once bound, every request but Bind, Unbind and StartTLS is passed upstream byte for
 byte and the directory's responses come back the same way. Any refused bind answers
-invalidCredentials (49), whatever the reason (the log says which); a directory that
-cannot be reached answers unavailable (52), as checklist item 66 asks, since it tells
-the client nothing about the account. Requests are decoded with ldaptor's codec inside
-a size-checked envelope: a malformed or oversize PDU closes that connection only.
+invalidCredentials (49), whatever the reason (the log says which). Requests are decoded
+with ldaptor's codec inside a size-checked envelope: a malformed or oversize PDU closes
+that connection only.
+
+TLS towards clients (with `ldap_proxy.tls`): StartTLS is accepted on a connection that
+is not yet TLS and has nothing outstanding (no bound session, nothing sent after the
+request), otherwise operationsError (RFC 4511 section 4.14.1); connections accepted by
+the LDAPS listener are TLS from the start. With `require_tls`, a simple bind on a
+connection without TLS answers confidentialityRequired (13) and reaches no directory.
+
+Limits: the factory refuses (closes at once) connections beyond `max_connections` in
+total or `max_connections_per_address` from one IP address, and each session closes
+itself after `idle_timeout` seconds without a request, with a Notice of Disconnection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from typing import Protocol as Interface
@@ -31,6 +40,7 @@ from typing import Protocol as Interface
 from ldaptor.protocols import pureber, pureldap
 from ldaptor.protocols.ldap.ldapserver import BaseLDAPServer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,7 +51,8 @@ from bridge.core.types import Decision, Reason
 from bridge.ldap_proxy.framing import FramingError, pdu_size
 from bridge.ldap_proxy.login import LoginResult
 from bridge.ldap_proxy.names import DnKey, UserMapper, dn_key, same_dn
-from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailableError
+from bridge.ldap_proxy.tls import server_tls_options
+from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailableError, no_delay
 
 log = Logger(namespace="bridge.ldap")
 
@@ -53,6 +64,7 @@ OPERATIONS_ERROR = 1
 PROTOCOL_ERROR = 2
 AUTH_METHOD_NOT_SUPPORTED = 7
 UNAVAILABLE_CRITICAL_EXTENSION = 12
+CONFIDENTIALITY_REQUIRED = 13
 INVALID_CREDENTIALS = 49
 INSUFFICIENT_ACCESS_RIGHTS = 50
 UNAVAILABLE = 52
@@ -116,15 +128,28 @@ class Settings:
     passthrough: frozenset[DnKey]
     allow_anonymous: bool = False
     max_pdu: int = MAX_PDU
+    tls: Any = None  # Twisted TLS options for StartTLS; None: StartTLS is unavailable
+    require_tls: bool = False
+    max_connections: int = 1000
+    max_connections_per_address: int = 100
+    idle_timeout: float = 300.0
 
     @classmethod
     def from_config(cls, proxy: LdapProxyConfig, directory: DirectoryConfig) -> Settings:
-        """From the `ldap_proxy` and `directory` sections."""
+        """From the `ldap_proxy` and `directory` sections; loads the certificate, if any.
+
+        Raises `tls.TlsSetupError` when the certificate or key cannot be used.
+        """
         keys = (dn_key(dn) for dn in proxy.passthrough_dns)
         return cls(
             mapper=UserMapper(directory.user_base, directory.user_filter),
             passthrough=frozenset(key for key in keys if key),
             allow_anonymous=proxy.allow_anonymous,
+            tls=server_tls_options(proxy.tls) if proxy.tls is not None else None,
+            require_tls=proxy.require_tls,
+            max_connections=proxy.max_connections,
+            max_connections_per_address=proxy.max_connections_per_address,
+            idle_timeout=proxy.idle_timeout,
         )
 
 
@@ -158,14 +183,15 @@ def decode_request(pdu: bytes) -> Any:
     return message
 
 
-def root_dse_entry() -> Any:
-    """The RootDSE an unbound client sees: enough to know it talks LDAPv3."""
+def root_dse_entry(starttls: bool = False) -> Any:
+    """The RootDSE an unbound client sees: enough to know it talks LDAPv3 (and StartTLS)."""
+    extensions = [WHOAMI_OID, PASSWORD_MODIFY_OID, *([STARTTLS_OID] if starttls else [])]
     return pureldap.LDAPSearchResultEntry(
         objectName="",
         attributes=[
             ("objectClass", ["top"]),
             ("supportedLDAPVersion", ["3"]),
-            ("supportedExtension", [WHOAMI_OID, PASSWORD_MODIFY_OID]),
+            ("supportedExtension", extensions),
         ],
     )
 
@@ -193,10 +219,21 @@ def _text(value: object) -> str | None:
 class LdapProxyProtocol(Protocol):
     """One client connection: its buffer, its identity, its upstream link."""
 
-    def __init__(self, settings: Settings, login: Login, opener: Opener) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        login: Login,
+        opener: Opener,
+        reactor: Any,
+        release: Callable[[], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._login = login
         self._opener = opener
+        self._reactor = reactor
+        self._release = release  # the factory's count of open connections, once closed
+        self._idle: Any = None  # the IDelayedCall of the idle timeout
+        self.tls = False  # the connection is encrypted (LDAPS, or after StartTLS)
         self._buffer = bytearray()
         self._upstream: Any = None
         self._binding = False  # a bind is being decided: reading is paused
@@ -208,9 +245,12 @@ class LdapProxyProtocol(Protocol):
     # --- Protocol ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
-        """Note the client's address for the audit log."""
+        """Note the client's address for the audit log; start the idle timer."""
         peer = self.transport.getPeer() if self.transport is not None else None
         self.client = str(getattr(peer, "host", "unknown"))
+        self.tls = ISSLTransport.providedBy(self.transport)  # accepted by the LDAPS listener
+        no_delay(self.transport)
+        self._touch()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         """Buffer, then handle every whole request (unless a bind is being decided)."""
@@ -226,7 +266,37 @@ class LdapProxyProtocol(Protocol):
         """Drop the upstream link; a bind still being decided finds nobody to answer."""
         self._closed = True
         self._generation += 1
+        idle, self._idle = self._idle, None
+        if idle is not None and idle.active():
+            idle.cancel()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
         self._reset()
+
+    # --- the idle timeout ----------------------------------------------------------------
+
+    def _touch(self) -> None:
+        """A request came in (or a response went out): restart the idle timer."""
+        if self._closed:
+            return
+        timeout = self._settings.idle_timeout
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(timeout)
+        else:
+            self._idle = self._reactor.callLater(timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        if self._closed:
+            return
+        notice = pureldap.LDAPExtendedResponse(
+            resultCode=UNAVAILABLE,
+            errorMessage="idle timeout",
+            responseName=NOTICE_OF_DISCONNECTION,
+        )
+        self._reply(0, notice)
+        self._drop("idle timeout")
 
     # --- requests ------------------------------------------------------------------------
 
@@ -258,6 +328,7 @@ class LdapProxyProtocol(Protocol):
             if message is None:
                 self._drop("not an LDAP request")
                 return
+            self._touch()
             try:
                 self._dispatch(message, pdu)
             except Exception:  # one session's failure must not hang or spread
@@ -273,19 +344,44 @@ class LdapProxyProtocol(Protocol):
             self._reset()
             self._close()
         elif isinstance(op, pureldap.LDAPExtendedRequest) and op.requestName == STARTTLS_OID:
-            response = pureldap.LDAPStartTLSResponse(
-                resultCode=UNAVAILABLE, errorMessage="StartTLS is not configured"
-            )
-            self._reply(msg_id, response)
+            self._start_tls(msg_id)
         elif self._upstream is not None:
             self._upstream.send(pdu)
         elif _is_root_dse_read(op):
-            self._reply(msg_id, root_dse_entry())
+            self._reply(msg_id, root_dse_entry(starttls=self._settings.tls is not None))
             self._reply(msg_id, pureldap.LDAPSearchResultDone(resultCode=SUCCESS))
         else:
             answer = next((r for q, r in _REFUSALS.items() if isinstance(op, q)), None)
             if answer is not None:  # Abandon has no response
                 self._reply(msg_id, answer(resultCode=INSUFFICIENT_ACCESS_RIGHTS))
+
+    def _start_tls(self, msg_id: int) -> None:
+        """Answer StartTLS, and on success switch the connection to TLS right after."""
+        options = self._settings.tls
+        if options is None:
+            self._answer_start_tls(msg_id, UNAVAILABLE, "StartTLS is not configured")
+        elif self.tls:
+            self._answer_start_tls(msg_id, OPERATIONS_ERROR, "TLS is already in effect")
+        elif self._upstream is not None:
+            # Operations relayed upstream may still be outstanding: the proxy cannot tell.
+            self._answer_start_tls(msg_id, OPERATIONS_ERROR, "StartTLS must precede the bind")
+        elif self._buffer:
+            # Requests sent behind StartTLS, in clear: never treat them as protected.
+            self._answer_start_tls(msg_id, OPERATIONS_ERROR, "requests are outstanding")
+        else:
+            self._answer_start_tls(msg_id, SUCCESS, "")
+            self.tls = True
+            transport: Any = self.transport
+            transport.startTLS(options)
+            log.info("ldap.starttls client={client}", client=self.client)
+
+    def _answer_start_tls(self, msg_id: int, code: int, message: str) -> None:
+        response = pureldap.LDAPStartTLSResponse(
+            resultCode=code,
+            errorMessage=message,
+            responseName=STARTTLS_OID if code == SUCCESS else None,
+        )
+        self._reply(msg_id, response)
 
     def _reply(self, msg_id: int, op: Any) -> None:
         if not self._closed and self.transport is not None:
@@ -300,6 +396,10 @@ class LdapProxyProtocol(Protocol):
             return
         if op.sasl:
             self._answer_bind(msg_id, AUTH_METHOD_NOT_SUPPORTED, "only simple binds")
+            return
+        if self._settings.require_tls and not self.tls:
+            self._refuse("confidentiality-required", _text(op.dn) or "")
+            self._answer_bind(msg_id, CONFIDENTIALITY_REQUIRED, "use StartTLS or LDAPS to bind")
             return
         if any(critical for _type, critical, _value in controls or ()):
             self._answer_bind(msg_id, UNAVAILABLE_CRITICAL_EXTENSION, "")
@@ -412,6 +512,7 @@ class LdapProxyProtocol(Protocol):
 
         def on_pdus(data: bytes) -> None:
             if generation == self._generation and not self._closed and self.transport is not None:
+                self._touch()  # a long search answering is not an idle connection
                 self.transport.write(data)
 
         def on_lost() -> None:
@@ -461,15 +562,52 @@ class LdapProxyProtocol(Protocol):
 
 
 class LdapProxyFactory(ServerFactory):
-    """Builds one `LdapProxyProtocol` per connection, sharing the login and the opener."""
+    """Builds one `LdapProxyProtocol` per connection, sharing the login and the opener.
 
-    def __init__(self, settings: Settings, login: Login, opener: Opener) -> None:
+    It counts open connections, in total and per IP address, for both listeners (plain
+    and LDAPS share one factory); beyond a limit it builds no protocol, so Twisted closes
+    the new connection at once. `refused` counts those.
+    """
+
+    def __init__(self, settings: Settings, login: Login, opener: Opener, reactor: Any) -> None:
         self.settings = settings
         self.login = login
         self.opener = opener
+        self.reactor = reactor
+        self.open_total = 0
+        self.open_by_address: dict[str, int] = {}
+        self.refused = 0
 
-    def buildProtocol(self, addr: Any) -> LdapProxyProtocol:  # noqa: N802 - Twisted's name
-        """A session for a new client connection."""
-        proto = LdapProxyProtocol(self.settings, self.login, self.opener)
+    def buildProtocol(self, addr: Any) -> LdapProxyProtocol | None:  # noqa: N802
+        """A session for a new client connection; None (close it) beyond the limits."""
+        host = str(getattr(addr, "host", "unknown"))
+        reason = None
+        if self.open_total >= self.settings.max_connections:
+            reason = "max-connections"
+        elif self.open_by_address.get(host, 0) >= self.settings.max_connections_per_address:
+            reason = "max-connections-per-address"
+        if reason is not None:
+            self.refused += 1
+            log.warn(
+                "ldap.connection.refused reason={reason} client={client} open={open}"
+                " refused={refused}",
+                reason=reason,
+                client=host,
+                open=self.open_total,
+                refused=self.refused,
+            )
+            return None
+        self.open_total += 1
+        self.open_by_address[host] = self.open_by_address.get(host, 0) + 1
+
+        def release() -> None:
+            self.open_total -= 1
+            left = self.open_by_address.get(host, 1) - 1
+            if left > 0:
+                self.open_by_address[host] = left
+            else:
+                self.open_by_address.pop(host, None)
+
+        proto = LdapProxyProtocol(self.settings, self.login, self.opener, self.reactor, release)
         proto.factory = self
         return proto

@@ -20,8 +20,14 @@ from urllib.parse import urlsplit
 from ldaptor.protocols import pureber, pureldap
 from ldaptor.protocols.ldap.ldapclient import LDAPClient
 from twisted.internet import ssl
+from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,6 +57,13 @@ class UpstreamUnavailableError(UpstreamError):
     """No directory server could be reached, or TLS failed: fail closed."""
 
 
+def no_delay(transport: Any) -> None:
+    """TCP_NODELAY where the transport has it: LDAP is request/response in small messages."""
+    setter = getattr(transport, "setTcpNoDelay", None)
+    if setter is not None:
+        setter(True)
+
+
 OnPdus = Callable[[bytes], None]
 OnLost = Callable[[], None]
 
@@ -66,6 +79,10 @@ class Link(Protocol):
         self._on_lost: OnLost | None = None
         self._next_id = 1
         self.closed = False
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        """Send small LDAP messages at once (Nagle would hold them for the peer's ACK)."""
+        no_delay(self.transport)
 
     # --- the handshake -------------------------------------------------------------------
 
@@ -223,12 +240,12 @@ class Opener:
     async def _open(self, url: str, dn: str, password: str) -> Link:
         parts = urlsplit(url)
         host, secure = parts.hostname or "", parts.scheme.lower() == "ldaps"
-        endpoint: Any = HostnameEndpoint(
-            self._reactor,
-            host,
-            parts.port or (636 if secure else 389),
-            timeout=self._config.timeout,
-        )
+        port = parts.port or (636 if secure else 389)
+        endpoint: Any
+        if isIPAddress(host):  # no resolver round trip (a thread) for an IPv4 address
+            endpoint = TCP4ClientEndpoint(self._reactor, host, port, timeout=self._config.timeout)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._config.timeout)
         if secure:
             endpoint = wrapClientTLS(self._tls_options(host), endpoint)
         try:

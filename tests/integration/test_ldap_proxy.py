@@ -11,7 +11,9 @@ import json
 import os
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,3 +350,209 @@ def test_upstream_tls_failure_sends_no_password(
     assert result.returncode == INVALID_CREDENTIALS, result.stderr + bridge.log()
     assert "ldap.bind.unavailable" in bridge.log()
     assert server.bind_count() == binds
+
+
+# --- TLS towards clients: StartTLS, LDAPS, require_tls ----------------------------------
+
+CONFIDENTIALITY_REQUIRED = 13
+
+
+@dataclass(frozen=True)
+class _ProxyPki:
+    """The proxy's certificate for 127.0.0.1 and the CA clients trust it with."""
+
+    ca: Path
+    certificate: Path
+    key: Path
+
+
+@pytest.fixture(scope="module")
+def proxy_pki(tmp_path_factory: pytest.TempPathFactory) -> _ProxyPki:
+    pki = tmp_path_factory.mktemp("proxy-client-pki")
+    ca = make_ca(pki, "Proxy Listener CA")
+    ip = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]  # ldap tools check the name
+    certificate, key = make_server_cert(ca, pki, "proxy-listener", ip)
+    return _ProxyPki(ca.path, certificate, key)
+
+
+def with_tls_proxy(pki: _ProxyPki, **extra: Any) -> Callable[[dict[str, Any]], None]:
+    """A proxy section with a certificate, StartTLS on `listen` and LDAPS on `listen_tls`."""
+    tls = {"certificate": str(pki.certificate), "key": str(pki.key)}
+    return with_proxy(tls=tls, listen_tls=f"127.0.0.1:{free_tcp_port()}", **extra)
+
+
+def ldaps_url(bridge: Bridge) -> str:
+    return f"ldaps://{bridge.config['ldap_proxy']['listen_tls']}"
+
+
+def tls_whoami(
+    pki: _ProxyPki, url: str, dn: str, password: str, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """ldapwhoami trusting the test CA only, with the certificate required (and its name
+    checked). LDAPNOINIT would also ignore the LDAPTLS_* variables, so it is not set here;
+    the variables override the machine's ldap.conf."""
+    require_binary("ldapwhoami")
+    env = {
+        **os.environ,
+        "LC_ALL": "C",
+        "LDAPRC": "/dev/null",
+        "LDAPTLS_CACERT": str(pki.ca),
+        "LDAPTLS_REQCERT": "demand",
+    }
+    env.pop("LDAPNOINIT", None)
+    args = ["ldapwhoami", "-x", *options, "-H", url, "-D", dn, "-w", password]
+    return subprocess.run(args, capture_output=True, text=True, timeout=30, check=False, env=env)
+
+
+def test_starttls_and_ldaps_bind_a_grace_user(
+    slapd: Slapd, make_bridge: MakeBridge, proxy_pki: _ProxyPki
+) -> None:
+    """ldapwhoami -ZZ on the plain listener and ldaps:// on the LDAPS one, verifying the
+    proxy's certificate against the test CA, bind a user in grace through the proxy."""
+    bridge = make_bridge(change=with_tls_proxy(proxy_pki))
+    user = "load162"
+    dn = slapd.user_dn(user)
+    for url, options in ((proxy_url(bridge), ("-ZZ",)), (ldaps_url(bridge), ())):
+        result = tls_whoami(proxy_pki, url, dn, password_of(user), *options)
+        assert result.returncode == 0, result.stderr + bridge.log()
+        assert result.stdout.strip().lower() == f"dn:{dn}".lower()
+    assert "ldap.starttls" in bridge.log()
+
+
+def test_require_tls_refuses_clear_binds(
+    slapd: Slapd, make_bridge: MakeBridge, proxy_pki: _ProxyPki
+) -> None:
+    """With require_tls a bind in clear gets confidentialityRequired (13), for users and
+    service accounts alike; with StartTLS or LDAPS it succeeds."""
+    bridge = make_bridge(
+        change=with_tls_proxy(proxy_pki, require_tls=True, passthrough_dns=[slapd.service_dn])
+    )
+    user = "load163"
+    dn = slapd.user_dn(user)
+    clear = whoami(proxy_url(bridge), dn, password_of(user))
+    assert clear.returncode == CONFIDENTIALITY_REQUIRED, clear.stderr
+    service = whoami(proxy_url(bridge), slapd.service_dn, slapd.service_password)
+    assert service.returncode == CONFIDENTIALITY_REQUIRED, service.stderr
+    assert "reason=confidentiality-required" in bridge.log()
+    assert "ldap.bind.ok" not in bridge.log()
+    started = tls_whoami(proxy_pki, proxy_url(bridge), dn, password_of(user), "-ZZ")
+    assert started.returncode == 0, started.stderr + bridge.log()
+    ldaps = tls_whoami(proxy_pki, ldaps_url(bridge), slapd.service_dn, slapd.service_password)
+    assert ldaps.returncode == 0, ldaps.stderr + bridge.log()
+
+
+def test_starttls_with_an_untrusted_ca_fails_on_the_client(
+    slapd: Slapd, make_bridge: MakeBridge, proxy_pki: _ProxyPki, tmp_path: Path
+) -> None:
+    """A client that trusts another CA refuses the proxy's certificate (no bind is sent)."""
+    bridge = make_bridge(change=with_tls_proxy(proxy_pki))
+    other = _ProxyPki(
+        make_ca(tmp_path, "Not The Proxy CA").path, proxy_pki.certificate, proxy_pki.key
+    )
+    user = "load164"
+    result = tls_whoami(other, proxy_url(bridge), slapd.user_dn(user), password_of(user), "-ZZ")
+    assert result.returncode != 0
+    assert "ldap.bind" not in bridge.log()
+
+
+# --- limits and robustness against a running daemon --------------------------------------
+
+
+def proxy_address(bridge: Bridge) -> tuple[str, int]:
+    host, port = bridge.config["ldap_proxy"]["listen"].rsplit(":", 1)
+    return host, int(port)
+
+
+def closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """Whether the proxy closed `sock` (EOF or reset) within `timeout`, ignoring any data."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_huge_pdu_and_random_bytes_close_only_their_connection(
+    slapd: Slapd, make_bridge: MakeBridge
+) -> None:
+    """A 10 MB request and random bytes each close their own connection, while another
+    client's bound session on the same proxy carries on."""
+    bridge = make_bridge(change=with_proxy())
+    user = "load165"
+    session = ldap.initialize(proxy_url(bridge))
+    session.set_option(ldap.OPT_NETWORK_TIMEOUT, 5)
+    session.set_option(ldap.OPT_TIMEOUT, 10)
+    try:
+        session.simple_bind_s(slapd.user_dn(user), password_of(user))
+        size = 10 * 1024 * 1024
+        header = b"\x30\x84" + size.to_bytes(4, "big")  # an LDAPMessage of 10 MiB announced
+        junk = bytearray(os.urandom(4096))
+        junk[0] = 0xFF if junk[0] == 0x30 else junk[0]  # never a plausible header
+        for first, rest in ((header, b"\x02\x01\x01" + b"\x00" * (size - 3)), (bytes(junk), b"")):
+            with socket.create_connection(proxy_address(bridge), timeout=5) as sock:
+                try:
+                    sock.sendall(first)
+                    for offset in range(0, len(rest), 1 << 20):
+                        sock.sendall(rest[offset : offset + (1 << 20)])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # closed by the proxy while we were still sending: as expected
+                assert closed_by_peer(sock)
+            found = session.search_s(slapd.user_dn(user), ldap.SCOPE_BASE, "(objectClass=*)")
+            assert [dn for dn, _ in found] == [slapd.user_dn(user)]
+        assert session.whoami_s().lower() == f"dn:{slapd.user_dn(user)}".lower()
+    finally:
+        session.unbind_s()
+    assert bridge.log().count("ldap.drop") >= 2
+
+
+def test_connection_limit_per_address_and_idle_timeout(
+    slapd: Slapd, make_bridge: MakeBridge
+) -> None:
+    """Beyond max_connections_per_address a new connection is closed at once; idle
+    connections are closed after idle_timeout, which frees their places."""
+    bridge = make_bridge(change=with_proxy(max_connections_per_address=2, idle_timeout=2))
+    held = [socket.create_connection(proxy_address(bridge), timeout=5) for _ in range(2)]
+    try:
+        with socket.create_connection(proxy_address(bridge), timeout=5) as extra:
+            assert closed_by_peer(extra, timeout=2)
+        assert "ldap.connection.refused reason=max-connections-per-address" in bridge.log()
+        for sock in held:  # a Notice of Disconnection, then the end of the connection
+            assert closed_by_peer(sock, timeout=6)
+    finally:
+        for sock in held:
+            sock.close()
+    result = whoami(proxy_url(bridge), slapd.user_dn("load166"), password_of("load166"))
+    assert result.returncode == 0, result.stderr + bridge.log()
+    assert "reason=idle timeout" in bridge.log()
+
+
+def test_hundred_concurrent_connections_bind_and_search(
+    slapd: Slapd, make_bridge: MakeBridge
+) -> None:
+    """100 python-ldap connections open at once, each bound as a user in grace (50 users,
+    two connections each), then each searching its own entry: all succeed."""
+    bridge = make_bridge(change=with_proxy())
+    url = proxy_url(bridge)
+    users = [f"load{150 + i % 50:03d}" for i in range(100)]
+    all_open = threading.Barrier(len(users), timeout=60)
+
+    def session(user: str) -> str:
+        conn = ldap.initialize(url)
+        conn.set_option(ldap.OPT_NETWORK_TIMEOUT, 10)
+        conn.set_option(ldap.OPT_TIMEOUT, 30)
+        try:
+            conn.simple_bind_s(slapd.user_dn(user), password_of(user))
+            all_open.wait()  # every connection is open and bound before any searches
+            found = conn.search_s(slapd.user_dn(user), ldap.SCOPE_BASE, "(objectClass=*)", ["uid"])
+            ((_dn, attrs),) = found
+            return attrs["uid"][0].decode()
+        finally:
+            conn.unbind_s()
+
+    with ThreadPoolExecutor(max_workers=len(users)) as pool:
+        results = list(pool.map(session, users))
+    assert results == users, bridge.log()[-3000:]

@@ -8,6 +8,7 @@ directory; the upstream connection is a fake whose opening the test controls.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -15,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ldaptor.protocols import pureber, pureldap
 from ldaptor.protocols.ldap.ldapclient import LDAPClient
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
+from zope.interface import directlyProvides
 
 from bridge.auth import Authenticator, Caller
-from bridge.config import parse_config
+from bridge.config import ConfigError, LdapProxyTls, parse_config
 from bridge.core.totp import code_at_step
 from bridge.core.types import LockReason, State, UserRecord
 from bridge.directory import BindResult, BindStatus
@@ -38,9 +42,11 @@ from bridge.ldap_proxy.server import (
     LdapProxyProtocol,
     Settings,
 )
+from bridge.ldap_proxy.tls import TlsSetupError, server_tls_options
 from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailableError
-from bridge.service import open_store, policy_from
+from bridge.service import ldap_proxy_service, open_store, policy_from
 from bridge.store import SqliteStore
+from tests.certs import make_ca, make_server_cert
 
 NOW = 1_700_000_000
 TOTP_SECRET = bytes(range(1, 21))
@@ -48,6 +54,10 @@ BASE = "ou=people,dc=example,dc=org"
 SERVICE_DN = "cn=app,ou=services,dc=example,dc=org"
 PASSWORDS = {"alice": "alice-pass", "bob": "bob-pass", "carol": "carol-pass"}
 SUCCESS, PROTOCOL_ERROR, AUTH_METHOD, INVALID, INSUFFICIENT, UNAVAILABLE = 0, 2, 7, 49, 50, 52
+OPERATIONS_ERROR, CONFIDENTIALITY_REQUIRED = 1, 13
+STARTTLS_OID = b"1.3.6.1.4.1.1466.20037"
+NOTICE_OF_DISCONNECTION = b"1.3.6.1.4.1.1466.20036"
+CLIENT = "192.0.2.10"
 
 
 def dn(user: str) -> str:
@@ -127,6 +137,21 @@ class FakeOpener:
         return upstream
 
 
+class TlsCapableTransport(StringTransport):
+    """A StringTransport with `startTLS` (ITLSTransport), as Twisted's TCP transports have."""
+
+    def __init__(self, peer: IPv4Address, *, ldaps: bool = False) -> None:
+        super().__init__(peerAddress=peer)
+        self.tls_options: Any = None
+        if ldaps:  # what the LDAPS listener's TLS wrapper looks like to the protocol
+            directlyProvides(self, ISSLTransport)
+
+    def startTLS(self, options: Any) -> None:  # noqa: N802 - Twisted's name
+        assert self.tls_options is None, "startTLS twice"
+        self.tls_options = options
+        directlyProvides(self, ISSLTransport)
+
+
 # --- the proxy under test -----------------------------------------------------------------
 
 
@@ -135,12 +160,35 @@ class Proxy:
     """One client connection to the proxy, with its fakes."""
 
     protocol: LdapProxyProtocol
-    transport: StringTransport
+    transport: TlsCapableTransport
     directory: FakeDirectory
     opener: FakeOpener
     store: SqliteStore
     clock: MemoryReactorClock
+    factory: LdapProxyFactory
     read: int = 0
+
+    def connect(self, host: str = CLIENT, *, ldaps: bool = False) -> Proxy | None:
+        """Another client connection to the same proxy; None when the proxy refuses it."""
+        peer = IPv4Address("TCP", host, 40000)
+        protocol = self.factory.buildProtocol(peer)
+        if protocol is None:
+            return None
+        transport = TlsCapableTransport(peer, ldaps=ldaps)
+        protocol.makeConnection(transport)
+        return Proxy(
+            protocol,
+            transport,
+            self.directory,
+            self.opener,
+            self.store,
+            self.clock,
+            self.factory,
+        )
+
+    def lose(self) -> None:
+        """The connection closes (as Twisted reports it after loseConnection)."""
+        self.protocol.connectionLost()
 
     def send(self, op: Any, msg_id: int = 1, controls: Any = None) -> list[Any]:
         """Send one request; the responses written while handling it, decoded."""
@@ -188,13 +236,24 @@ def search(base: str = BASE, scope: int = 2) -> Any:
 MakeProxy = Callable[..., Proxy]
 
 
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """`ldap_proxy.tls` for a certificate for 127.0.0.1 from a test CA."""
+    pki = tmp_path_factory.mktemp("proxy-pki")
+    ca = make_ca(pki, "Proxy Client-side CA")
+    ip = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate, key = make_server_cert(ca, pki, "proxy", ip)
+    return {"certificate": str(certificate), "key": str(key)}
+
+
 @pytest.fixture
 def make_proxy(tmp_path: Path) -> Iterator[MakeProxy]:
     """Proxies configured through the config parser. bob is active with TOTP_SECRET,
-    carol is locked, alice is new (grace at her first login)."""
+    carol is locked, alice is new (grace at her first login). `ldaps=True` makes the
+    connection look like one accepted by the LDAPS listener."""
     stores: list[SqliteStore] = []
 
-    def make(**ldap_proxy: Any) -> Proxy:
+    def make(*, ldaps: bool = False, **ldap_proxy: Any) -> Proxy:
         where = tmp_path / f"proxy-{len(stores)}"
         config = parse_config(
             {
@@ -238,11 +297,14 @@ def make_proxy(tmp_path: Path) -> Iterator[MakeProxy]:
             Settings.from_config(config.ldap_proxy, config.directory),
             LdapLogin(authenticator),
             opener,
+            clock,
         )
-        protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.10", 40000))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.10", 40000))
+        peer = IPv4Address("TCP", CLIENT, 40000)
+        protocol = factory.buildProtocol(peer)
+        assert protocol is not None
+        transport = TlsCapableTransport(peer, ldaps=ldaps)
         protocol.makeConnection(transport)
-        return Proxy(protocol, transport, directory, opener, store, clock)
+        return Proxy(protocol, transport, directory, opener, store, clock, factory)
 
     yield make
     for store in stores:
@@ -543,6 +605,216 @@ def test_starttls_unavailable_without_a_certificate(make_proxy: MakeProxy) -> No
     assert proxy.upstream.sent == []
 
 
+# --- TLS towards clients: StartTLS, LDAPS, require_tls ----------------------------------
+
+
+def start_tls(proxy: Proxy, msg_id: int = 1) -> Any:
+    """Send StartTLS; its one response."""
+    (reply,) = proxy.send(pureldap.LDAPStartTLSRequest(), msg_id)
+    assert isinstance(reply.value, pureldap.LDAPExtendedResponse) and reply.id == msg_id
+    return reply.value
+
+
+def test_starttls_answers_success_then_switches_to_tls(
+    make_proxy: MakeProxy, tls_files: dict[str, str]
+) -> None:
+    """With a certificate, StartTLS is answered success (naming the operation) and the
+    transport is switched to TLS with the configured options right after the answer."""
+    proxy = make_proxy(tls=tls_files)
+    assert proxy.transport.tls_options is None
+    answer = start_tls(proxy)
+    assert answer.resultCode == SUCCESS and answer.responseName == STARTTLS_OID
+    assert proxy.transport.tls_options is proxy.factory.settings.tls is not None
+    assert proxy.protocol.tls
+    assert proxy.bind(dn("alice"), "alice-pass", 2) == SUCCESS
+
+
+def test_starttls_twice_is_an_operations_error(
+    make_proxy: MakeProxy, tls_files: dict[str, str]
+) -> None:
+    """A second StartTLS (or one on an LDAPS connection) gets operationsError (1)."""
+    proxy = make_proxy(tls=tls_files)
+    assert start_tls(proxy).resultCode == SUCCESS
+    assert start_tls(proxy, 2).resultCode == OPERATIONS_ERROR
+    assert not proxy.closed
+    ldaps = make_proxy(tls=tls_files, ldaps=True)
+    assert ldaps.protocol.tls
+    assert start_tls(ldaps).resultCode == OPERATIONS_ERROR
+    assert ldaps.transport.tls_options is None
+
+
+def test_starttls_after_a_bind_is_refused(make_proxy: MakeProxy, tls_files: dict[str, str]) -> None:
+    """Once bound, operations relayed upstream may be outstanding: operationsError, the
+    session keeps its identity and nothing is forwarded."""
+    proxy = make_proxy(tls=tls_files)
+    assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
+    assert start_tls(proxy, 2).resultCode == OPERATIONS_ERROR
+    assert proxy.transport.tls_options is None
+    assert proxy.upstream.sent == [] and not proxy.upstream.closed
+    request = pureldap.LDAPMessage(search(), id=3).toWire()
+    proxy.send_raw(request)
+    assert proxy.upstream.sent == [request]
+
+
+def test_requests_pipelined_behind_starttls_are_not_protected(
+    make_proxy: MakeProxy, tls_files: dict[str, str]
+) -> None:
+    """Bytes sent in clear behind StartTLS must not be taken as sent over TLS: StartTLS is
+    refused and the requests are handled as the clear requests they are."""
+    proxy = make_proxy(tls=tls_files, require_tls=True)
+    starttls = pureldap.LDAPMessage(pureldap.LDAPStartTLSRequest(), id=1).toWire()
+    bind = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn=dn("alice"), auth="alice-pass"), id=2)
+    first, second = proxy.send_raw(starttls + bind.toWire())
+    assert first.value.resultCode == OPERATIONS_ERROR
+    assert second.value.resultCode == CONFIDENTIALITY_REQUIRED
+    assert proxy.transport.tls_options is None and not proxy.protocol.tls
+    assert proxy.directory.calls == [] and proxy.opener.calls == []
+
+
+def test_root_dse_lists_starttls_when_configured(
+    make_proxy: MakeProxy, tls_files: dict[str, str]
+) -> None:
+    """The RootDSE advertises StartTLS only when a certificate is configured."""
+    for ldap_proxy, listed in (({"tls": tls_files}, True), ({}, False)):
+        proxy = make_proxy(**ldap_proxy)
+        entry, _done = proxy.send(search("", 0))
+        assert (STARTTLS_OID in dict(entry.value.attributes)[b"supportedExtension"]) is listed
+
+
+@pytest.mark.parametrize("who", ["user", "passthrough", "anonymous", "bare name", "bad password"])
+def test_clear_bind_refused_when_tls_is_required(
+    make_proxy: MakeProxy, tls_files: dict[str, str], who: str
+) -> None:
+    """With require_tls, any simple bind without TLS answers confidentialityRequired (13)
+    and neither the login decision nor any directory sees it."""
+    proxy = make_proxy(
+        tls=tls_files, require_tls=True, passthrough_dns=[SERVICE_DN], allow_anonymous=True
+    )
+    bind_dn, password = {
+        "user": (dn("alice"), "alice-pass"),
+        "passthrough": (SERVICE_DN, "app-secret"),
+        "anonymous": ("", ""),
+        "bare name": ("alice", "alice-pass"),
+        "bad password": (dn("alice"), "wrong"),
+    }[who]
+    assert proxy.bind(bind_dn, password) == CONFIDENTIALITY_REQUIRED
+    assert proxy.directory.calls == [] and proxy.opener.calls == []
+    assert not proxy.closed
+    (done,) = proxy.send(search(), 2)  # still unbound
+    assert done.value.resultCode == INSUFFICIENT
+
+
+def test_tls_binds_work_when_tls_is_required(
+    make_proxy: MakeProxy, tls_files: dict[str, str]
+) -> None:
+    """With require_tls, binds after StartTLS and on LDAPS connections are decided as usual."""
+    proxy = make_proxy(tls=tls_files, require_tls=True, passthrough_dns=[SERVICE_DN])
+    assert start_tls(proxy).resultCode == SUCCESS
+    assert proxy.bind(SERVICE_DN, "app-secret", 2) == SUCCESS
+    assert proxy.bind(dn("alice"), "alice-pass", 3) == SUCCESS
+    ldaps = make_proxy(tls=tls_files, require_tls=True, ldaps=True)
+    assert ldaps.bind(dn("bob"), "bob-pass" + ldaps.code()) == SUCCESS
+    assert ldaps.bind(dn("bob"), "bob-pass", 2) == INVALID
+
+
+def test_a_failed_bind_before_starttls_does_not_block_it(
+    make_proxy: MakeProxy, tls_files: dict[str, str]
+) -> None:
+    """A refused bind leaves the session unbound: StartTLS is still accepted after it."""
+    proxy = make_proxy(tls=tls_files, require_tls=True)
+    assert proxy.bind(dn("alice"), "alice-pass") == CONFIDENTIALITY_REQUIRED
+    assert start_tls(proxy, 2).resultCode == SUCCESS
+    assert proxy.bind(dn("alice"), "alice-pass", 3) == SUCCESS
+
+
+# --- limits: connections, idle time -------------------------------------------------------
+
+
+def test_connections_beyond_the_total_limit_are_refused(
+    make_proxy: MakeProxy, logged: list[dict[str, Any]]
+) -> None:
+    """Beyond max_connections a new connection gets no protocol (Twisted closes it at
+    once), it is logged and counted; a closed connection frees its place."""
+    first = make_proxy(max_connections=3)
+    others = [first.connect(f"192.0.2.{20 + i}") for i in range(2)]
+    assert all(other is not None for other in others)
+    assert first.connect("198.51.100.1") is None
+    assert first.connect(CLIENT, ldaps=True) is None  # the LDAPS listener counts too
+    assert first.factory.refused == 2
+    refusals = [e for e in logged if e.get("log_format", "").startswith("ldap.connection.refused")]
+    assert [e["reason"] for e in refusals] == ["max-connections", "max-connections"]
+    first.lose()
+    again = first.connect("198.51.100.1")
+    assert again is not None
+    assert again.bind(dn("alice"), "alice-pass") == SUCCESS
+
+
+def test_connections_beyond_the_per_address_limit_are_refused(make_proxy: MakeProxy) -> None:
+    """Beyond max_connections_per_address from one IP, its new connections are refused
+    while other addresses are still served."""
+    first = make_proxy(max_connections_per_address=2)
+    second = first.connect()
+    assert second is not None
+    assert first.connect() is None
+    assert first.factory.refused == 1
+    other = first.connect("198.51.100.7")
+    assert other is not None
+    assert first.factory.open_by_address == {CLIENT: 2, "198.51.100.7": 1}
+    second.lose()
+    second.lose()  # reported twice: counted once
+    assert first.factory.open_total == 2
+    assert first.connect() is not None
+
+
+def test_idle_connection_is_closed_with_a_notice(make_proxy: MakeProxy) -> None:
+    """No request for idle_timeout seconds: a Notice of Disconnection, then the connection
+    (and its upstream link) is closed. Every request restarts the timer."""
+    proxy = make_proxy(idle_timeout=10)
+    assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
+    proxy.clock.advance(9)
+    proxy.send(search(), 2)  # relayed upstream: a request all the same
+    proxy.clock.advance(9)
+    assert not proxy.closed and proxy.responses() == []
+    proxy.clock.advance(1.5)
+    (notice,) = proxy.responses()
+    assert notice.id == 0 and notice.value.resultCode == UNAVAILABLE
+    assert notice.value.responseName == NOTICE_OF_DISCONNECTION
+    assert proxy.closed and proxy.upstream.closed
+
+
+def test_responses_from_the_directory_keep_a_connection_alive(make_proxy: MakeProxy) -> None:
+    """A long search still answering is not idle."""
+    proxy = make_proxy(idle_timeout=10)
+    assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
+    proxy.send(search(), 2)
+    entry = pureldap.LDAPMessage(
+        pureldap.LDAPSearchResultEntry(dn("alice"), [("uid", ["alice"])]), id=2
+    ).toWire()
+    for _ in range(5):
+        proxy.clock.advance(8)
+        assert proxy.upstream.on_pdus is not None
+        proxy.upstream.on_pdus(entry)
+    assert not proxy.closed
+
+
+def test_a_trickled_request_does_not_reset_the_idle_timer(make_proxy: MakeProxy) -> None:
+    """Bytes that never make a whole request (slowloris) do not keep a connection open."""
+    proxy = make_proxy(idle_timeout=10)
+    request = pureldap.LDAPMessage(search("", 0), id=1).toWire()
+    for byte in request[:-1]:
+        proxy.protocol.dataReceived(bytes([byte]))
+        proxy.clock.advance(1)
+    assert proxy.closed
+
+
+def test_idle_timer_cancelled_when_the_connection_closes(make_proxy: MakeProxy) -> None:
+    """A closed connection leaves no timer behind."""
+    proxy = make_proxy(idle_timeout=10)
+    assert proxy.clock.getDelayedCalls()
+    proxy.lose()
+    assert not proxy.clock.getDelayedCalls()
+
+
 # --- robustness ---------------------------------------------------------------------------
 
 
@@ -633,6 +905,80 @@ def test_same_dn_ignores_case_spacing_and_escapes() -> None:
     assert same_dn("uid=\\61lice,ou=people,dc=example,dc=org", dn("alice"))
     assert not same_dn(dn("alice"), dn("alicia"))
     assert not same_dn("not a dn", "not a dn")
+
+
+def test_tls_options_need_a_matching_pem_key(tmp_path: Path, tls_files: dict[str, str]) -> None:
+    """A certificate with another certificate's key, or files that are not PEM, are refused
+    when the options are built (so at start-up, not at the first handshake)."""
+    good = LdapProxyTls(Path(tls_files["certificate"]), Path(tls_files["key"]))
+    assert server_tls_options(good).getContext() is not None
+    ca = make_ca(tmp_path, "Other CA")
+    _other_cert, other_key = make_server_cert(ca, tmp_path, "other", [x509.DNSName("x.test")])
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for tls, message in (
+        (LdapProxyTls(good.certificate, other_key), "key values mismatch"),
+        (LdapProxyTls(junk, good.key), "no PEM certificate"),
+        (LdapProxyTls(good.certificate, junk), "invalid or encrypted private key"),
+        (LdapProxyTls(good.certificate, tmp_path / "missing.key"), "cannot read"),
+    ):
+        with pytest.raises(TlsSetupError, match=message):
+            server_tls_options(tls)
+
+
+def test_tls_options_send_the_intermediate_certificates(
+    tmp_path: Path, tls_files: dict[str, str]
+) -> None:
+    """Certificates after the first in the certificate file are sent as the chain."""
+    chain = tmp_path / "chain.pem"
+    intermediate = make_ca(tmp_path, "Intermediate CA").path.read_bytes()
+    chain.write_bytes(Path(tls_files["certificate"]).read_bytes() + intermediate)
+    options = server_tls_options(LdapProxyTls(chain, Path(tls_files["key"])))
+    assert len(options.extraCertChain) == 1
+
+
+NO_LOGIN: Any = None  # building the listeners does not log anybody in
+
+
+def service_config(tmp_path: Path, **ldap_proxy: Any) -> Any:
+    return parse_config(
+        {
+            "directory": {
+                "urls": ["ldap://dir-a"],
+                "bind_dn": "cn=bridge,ou=services,dc=example,dc=org",
+                "bind_password": "service-account-password",
+                "user_base": BASE,
+            },
+            "store": {"path": str(tmp_path / "state.db")},
+            "radius": {"clients": [{"address": "127.0.0.1", "secret": "s3cret-s3cret-s3cret"}]},
+            "ldap_proxy": {"listen": "127.0.0.1:0", **ldap_proxy},
+        },
+        tmp_path,
+    )
+
+
+def test_service_listens_plain_and_ldaps_with_one_factory(
+    tmp_path: Path, tls_files: dict[str, str]
+) -> None:
+    """With listen_tls, a TCP and an SSL listener share one factory (and its limits)."""
+    config = service_config(tmp_path, tls=tls_files, listen_tls="127.0.0.1:0")
+    listeners = list(ldap_proxy_service(config, NO_LOGIN, MemoryReactorClock()))
+    assert [type(s).__name__ for s in listeners] == ["TCPServer", "SSLServer"]
+    plain, ldaps = listeners
+    assert plain.args[1] is ldaps.args[1]
+    assert ldaps.args[2] is ldaps.args[1].settings.tls is not None
+    only_plain = list(ldap_proxy_service(service_config(tmp_path), NO_LOGIN, MemoryReactorClock()))
+    assert [type(s).__name__ for s in only_plain] == ["TCPServer"]
+
+
+def test_unusable_certificate_is_a_config_error(tmp_path: Path, tls_files: dict[str, str]) -> None:
+    """A certificate file that holds no certificate stops the daemon with a config error."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("junk\n")
+    config = service_config(tmp_path, tls={**tls_files, "certificate": str(junk)})
+    with pytest.raises(ConfigError) as info:
+        ldap_proxy_service(config, NO_LOGIN, MemoryReactorClock())
+    assert info.value.problems == (f"ldap_proxy.tls: no PEM certificate in {junk}",)
 
 
 def test_framing_sizes() -> None:

@@ -17,6 +17,7 @@ from bridge.config import (
     DemoConfig,
     DirectoryConfig,
     LdapProxyConfig,
+    LdapProxyTls,
     LogConfig,
     MfaConfig,
     RadiusClient,
@@ -719,6 +720,77 @@ def test_ldap_proxy_and_demo_cannot_share_a_port(tmp_path: Path) -> None:
     assert problems_of(data, tmp_path) == ("demo.listen: same port as ldap_proxy.listen",)
 
 
+def test_ldap_proxy_tls_and_limits(tmp_path: Path) -> None:
+    """The proxy's certificate, LDAPS listener, require_tls and limits land in the dataclass;
+    relative certificate paths are relative to the config file's directory."""
+    write(tmp_path / "proxy.crt", "cert")
+    key = write(tmp_path / "proxy.key", "key")
+    data = minimal()
+    data["ldap_proxy"] = {
+        "listen": "0.0.0.0:389",
+        "tls": {"certificate": "proxy.crt", "key": str(key)},
+        "listen_tls": "[::]:636",
+        "require_tls": True,
+        "max_connections": 50,
+        "max_connections_per_address": 5,
+        "idle_timeout": 30,
+    }
+    proxy = parse_config(data, tmp_path).ldap_proxy
+    assert proxy == LdapProxyConfig(
+        listen_host="0.0.0.0",
+        listen_port=389,
+        tls=LdapProxyTls(certificate=tmp_path / "proxy.crt", key=key),
+        listen_tls=("::", 636),
+        require_tls=True,
+        max_connections=50,
+        max_connections_per_address=5,
+        idle_timeout=30.0,
+    )
+
+
+def test_ldap_proxy_defaults_without_tls(tmp_path: Path) -> None:
+    """Without tls: no LDAPS listener, clear binds allowed, 1000/100 connections, 300 s."""
+    data = minimal()
+    data["ldap_proxy"] = {"listen": "127.0.0.1:1389"}
+    proxy = parse_config(data, tmp_path).ldap_proxy
+    assert proxy is not None
+    assert (proxy.tls, proxy.listen_tls, proxy.require_tls) == (None, None, False)
+    assert (proxy.max_connections, proxy.max_connections_per_address) == (1000, 100)
+    assert proxy.idle_timeout == 300.0
+
+
+def test_ldap_proxy_tls_problems(tmp_path: Path) -> None:
+    """require_tls and listen_tls need tls; its files must exist; limits must be positive."""
+    data = minimal()
+    data["ldap_proxy"] = {
+        "listen": "127.0.0.1:1389",
+        "listen_tls": "127.0.0.1:1636",
+        "require_tls": True,
+        "max_connections": 0,
+        "max_connections_per_address": -1,
+        "idle_timeout": 0,
+    }
+    assert problems_of(data, tmp_path) == (
+        "ldap_proxy.listen_tls: needs ldap_proxy.tls (certificate and key)",
+        "ldap_proxy.require_tls: needs ldap_proxy.tls (certificate and key)",
+        "ldap_proxy.max_connections: must be an integer from 1 to 1000000, got 0",
+        "ldap_proxy.max_connections_per_address: must be an integer from 1 to 1000000, got -1",
+        "ldap_proxy.idle_timeout: must be a number > 0 and <= 86400, got 0",
+    )
+    data["ldap_proxy"] = {
+        "listen": "0.0.0.0:1389",
+        "tls": {"certificate": "missing.crt", "keyfile": "x"},
+        "listen_tls": "127.0.0.1:1389",
+    }
+    problems = problems_of(data, tmp_path)
+    assert problems[0] == "ldap_proxy.tls.keyfile: unknown key (did you mean key?)"
+    assert problems[1].startswith(f"ldap_proxy.tls.certificate: cannot read {tmp_path}")
+    assert problems[2:] == (
+        "ldap_proxy.tls.key: required",
+        "ldap_proxy.listen_tls: same port as ldap_proxy.listen",
+    )
+
+
 # --- files and the default path -----------------------------------------------------------
 
 
@@ -759,7 +831,7 @@ def test_default_config_path_honours_the_environment(monkeypatch: pytest.MonkeyP
 # --- the shipped example ------------------------------------------------------------------
 
 COMMENTED_KEY = re.compile(r"^([ ]*)# ([ ]*(?:[a-z_]+:(?: |$)|- ).*)$", re.MULTILINE)
-FILE_KEYS = {"ca_file", "ldif"}
+FILE_KEYS = {"ca_file", "ldif", "certificate", "key"}  # certificate, key: ldap_proxy.tls
 
 
 def satisfy_files(node: object, tmp_path: Path) -> None:
@@ -790,6 +862,7 @@ def test_example_config_has_only_known_keys(tmp_path: Path) -> None:
         config = parse_config(data, EXAMPLE.parent)
         assert config.warnings == ()
     assert config.ldap_proxy is not None
+    assert config.ldap_proxy.tls is not None and config.ldap_proxy.require_tls
     assert config.demo is not None
     assert [c.require_message_authenticator for c in config.radius.clients] == [True, True, False]
     assert config.store.path == Path("/var/lib/mfa-bridge/state.db")
