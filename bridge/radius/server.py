@@ -27,8 +27,11 @@ from bridge.radius.codec import MalformedPacket, Request
 
 log = Logger(namespace="bridge.radius")
 
-REPLY_CACHE_SECONDS = 30.0
-REPLY_CACHE_LIMIT = 16_384
+# A NAS retransmits within seconds (RFC 5080 2.2.1; FreeRADIUS keeps replies 5 s). The
+# limit must hold every reply sent in that time at the highest rate: 65,536 over 10 s
+# is 6,500 logins/s before new requests are refused as overload.
+REPLY_CACHE_SECONDS = 10.0
+REPLY_CACHE_LIMIT = 65_536
 CHALLENGE_LIMIT = 16_384
 LOG_INTERVAL = 60.0
 CLIENT_MEMO_LIMIT = 4096
