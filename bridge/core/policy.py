@@ -8,7 +8,7 @@ steps around the one directory bind: `plan_attempt` chooses which password to bi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from bridge.core.credentials import split_appended
@@ -213,16 +213,7 @@ def _locked(record: UserRecord, before: State | None) -> Decision:
 
 def _authenticated(decision: Decision) -> Decision:
     """Mark a decision as made after a correct password (the caller may learn the state)."""
-    return Decision(
-        decision.outcome,
-        decision.reason,
-        decision.username,
-        decision.state_before,
-        decision.state_after,
-        decision.days_left,
-        decision.lock_reason,
-        password_ok=True,
-    )
+    return replace(decision, password_ok=True)
 
 
 def rejected(username: str, reason: Reason, record: UserRecord | None = None) -> Decision:

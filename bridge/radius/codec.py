@@ -191,16 +191,6 @@ def _text(value: bytes | None, name: str) -> str | None:
         raise MalformedPacket("decode", f"{name} is not UTF-8") from exc
 
 
-def _first(raw: bytes, wanted: int, seen: set[int]) -> bytes | None:
-    """The first value of attribute `wanted` (only walked again when it is present)."""
-    if wanted not in seen:
-        return None
-    for attr_type, _offset, value in _walk_attributes(raw):
-        if attr_type == wanted:
-            return value
-    return None
-
-
 def decode_request(data: bytes, secret: bytes) -> Request:
     """Strictly validate and decode a request; raises MalformedPacket and nothing else.
 
@@ -216,7 +206,7 @@ def decode_request(data: bytes, secret: bytes) -> Request:
 
     once: dict[int, bytes] = {}
     proxy_states: list[bytes] = []
-    types_seen: set[int] = set()
+    first: dict[int, bytes] = {}  # the first value of every other attribute
     ma_offset = -1
     for attr_type, offset, value in _walk_attributes(raw):
         if attr_type in _AT_MOST_ONCE:
@@ -228,15 +218,15 @@ def decode_request(data: bytes, secret: bytes) -> Request:
         elif attr_type == _PROXY_STATE:
             proxy_states.append(value)
         else:
-            types_seen.add(attr_type)
+            first.setdefault(attr_type, value)
 
     message_authenticator = once.get(_MESSAGE_AUTHENTICATOR)
     if message_authenticator is not None and len(message_authenticator) != 16:
         raise MalformedPacket("ma-length", f"{len(message_authenticator)} octets")
 
     user_name = _text(once.get(_USER_NAME), "User-Name")
-    nas_identifier = _text(_first(raw, _NAS_IDENTIFIER, types_seen), "NAS-Identifier")
-    nas_ip_value = _first(raw, _NAS_IP_ADDRESS, types_seen)
+    nas_identifier = _text(first.get(_NAS_IDENTIFIER), "NAS-Identifier")
+    nas_ip_value = first.get(_NAS_IP_ADDRESS)
     if nas_ip_value is not None and len(nas_ip_value) != 4:
         raise MalformedPacket("decode", "NAS-IP-Address is not 4 octets")
     nas_ip = socket.inet_ntoa(nas_ip_value) if nas_ip_value is not None else None
@@ -258,8 +248,8 @@ def decode_request(data: bytes, secret: bytes) -> Request:
         password=password,
         state=once.get(_STATE),
         has_message_authenticator=message_authenticator is not None,
-        has_chap=_CHAP_PASSWORD in types_seen,
-        has_eap=_EAP_MESSAGE in types_seen,
+        has_chap=_CHAP_PASSWORD in first,
+        has_eap=_EAP_MESSAGE in first,
         proxy_states=tuple(proxy_states),
         nas_identifier=nas_identifier,
         nas_ip=nas_ip,

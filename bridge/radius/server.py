@@ -85,12 +85,12 @@ class RadiusProtocol(DatagramProtocol):
         self._replies: OrderedDict[CacheKey, _Entry] = OrderedDict()
         self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
         self._last_logged: dict[tuple[str, str], float] = {}
-        self._pending: set[IDelayedCall] = set()
+        self._pending: dict[CacheKey, IDelayedCall] = {}  # rejects waiting out the delay
         self.counters: Counter[str] = Counter()
 
     def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
         """Cancel reject delays still waiting when the listener goes away."""
-        for call in list(self._pending):
+        for call in self._pending.values():
             if call.active():
                 call.cancel()
         self._pending.clear()
@@ -229,12 +229,12 @@ class RadiusProtocol(DatagramProtocol):
             and self.transport is not None
         ):
             call = self._clock.callLater(self._config.reject_delay, self._delayed, key, addr, reply)
-            self._pending.add(call)
+            self._pending[key] = call
             return
         self._send(key, addr, reply)
 
     def _delayed(self, key: CacheKey, addr: Address, reply: bytes) -> None:
-        self._pending = {call for call in self._pending if call.active()}
+        self._pending.pop(key, None)
         self._send(key, addr, reply)
 
     def _send(self, key: CacheKey, addr: Address, reply: bytes) -> None:
