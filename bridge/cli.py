@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from bridge.admin import Admin, AdminError
 from bridge.config import Config, ConfigError, default_config_path, load_config
+from bridge.core.types import UserRecord
 from bridge.store import StoreError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -160,21 +161,15 @@ def _enroll(admin: Admin, args: argparse.Namespace, now: int) -> int:
 
 
 def _changed(
-    action: Callable[[Admin, str, int], Any],
+    action: Callable[[Admin, argparse.Namespace, int], UserRecord | None],
 ) -> Callable[[Admin, argparse.Namespace, int], int]:
+    """A `user` command that changes a record, then shows it (or that it was forgotten)."""
+
     def run(admin: Admin, args: argparse.Namespace, now: int) -> int:
-        action(admin, args.username, now)
-        return _status(admin, args, now) if _known(admin, args.username) else _gone(args)
+        record = action(admin, args, now)
+        return _status(admin, args, now) if record is not None else _gone(args)
 
     return run
-
-
-def _known(admin: Admin, username: str) -> bool:
-    try:
-        admin.status(username, 0)
-    except AdminError:
-        return False
-    return True
 
 
 def _gone(args: argparse.Namespace) -> int:
@@ -188,11 +183,6 @@ def _gone(args: argparse.Namespace) -> int:
     return _show(args, view, lambda: f"{args.username}: forgotten (enroll to set up MFA)")
 
 
-def _unlock(admin: Admin, args: argparse.Namespace, now: int) -> int:
-    admin.unlock(args.username, now, args.days)
-    return _status(admin, args, now) if _known(admin, args.username) else _gone(args)
-
-
 def _import(admin: Admin, args: argparse.Namespace, now: int) -> int:
     count = admin.import_csv(args.file, now)
     return _show(args, {"imported": count}, lambda: f"imported {count} users (active)")
@@ -202,9 +192,9 @@ _USER_ACTIONS: dict[str, Callable[[Admin, argparse.Namespace, int], int]] = {
     "status": _status,
     "list": _list,
     "enroll": _enroll,
-    "lock": _changed(lambda admin, user, now: admin.lock(user, now)),
-    "unlock": _unlock,
-    "reset": _changed(lambda admin, user, now: admin.reset(user, now)),
+    "lock": _changed(lambda admin, args, now: admin.lock(args.username, now)),
+    "unlock": _changed(lambda admin, args, now: admin.unlock(args.username, now, args.days)),
+    "reset": _changed(lambda admin, args, now: admin.reset(args.username, now)),
     "import": _import,
 }
 
