@@ -11,15 +11,14 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
+from bridge.audit import AuditLog
 from bridge.core.credentials import normalize_username
 from bridge.core.policy import Mode, Policy, Verdict, check_code, conclude, plan_attempt, rejected
 from bridge.core.types import Decision, Reason, UserRecord
 from bridge.directory import BindResult, BindStatus
 from bridge.store import SqliteStore
-
-log = Logger(namespace="bridge.audit")
+from bridge.store.batching import WriteBatcher
 
 _BIND_REJECTS = {
     BindStatus.BAD_PASSWORD: Reason.BAD_PASSWORD,
@@ -56,8 +55,13 @@ class Authenticator:
         policy: Policy,
         exempt_users: frozenset[str],
         clock: IReactorTime,
+        *,
+        audit: AuditLog,
+        writes: WriteBatcher | None = None,
     ) -> None:
         self._store = store
+        self._audit_log = audit
+        self._writes = writes  # None: each login's write commits on its own, at once
         self._authenticate = authenticate
         self._policy = policy
         self._exempt_users = frozenset(
@@ -94,7 +98,7 @@ class Authenticator:
         record = self._store.get(username)
         attempt = plan_attempt(record, field, mode, self._now(), self._policy)
 
-        def bound(result: BindResult) -> LoginOutcome:
+        def bound(result: BindResult) -> LoginOutcome | Deferred[LoginOutcome]:
             if result.status is not BindStatus.OK:
                 decision = rejected(username, _BIND_REJECTS[result.status], record)
                 return LoginOutcome(self._audit(decision, caller, started))
@@ -112,7 +116,12 @@ class Authenticator:
                 )
                 return verdict.record, verdict
 
-            verdict = self._store.update_seen(username, record, decide)
+            if self._writes is None:
+                return written(self._store.update_seen(username, record, decide), result)
+            d = self._writes.update_seen(username, record, decide)
+            return d.addCallback(written, result)
+
+        def written(verdict: Verdict, result: BindResult) -> LoginOutcome:
             decision = self._audit(verdict.decision, caller, started)
             if not decision.accepted:
                 return LoginOutcome(decision)
@@ -143,15 +152,6 @@ class Authenticator:
         return normalize_username(raw_username) == username
 
     def _audit(self, decision: Decision, caller: Caller, started: float) -> Decision:
-        log.info(
-            "auth.{outcome} user={user} reason={reason} protocol={protocol} client={client}",
-            outcome=decision.outcome.value,
-            user=decision.username,
-            reason=decision.reason.value,
-            protocol=caller.protocol,
-            client=caller.client,
-            state_before=decision.state_before.value if decision.state_before else None,
-            state_after=decision.state_after.value if decision.state_after else None,
-            latency_ms=round((self._clock.seconds() - started) * 1000, 2),
-        )
+        latency = self._clock.seconds() - started
+        self._audit_log.record(decision, caller.protocol, caller.client, latency)
         return decision

@@ -205,7 +205,7 @@ def _run(config: Config) -> int:
     from bridge.logs import start_logging  # noqa: PLC0415
     from bridge.service import make_service  # noqa: PLC0415
 
-    start_logging(config.log, sys.stdout)
+    start_logging(config.log, sys.stderr)  # stdout carries the audit lines
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     service = make_service(config, reactor)

@@ -141,6 +141,7 @@ class LogConfig:
 
     level: str = "info"  # debug | info | warn | error
     format: str = "text"  # text | json
+    audit: str = "stdout"  # JSON lines of login decisions: stdout | off | a file path
 
 
 @dataclass(frozen=True, slots=True)
@@ -705,10 +706,17 @@ def _store(report: _Report, data: Mapping[object, object]) -> StoreConfig:
 
 
 def _log(report: _Report, data: Mapping[object, object]) -> LogConfig:
-    m = _Map(report, "log", data, ("level", "format"))
+    m = _Map(report, "log", data, ("level", "format", "audit"))
+    audit = m.string("audit", _DEFAULT_LOG.audit)
+    if audit not in ("stdout", "off"):
+        path = m.path("audit")
+        audit = str(path) if path is not None else _DEFAULT_LOG.audit
+        if path is not None and not path.parent.is_dir():
+            m.error("audit", f"{path.parent} is not a directory (or say stdout or off)")
     return LogConfig(
         level=m.choice("level", ("debug", "info", "warn", "error"), _DEFAULT_LOG.level),
         format=m.choice("format", ("text", "json"), _DEFAULT_LOG.format),
+        audit=audit,
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 from twisted.application.internet import SSLServer, TCPServer, UDPServer
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
+from bridge.audit import open_audit
 from bridge.auth import Authenticator
 from bridge.config import Config, ConfigError
 from bridge.core.policy import Policy
@@ -19,6 +21,7 @@ from bridge.ldap_proxy.tls import TlsSetupError
 from bridge.ldap_proxy.upstream import Opener
 from bridge.radius.server import RadiusProtocol
 from bridge.store import SqliteStore
+from bridge.store.batching import WriteBatcher
 
 log = Logger(namespace="bridge.service")
 
@@ -64,28 +67,49 @@ class DirectoryService(Service):
         self.directory.stop()
 
 
-class StoreService(Service):
-    """Closes the store when the daemon stops."""
+class ClosingService(Service):
+    """Closes a file (the audit log) when the daemon stops."""
 
-    def __init__(self, store: SqliteStore) -> None:
-        self.store = store
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
 
     def stopService(self) -> None:  # noqa: N802
-        """Close the database."""
+        """Close the file."""
         Service.stopService(self)
+        self.stream.close()
+
+
+class StoreService(Service):
+    """Commits queued writes and closes the store when the daemon stops."""
+
+    def __init__(self, store: SqliteStore, writes: WriteBatcher) -> None:
+        self.store = store
+        self.writes = writes
+
+    def stopService(self) -> None:  # noqa: N802
+        """Commit what is queued, then close the database."""
+        Service.stopService(self)
+        self.writes.flush()
         self.store.close()
 
 
-def make_service(config: Config, reactor: Any) -> MultiService:
+def make_service(config: Config, reactor: Any, stdout: TextIO = sys.stdout) -> MultiService:
     """The whole daemon as a MultiService; children start in the order they are added."""
     top = MultiService()
+    try:
+        audit, audit_file = open_audit(config.log.audit, stdout)
+    except OSError as exc:
+        raise ConfigError([f"log.audit: cannot open {config.log.audit}: {exc.strerror}"]) from exc
+    if audit_file is not None:
+        top.addService(ClosingService(audit_file))
     if config.demo is not None:
         from bridge.demo import demo_service  # noqa: PLC0415 - only the demo needs ldaptor's server
 
         demo = config.demo
         top.addService(demo_service(demo.ldif, demo.listen_host, demo.listen_port, reactor))
     store = open_store(config)
-    top.addService(StoreService(store))
+    writes = WriteBatcher(store, reactor)
+    top.addService(StoreService(store, writes))
     directory = Directory(config.directory, config.mfa.exempt_groups, reactor)
     top.addService(DirectoryService(directory))
     authenticator = Authenticator(
@@ -94,6 +118,8 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         policy_from(config),
         frozenset(config.mfa.exempt_users),
         reactor,
+        audit=audit,
+        writes=writes,
     )
     radius = RadiusProtocol(config.radius, authenticator, reactor)
     udp = UDPServer(

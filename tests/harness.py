@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -217,6 +218,15 @@ class Bridge:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The daemon's audit lines so far (JSON on its stdout), oldest first."""
+        lines = (line for line in self.log().splitlines() if line.startswith('{"time":'))
+        return [json.loads(line) for line in lines]
+
+    def audit_reasons(self, protocol: str | None = None) -> list[str]:
+        """The reason of each audited decision (of one protocol, if given), oldest first."""
+        return [a["reason"] for a in self.audit() if protocol in (None, a["protocol"])]
 
     def radclient(
         self, lines: str, command: str = "auth", secret: str = "testing123", *extra: str

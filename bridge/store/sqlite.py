@@ -9,8 +9,9 @@ power loss can take the last commits), at a fraction of the cost of FULL.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -66,6 +67,9 @@ _IMPORT = (
     " ELSE max(users.last_step, excluded.last_step) END"
 )
 
+SeenChange = tuple[
+    str, UserRecord | None, Callable[[UserRecord | None], tuple[UserRecord | None, T]]
+]
 Row = tuple[str, str, int | None, int, int | None, bytes | None, str | None, int, int, int, int]
 
 
@@ -169,13 +173,42 @@ class SqliteStore:
         before the bind is decided on after it, without reading it again.
         """
         after, result = change(seen)
-        if after == seen:
+        if after == seen or self._set_seen(username, seen, after):
             return result
+        return self.update(username, change)
+
+    def update_seen_many(self, changes: Sequence[SeenChange[T]]) -> builtins.list[T | Exception]:
+        """Several `update_seen` in one transaction: one commit for a burst of logins.
+
+        Each change is a compare-and-set as in `update_seen`; one that lost the race runs
+        again on the current record, inside the same transaction. A change that raises
+        gets its exception in the result list and writes nothing; the others still commit.
+        """
+        results: builtins.list[T | Exception] = []
+        with self._transaction():
+            for username, seen, change in changes:
+                try:
+                    after, result = change(seen)
+                    if after != seen and not self._set_seen(username, seen, after):
+                        current = self.get(username)
+                        after, result = change(current)
+                        if after != current:
+                            self._write(username, after, current)
+                except sqlite3.Error:
+                    raise  # the store itself failed: nothing of the batch is committed
+                except Exception as exc:  # a bug in one decision must not lose the others
+                    results.append(exc)
+                    continue
+                results.append(result)
+        return results
+
+    def _set_seen(self, username: str, seen: UserRecord | None, after: UserRecord | None) -> bool:
+        """Write `after` over `seen` if the row is still at `seen`'s version."""
         try:
             if seen is None:
                 assert after is not None
                 self._db.execute(_INSERT, self._row(after, 1))
-                return result
+                return True
             if after is None:
                 written = self._db.execute(_DELETE_SEEN, (username, seen.version)).rowcount
             elif after.secret == seen.secret and after.created == seen.created:
@@ -184,7 +217,7 @@ class SqliteStore:
                 written = 0  # a new secret: take the full path
         except sqlite3.IntegrityError:  # inserted meanwhile
             written = 0
-        return result if written == 1 else self.update(username, change)
+        return bool(written == 1)
 
     def put_many(self, records: Iterable[UserRecord]) -> int:
         """Insert or update many records in one transaction (bulk import)."""

@@ -8,6 +8,7 @@ directory; the upstream connection is a fake whose opening the test controls.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from zope.interface import directlyProvides
 
+from bridge.audit import AuditLog
 from bridge.auth import Authenticator, Caller
 from bridge.config import ConfigError, LdapProxyTls, parse_config
 from bridge.core.totp import code_at_step
@@ -291,7 +293,15 @@ def make_proxy(tmp_path: Path) -> Iterator[MakeProxy]:
         clock = MemoryReactorClock()
         clock.advance(NOW)
         directory = FakeDirectory()
-        authenticator = Authenticator(store, directory, policy_from(config), frozenset(), clock)
+        audit_out = io.StringIO()
+        authenticator = Authenticator(
+            store,
+            directory,
+            policy_from(config),
+            frozenset(),
+            clock,
+            audit=AuditLog(audit_out, clock.seconds),
+        )
         opener = FakeOpener()
         factory = LdapProxyFactory(
             Settings.from_config(config.ldap_proxy, config.directory),
@@ -1001,7 +1011,11 @@ def test_login_outcome_carries_the_password_the_directory_accepted(tmp_path: Pat
         clock.advance(NOW)
         from bridge.core.policy import Policy  # noqa: PLC0415
 
-        login = LdapLogin(Authenticator(store, directory, Policy(), frozenset(), clock))
+        login = LdapLogin(
+            Authenticator(
+                store, directory, Policy(), frozenset(), clock, audit=AuditLog(io.StringIO())
+            )
+        )
         caller = Caller("ldap", "192.0.2.1")
         results: list[LoginResult] = []
         login("alice", "alice-pass", caller).addCallback(results.append)

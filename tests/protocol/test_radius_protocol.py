@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
+import json
 import random
 import struct
 from collections.abc import Callable, Iterator
@@ -26,6 +28,7 @@ from pyrad import packet as pyrad_packet
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
 
+from bridge.audit import AuditLog
 from bridge.auth import Authenticator
 from bridge.config import parse_config
 from bridge.core.totp import code_at_step
@@ -247,6 +250,11 @@ class Bridge:
     transport: FakeTransport
     protocol: RadiusProtocol
     store: SqliteStore
+    audit_out: io.StringIO
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        """The audit log so far, one parsed JSON object per line."""
+        return [json.loads(line) for line in self.audit_out.getvalue().splitlines()]
 
     @property
     def counters(self) -> dict[str, int]:
@@ -363,11 +371,19 @@ def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
             ),
         )
         directory = FakeDirectory()
-        authenticator = Authenticator(store, directory, policy_from(config), frozenset(), clock)
+        audit_out = io.StringIO()
+        authenticator = Authenticator(
+            store,
+            directory,
+            policy_from(config),
+            frozenset(),
+            clock,
+            audit=AuditLog(audit_out, clock.seconds),
+        )
         protocol = RadiusProtocol(config.radius, authenticator, clock)
         transport = FakeTransport()
         protocol.makeConnection(transport)  # type: ignore[arg-type]
-        bridge = Bridge(clock, directory, transport, protocol, store)
+        bridge = Bridge(clock, directory, transport, protocol, store, audit_out)
         made.append(bridge)
         return bridge
 
@@ -437,6 +453,44 @@ def test_appended_code_accepts_in_one_round_trip(bridge: Bridge) -> None:
     reply = bridge.exchange(request("bob", "bob-pass" + bridge.code()))
     assert reply.code == ACCEPT
     assert bridge.directory.calls == [("bob", "bob-pass")]
+
+
+# --- the audit log ------------------------------------------------------------------------
+
+
+def test_each_decision_writes_one_audit_line(bridge: Bridge) -> None:
+    """Accept, reject and challenge each write one JSON line with who, what and why."""
+    code = bridge.code()
+    bridge.exchange(request("bob", "bob-pass" + code))
+    bridge.exchange(request("bob", "wrong-pass"))
+    bridge.exchange(request("bob", "bob-pass"))
+    lines = bridge.audit_lines()
+    assert [(x["event"], x["reason"]) for x in lines] == [
+        ("auth.accept", "accepted"),
+        ("auth.reject", "bad-password"),
+        ("auth.challenge", "challenged"),
+    ]
+    first = lines[0]
+    assert first["protocol"] == "radius"
+    assert first["user"] == "bob"
+    assert first["client"].endswith("(127.0.0.1)")
+    assert (first["state_before"], first["state_after"]) == ("active", "active")
+    assert first["time"].endswith("Z")
+    assert isinstance(first["latency_ms"], float)
+    raw = bridge.audit_out.getvalue()
+    assert "bob-pass" not in raw
+    assert code not in raw
+
+
+def test_audit_line_names_the_lock_reason(bridge: Bridge) -> None:
+    """A locked user's reject says why they are locked (for the admin, not the caller)."""
+    bridge.exchange(request("carol", "carol-pass" + bridge.code()))
+    (line,) = bridge.audit_lines()
+    assert (line["event"], line["reason"], line["lock_reason"]) == (
+        "auth.reject",
+        "locked",
+        "admin",
+    )
 
 
 # --- retransmissions and the reply cache --------------------------------------------------

@@ -308,6 +308,29 @@ def test_section_that_is_not_a_mapping(tmp_path: Path) -> None:
     assert problems_of(data, tmp_path) == ("log: must be a mapping of keys, got a string",)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("stdout", "stdout"), ("off", "off"), ("audit/decisions.jsonl", "audit/decisions.jsonl")],
+)
+def test_audit_destination(tmp_path: Path, value: str, expected: str) -> None:
+    """`log.audit` is stdout (the default), off, or a file relative to the config's folder."""
+    (tmp_path / "audit").mkdir()
+    data = minimal()
+    data["log"] = {"audit": value}
+    audit = parse_config(data, tmp_path).log.audit
+    assert audit == (str(tmp_path / expected) if "/" in expected else expected)
+    assert parse_config(minimal(), tmp_path).log.audit == "stdout"
+
+
+def test_audit_file_in_a_missing_folder_is_an_error(tmp_path: Path) -> None:
+    """An audit file whose folder does not exist is reported before the daemon starts."""
+    data = minimal()
+    data["log"] = {"audit": "nowhere/audit.jsonl"}
+    (problem,) = problems_of(data, tmp_path)
+    assert problem.startswith("log.audit: ")
+    assert "is not a directory" in problem
+
+
 # --- secrets ------------------------------------------------------------------------------
 
 

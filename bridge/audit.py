@@ -1,0 +1,74 @@
+"""The audit log: one JSON line per login decision, for SIEMs, `jq` and the admin on call.
+
+Written straight to its stream rather than through `twisted.logger`: a login's audit
+line is the product's record of who got in, so it is never filtered by the log level,
+and building it directly costs a fraction of a logger event (it is on every login's
+path). Fields: time, event, protocol, client, user, outcome, reason, state before and
+after, lock reason, latency. Never a password, a code or a secret: none of them reaches this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from bridge.core.types import Decision
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
+def utc_iso(seconds: float) -> str:
+    """ISO 8601 in UTC with milliseconds: `2026-12-01T08:30:04.123Z`."""
+    whole = int(seconds)
+    millis = int((seconds - whole) * 1000)
+    return f"{_utc_second(whole)}.{millis:03d}Z"
+
+
+class AuditLog:
+    """Writes decisions as JSON lines to `stream` (None: audit lines are not kept)."""
+
+    def __init__(self, stream: TextIO | None, wall_clock: Callable[[], float] = time.time) -> None:
+        self._stream = stream
+        self._wall_clock = wall_clock
+        self.written = 0
+
+    def record(self, decision: Decision, protocol: str, client: str, latency: float) -> None:
+        """One line for one decision; flushed at once so a crash loses no decision."""
+        if self._stream is None:
+            return
+        line = _encode(
+            {
+                "time": utc_iso(self._wall_clock()),
+                "event": f"auth.{decision.outcome.value}",
+                "protocol": protocol,
+                "client": client,
+                "user": decision.username,
+                "outcome": decision.outcome.value,
+                "reason": decision.reason.value,
+                "state_before": decision.state_before.value if decision.state_before else None,
+                "state_after": decision.state_after.value if decision.state_after else None,
+                "lock_reason": decision.lock_reason.value if decision.lock_reason else None,
+                "latency_ms": round(latency * 1000, 2),
+            }
+        )
+        self._stream.write(line + "\n")
+        self._stream.flush()
+        self.written += 1
+
+
+def open_audit(destination: str, stdout: TextIO) -> tuple[AuditLog, TextIO | None]:
+    """The audit log for `log.audit`; also the file it opened (to close at shutdown), if any."""
+    if destination == "off":
+        return AuditLog(None), None
+    if destination == "stdout":
+        return AuditLog(stdout), None
+    stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
+    return AuditLog(stream), stream

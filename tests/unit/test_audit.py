@@ -1,0 +1,63 @@
+"""The audit log's line format: one JSON object per decision, UTC times, no secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from bridge.audit import AuditLog, open_audit, utc_iso
+from bridge.core.types import Decision, LockReason, Outcome, Reason, State
+
+
+def test_utc_iso_has_milliseconds_and_z() -> None:
+    """Times are ISO 8601 UTC with milliseconds, the same second formatted the same."""
+    assert utc_iso(1_764_577_804.1239) == "2025-12-01T08:30:04.123Z"
+    assert utc_iso(1_764_577_804.9) == "2025-12-01T08:30:04.900Z"
+    assert utc_iso(0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_record_is_one_json_line_with_every_field() -> None:
+    """A decision becomes exactly one line holding who, what, why, states and latency."""
+    out = io.StringIO()
+    audit = AuditLog(out, wall_clock=lambda: 1_764_577_804.5)
+    decision = Decision(
+        Outcome.REJECT,
+        Reason.LOCKED,
+        "carol",
+        State.LOCKED,
+        State.LOCKED,
+        lock_reason=LockReason.FAILURES,
+        password_ok=True,
+    )
+    audit.record(decision, "ldap", "192.0.2.7", 0.0123)
+    (line,) = out.getvalue().splitlines()
+    assert json.loads(line) == {
+        "time": "2025-12-01T08:30:04.500Z",
+        "event": "auth.reject",
+        "protocol": "ldap",
+        "client": "192.0.2.7",
+        "user": "carol",
+        "outcome": "reject",
+        "reason": "locked",
+        "state_before": "locked",
+        "state_after": "locked",
+        "lock_reason": "failures",
+        "latency_ms": 12.3,
+    }
+    assert audit.written == 1
+
+
+def test_off_writes_nothing_and_a_file_appends(tmp_path: Path) -> None:
+    """`off` keeps no lines; a file path appends lines to that file."""
+    silent, opened = open_audit("off", io.StringIO())
+    assert opened is None
+    silent.record(Decision(Outcome.ACCEPT, Reason.GRACE, "a"), "radius", "nas", 0.0)
+    assert silent.written == 0
+    path = f"{tmp_path}/audit.jsonl"
+    audit, stream = open_audit(path, io.StringIO())
+    assert stream is not None
+    audit.record(Decision(Outcome.ACCEPT, Reason.GRACE, "a"), "radius", "nas", 0.0)
+    stream.close()
+    with open(path, encoding="utf-8") as written:
+        assert json.loads(written.read())["user"] == "a"

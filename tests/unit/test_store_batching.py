@@ -1,0 +1,119 @@
+"""Batched store writes: one transaction per reactor turn, each login answered after commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+
+from bridge.core.types import State, UserRecord
+from bridge.store import SqliteStore
+from bridge.store.batching import WriteBatcher
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    return SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
+
+
+def active(name: str) -> UserRecord:
+    return UserRecord(name, State.ACTIVE, secret=b"k" * 20, confirmed=True, created=1, updated=1)
+
+
+def step(value: int) -> Any:
+    """A change that records TOTP step `value` and returns it."""
+    return lambda r: (r.evolve(last_step=value) if r else None, value)
+
+
+def test_many_changes_commit_together_with_their_results(store: SqliteStore) -> None:
+    """update_seen_many writes every change and returns each result in order."""
+    for name in ("alice", "bob"):
+        store.update(name, lambda _r, n=name: (active(n), None))
+    seen = {name: store.get(name) for name in ("alice", "bob")}
+    results = store.update_seen_many(
+        [("alice", seen["alice"], step(5)), ("bob", seen["bob"], step(6))]
+    )
+    assert results == [5, 6]
+    assert [store.get(n).last_step for n in ("alice", "bob")] == [5, 6]  # type: ignore[union-attr]
+
+
+def test_same_user_twice_in_a_batch_sees_the_first_write(store: SqliteStore) -> None:
+    """The second change of a user in one batch runs again on the record the first wrote."""
+    store.update("alice", lambda _r: (active("alice"), None))
+    seen = store.get("alice")
+
+    def count(record: UserRecord | None) -> tuple[UserRecord | None, int]:
+        assert record is not None
+        return record.evolve(failures=record.failures + 1), record.failures + 1
+
+    assert store.update_seen_many([("alice", seen, count), ("alice", seen, count)]) == [1, 2]
+    after = store.get("alice")
+    assert after is not None and after.failures == 2
+
+
+def test_a_failing_change_loses_only_itself(store: SqliteStore) -> None:
+    """A change that raises gets its exception back; the rest of the batch commits."""
+    store.update("alice", lambda _r: (active("alice"), None))
+    seen = store.get("alice")
+
+    def broken(_record: UserRecord | None) -> tuple[UserRecord | None, int]:
+        raise ValueError("bug")
+
+    results = store.update_seen_many([("alice", seen, broken), ("bob", None, step_new("bob"))])
+    assert isinstance(results[0], ValueError)
+    assert results[1] == "new"
+    assert store.get("bob") is not None
+
+
+def step_new(name: str) -> Any:
+    grace = UserRecord(name, State.GRACE, deadline=100, created=1, updated=1)
+    return lambda _r: (grace, "new")
+
+
+def test_batcher_commits_once_per_turn_and_answers_after(store: SqliteStore) -> None:
+    """Writes queued in one turn commit in one transaction at the next; then they fire."""
+    clock = MemoryReactorClock()
+    batcher = WriteBatcher(store, clock)
+    for name in ("alice", "bob", "carol"):
+        store.update(name, lambda _r, n=name: (active(n), None))
+    fired: list[int] = []
+    for value, name in enumerate(("alice", "bob", "carol"), start=1):
+        batcher.update_seen(name, store.get(name), step(value)).addCallback(fired.append)
+    assert fired == []  # not answered before the commit
+    assert store.get("alice").last_step is None  # type: ignore[union-attr]
+    clock.advance(0)
+    assert fired == [1, 2, 3]
+    assert (batcher.batches, batcher.writes) == (1, 3)
+    assert store.get("carol").last_step == 3  # type: ignore[union-attr]
+
+
+def test_batcher_fails_every_login_when_the_store_fails(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store error fails each queued write (the logins fail closed), none is left hanging."""
+    clock = MemoryReactorClock()
+    batcher = WriteBatcher(store, clock)
+
+    def locked(_changes: object) -> list[object]:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "update_seen_many", locked)
+    errors: list[str] = []
+    for name in ("alice", "bob"):
+        d = batcher.update_seen(name, None, step_new(name))
+        d.addErrback(lambda f: errors.append(f.getErrorMessage()))
+    clock.advance(0)
+    assert errors == ["database is locked"] * 2
+
+
+def test_flush_at_shutdown_commits_what_is_queued(store: SqliteStore) -> None:
+    """flush() commits at once (the daemon stopping), and the pending timer is cancelled."""
+    clock = MemoryReactorClock()
+    batcher = WriteBatcher(store, clock)
+    batcher.update_seen("dave", None, step_new("dave"))
+    batcher.flush()
+    assert store.get("dave") is not None
+    assert clock.getDelayedCalls() == []
