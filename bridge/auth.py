@@ -6,8 +6,8 @@ the other, and every decision is written to the audit log here, once, with its r
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -16,7 +16,7 @@ from bridge.audit import AuditLog
 from bridge.core.credentials import normalize_username
 from bridge.core.policy import Mode, Policy, Verdict, check_code, conclude, plan_attempt, rejected
 from bridge.core.types import Decision, Reason, UserRecord
-from bridge.directory import BindResult, BindStatus
+from bridge.directory import Binder, BindResult, BindStatus
 from bridge.store import SqliteStore
 from bridge.store.batching import WriteBatcher
 
@@ -25,6 +25,15 @@ _BIND_REJECTS = {
     BindStatus.UNKNOWN_USER: Reason.UNKNOWN_USER,
     BindStatus.UNAVAILABLE: Reason.DIRECTORY_DOWN,
 }
+
+
+class Authenticate(Protocol):
+    """`Directory.authenticate`: find the user and check the password with one bind."""
+
+    def __call__(
+        self, username: str, password: str, bind: Binder | None = None
+    ) -> Deferred[BindResult]:
+        """The directory's answer; `bind` makes that bind instead of the directory's pool."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +60,7 @@ class Authenticator:
     def __init__(
         self,
         store: SqliteStore,
-        authenticate: Callable[[str, str], Deferred[BindResult]],
+        authenticate: Authenticate,
         policy: Policy,
         exempt_users: frozenset[str],
         clock: IReactorTime,
@@ -81,11 +90,17 @@ class Authenticator:
         )
 
     def login_outcome(
-        self, raw_username: str, field: str, mode: Mode, caller: Caller
+        self,
+        raw_username: str,
+        field: str,
+        mode: Mode,
+        caller: Caller,
+        bind: Binder | None = None,
     ) -> Deferred[LoginOutcome]:
         """`login`, also saying which password the directory accepted and for which DN.
 
-        The LDAP proxy needs them to bind upstream as the user for the rest of a session.
+        `bind` checks the password instead of the directory's pool: the LDAP proxy binds
+        on the connection it keeps for the session, so the login costs one bind.
         """
         started = self._clock.seconds()
         username = normalize_username(raw_username)
@@ -127,7 +142,11 @@ class Authenticator:
                 return LoginOutcome(decision)
             return LoginOutcome(decision, attempt.password, result.dn, result.server)
 
-        return self._authenticate(username, attempt.password).addCallback(bound)
+        if bind is None:
+            checked = self._authenticate(username, attempt.password)
+        else:
+            checked = self._authenticate(username, attempt.password, bind)
+        return checked.addCallback(bound)
 
     def answer_challenge(self, username: str, code: str, caller: Caller) -> Decision:
         """Decide the code sent in answer to a challenge (the password was checked then)."""

@@ -18,7 +18,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -65,6 +65,11 @@ class BindResult:
 
 class UnavailableError(Exception):
     """This server cannot answer now: try the next one."""
+
+
+# A bind done by the caller: (server URL, DN, password) -> accepted? Raises
+# UnavailableError when that server cannot answer.
+Binder = Callable[[str, str, str], Awaitable[bool]]
 
 
 def connect(url: str, config: DirectoryConfig) -> Any:
@@ -414,11 +419,17 @@ class Directory:
         for server in self._servers.values():
             server.check_deadlines(now)
 
-    def authenticate(self, username: str, password: str) -> Deferred[BindResult]:
-        """Find `username` and bind as them with `password`."""
+    def authenticate(
+        self, username: str, password: str, bind: Binder | None = None
+    ) -> Deferred[BindResult]:
+        """Find `username` and bind as them with `password`.
+
+        `bind` replaces the bind on the pool: the LDAP proxy binds on the connection it
+        then keeps for the session, so its login costs one bind, not two.
+        """
         if not password:  # an empty password is an anonymous bind at many directories
             return succeed(BindResult(BindStatus.BAD_PASSWORD))
-        return _start(self._authenticate(username, password))
+        return _start(self._authenticate(username, password, bind))
 
     def probe(self) -> Deferred[BindResult]:
         """Open connections to the first server that answers (start-up, health checks)."""
@@ -434,11 +445,11 @@ class Directory:
             return BindResult(BindStatus.OK, server=server.url)
         return BindResult(BindStatus.UNAVAILABLE)
 
-    async def _authenticate(self, username: str, password: str) -> BindResult:
+    async def _authenticate(self, username: str, password: str, bind: Binder | None) -> BindResult:
         for server in self._ordered():
             try:
                 await server.ready()
-                result = await self._login(server, username, password)
+                result = await self._login(server, username, password, bind)
             except UnavailableError as exc:
                 self._failed(server, exc)
                 continue
@@ -446,14 +457,16 @@ class Directory:
             return result
         return BindResult(BindStatus.UNAVAILABLE)
 
-    async def _login(self, server: _Server, username: str, password: str) -> BindResult:
+    async def _login(
+        self, server: _Server, username: str, password: str, bind: Binder | None
+    ) -> BindResult:
         """Search (unless the DN is remembered), then one bind as the user."""
         cached: str | None = self._dns.get(username)
         dn = cached or await server.find(username)
         if dn is None:
             return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
         self._dns.put(username, dn)
-        ok = await server.bind(dn, password)
+        ok = await (server.bind(dn, password) if bind is None else bind(server.url, dn, password))
         if not ok and cached is not None:
             # A remembered DN may be stale (the entry moved): bind again only if it did.
             fresh = await server.find(username)
@@ -462,7 +475,10 @@ class Directory:
                 return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
             if fresh != dn:
                 self._dns.put(username, fresh)
-                dn, ok = fresh, await server.bind(fresh, password)
+                dn = fresh
+                ok = await (
+                    server.bind(dn, password) if bind is None else bind(server.url, dn, password)
+                )
         if not ok:
             return BindResult(BindStatus.BAD_PASSWORD, dn, server=server.url)
         exempt = await self._is_exempt(server, dn, username)

@@ -53,3 +53,20 @@ def complete_prefix(buffer: bytes | bytearray, limit: int | None = None) -> int:
     while (size := pdu_size(buffer, end, limit)) is not None and end + size <= len(buffer):
         end += size
     return end
+
+
+INTEGER = 0x02
+
+
+def operation_tag(pdu: bytes | bytearray) -> int | None:
+    """The protocolOp tag of a whole LDAPMessage PDU (0x60 BindRequest, ...); None if odd.
+
+    Lets a bound session pass most requests on without decoding them: only the ones the
+    proxy acts on (Bind, Unbind, Extended) need ldaptor.
+    """
+    first = pdu[1] if len(pdu) > 1 else 0
+    offset = 2 + (first & 0x7F if first >= 0x80 else 0)
+    if len(pdu) < offset + 3 or pdu[offset] != INTEGER:
+        return None
+    offset += 2 + pdu[offset + 1]
+    return pdu[offset] if offset < len(pdu) else None

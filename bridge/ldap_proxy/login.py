@@ -1,9 +1,9 @@
-"""What the LDAP proxy needs from a login beyond the Decision: the password and the DN.
+"""The LDAP proxy's way into the shared login decision.
 
-After an accepted login the proxy binds upstream as the user for the rest of the
-session, with the password *part* (the field minus the code when a code was used, the
-whole field for grace and exempt users) and the DN the directory search found; the
-Authenticator says both (`login_outcome`).
+The password part (the field minus the code when a code was used, the whole field for
+grace and exempt users) is checked by a bind the proxy makes itself, on the upstream
+connection the session then keeps: the login's one bind is also the session's identity.
+The Authenticator says which DN that bind was for (`login_outcome`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from bridge.auth import Authenticator, Caller, LoginOutcome
 from bridge.core.policy import Mode
 from bridge.core.types import Decision, Reason
+from bridge.directory import Binder
 
 LoginResult = LoginOutcome
 
@@ -23,9 +24,11 @@ class LdapLogin:
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
 
-    def __call__(self, username: str, field: str, caller: Caller) -> Deferred[LoginResult]:
-        """Decide the login; an accepted result carries the password part and the DN."""
-        return self._authenticator.login_outcome(username, field, Mode.APPEND, caller)
+    def __call__(
+        self, username: str, field: str, caller: Caller, bind: Binder
+    ) -> Deferred[LoginResult]:
+        """Decide the login, the password checked by `bind`; the result says the DN."""
+        return self._authenticator.login_outcome(username, field, Mode.APPEND, caller, bind)
 
     def refuse(self, raw_username: str, reason: Reason, caller: Caller) -> Decision:
         """Audit a bind refused before any password check (a DN that names no user)."""

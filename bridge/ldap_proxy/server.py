@@ -48,7 +48,8 @@ from twisted.python.failure import Failure
 from bridge.auth import Caller
 from bridge.config import DirectoryConfig, LdapProxyConfig
 from bridge.core.types import Decision, Reason
-from bridge.ldap_proxy.framing import FramingError, pdu_size
+from bridge.directory import Binder, UnavailableError
+from bridge.ldap_proxy.framing import FramingError, operation_tag, pdu_size
 from bridge.ldap_proxy.login import LoginResult
 from bridge.ldap_proxy.names import DnKey, UserMapper, dn_key, same_dn
 from bridge.ldap_proxy.tls import server_tls_options
@@ -89,8 +90,10 @@ _REFUSALS: dict[type[Any], type[Any]] = {
 class Login(Interface):
     """`LdapLogin`: the shared login decision, as the proxy calls it."""
 
-    def __call__(self, username: str, field: str, caller: Caller) -> Deferred[LoginResult]:
-        """Decide a login (append form); accepted results say how to bind upstream."""
+    def __call__(
+        self, username: str, field: str, caller: Caller, bind: Binder
+    ) -> Deferred[LoginResult]:
+        """Decide a login (append form), checking the password with `bind`."""
 
     def refuse(self, raw_username: str, reason: Reason, caller: Caller) -> Decision:
         """Audit a bind refused before any password check."""
@@ -109,6 +112,9 @@ class Upstream(Interface):
     def send(self, pdu: bytes) -> None:
         """Pass a request on, as encoded by the client."""
 
+    def detach(self) -> None:
+        """Stop passing responses on (the session's identity is gone)."""
+
     def close(self) -> None:
         """Unbind and disconnect."""
 
@@ -116,8 +122,13 @@ class Upstream(Interface):
 class Opener(Interface):
     """`upstream.Opener`: a bound upstream connection, or UpstreamRefusedError/Unavailable."""
 
-    def __call__(self, urls: Sequence[str], dn: str, password: str) -> Deferred[Any]:
-        """Connect (servers in `urls` first, then the configured order) and bind."""
+    def __call__(
+        self, urls: Sequence[str], dn: str, password: str, reuse: Any = None
+    ) -> Deferred[Any]:
+        """Bind `reuse` again or connect (servers in `urls` first, then the configured order)."""
+
+    def bind_at(self, url: str, dn: str, password: str, reuse: Any = None) -> Deferred[Any]:
+        """The same at `url` alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +173,10 @@ class _Outcome:
 
 
 _REFUSED = _Outcome(INVALID_CREDENTIALS)
+
+# The requests a bound session acts on itself (Bind, Unbind, Extended: StartTLS); the
+# rest is passed upstream undecoded.
+_DECODED_WHEN_BOUND = frozenset({0x60, 0x42, 0x77})
 
 
 def decode_request(pdu: bytes) -> Any:
@@ -235,7 +250,9 @@ class LdapProxyProtocol(Protocol):
         self._idle: Any = None  # the IDelayedCall of the idle timeout
         self.tls = False  # the connection is encrypted (LDAPS, or after StartTLS)
         self._buffer = bytearray()
-        self._upstream: Any = None
+        self._link: Any = None  # the session's upstream connection, kept across binds
+        self._upstream: Any = None  # `_link` while bound: requests are relayed on it
+        self._bound_as_user = False  # the directory accepted the user's password on `_link`
         self._binding = False  # a bind is being decided: reading is paused
         self._draining = False  # inside `_drain`: a bind decided at once must not recurse
         self._generation = 0  # bumped by every bind and by disconnection
@@ -273,6 +290,7 @@ class LdapProxyProtocol(Protocol):
         if release is not None:
             release()
         self._reset()
+        self._close_link()
 
     # --- the idle timeout ----------------------------------------------------------------
 
@@ -320,6 +338,10 @@ class LdapProxyProtocol(Protocol):
                 return
             pdu = bytes(self._buffer[:size])
             del self._buffer[:size]
+            if self._upstream is not None and operation_tag(pdu) not in _DECODED_WHEN_BOUND:
+                self._touch()
+                self._upstream.send(pdu)  # the directory judges the request itself
+                continue
             try:
                 message = decode_request(pdu)
             except Exception as exc:  # ldaptor raises anything on bad input
@@ -428,6 +450,8 @@ class LdapProxyProtocol(Protocol):
         if generation != self._generation or self._closed:  # the client left meanwhile
             if outcome.upstream is not None:
                 outcome.upstream.close()
+            if self._closed:
+                self._close_link()
             return
         self._binding = False
         if outcome.upstream is not None:
@@ -461,22 +485,51 @@ class LdapProxyProtocol(Protocol):
         if username is None:
             self._login.refuse(dn[:256], Reason.BAD_USERNAME, caller)
             return _REFUSED
-        result = await self._login(username, password, caller)
+        self._bound_as_user = False
+        result = await self._login(username, password, caller, self._bind_user)
         decision = result.decision
         if not decision.accepted:  # SPEC 6: 49 whatever the reason, even a directory outage
+            if self._bound_as_user:  # the directory took the password, the bridge did not
+                self._close_link()
             return _REFUSED
-        if result.password is None or result.dn is None:
+        if result.dn is None or self._link is None or not self._bound_as_user:
+            self._close_link()
             return self._refuse("no-bind-recorded", dn)
         if key is not None and not same_dn(dn, result.dn):
+            self._close_link()
             return self._refuse("dn-mismatch", dn)
-        urls = (result.server,) if result.server else ()
-        return await self._open(urls, result.dn, result.password, "user", dn)
+        self._log_bound("user", dn)
+        return _Outcome(SUCCESS, self._link)
+
+    async def _bind_user(self, url: str, dn: str, password: str) -> bool:
+        """The login's one password check: a bind on the connection the session keeps."""
+        try:
+            link = await self._opener.bind_at(url, dn, password, reuse=self._link)
+        except UpstreamRefusedError:
+            return False
+        except UpstreamUnavailableError as exc:
+            self._close_link()
+            raise UnavailableError(str(exc)) from exc
+        self._keep_link(link)
+        self._bound_as_user = True
+        return True
+
+    def _keep_link(self, link: Any) -> None:
+        """`link` is the session's connection from now on (closing one it replaces)."""
+        if self._link is not None and self._link is not link:
+            self._link.close()
+        self._link = link
+
+    def _close_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
     async def _open(
         self, urls: Sequence[str], dn: str, password: str, kind: str, bind_dn: str
     ) -> _Outcome:
         try:
-            upstream = await self._opener(urls, dn, password)
+            upstream = await self._opener(urls, dn, password, reuse=self._link)
         except UpstreamRefusedError:
             return self._refuse(f"{kind}-refused-upstream", bind_dn)
         except UpstreamUnavailableError as exc:
@@ -488,13 +541,14 @@ class LdapProxyProtocol(Protocol):
                 error=str(exc)[:200],
             )
             return _REFUSED  # SPEC 6: a failed bind is 49, whatever the reason
-        log.info(
-            "ldap.bind.ok kind={kind} dn={dn} client={client}",
-            kind=kind,
-            dn=bind_dn,
-            client=self.client,
-        )
+        self._keep_link(upstream)
+        self._log_bound(kind, bind_dn)
         return _Outcome(SUCCESS, upstream)
+
+    def _log_bound(self, kind: str, dn: str) -> None:
+        log.info(
+            "ldap.bind.ok kind={kind} dn={dn} client={client}", kind=kind, dn=dn, client=self.client
+        )
 
     def _refuse(self, reason: str, dn: str) -> _Outcome:
         log.info(
@@ -526,7 +580,7 @@ class LdapProxyProtocol(Protocol):
 
     def _upstream_lost(self) -> None:
         """The directory closed the session's connection: tell the client, then close."""
-        self._upstream = None
+        self._upstream = self._link = None
         log.info("ldap.upstream.lost client={client}", client=self.client)
         notice = pureldap.LDAPExtendedResponse(
             resultCode=UNAVAILABLE,
@@ -537,7 +591,7 @@ class LdapProxyProtocol(Protocol):
         self._close()
 
     def _reset(self) -> None:
-        """Forget the session's identity: close its upstream link."""
+        """Forget the session's identity; its connection is kept for the next bind."""
         upstream, self._upstream = self._upstream, None
         if upstream is None:
             return
@@ -545,7 +599,7 @@ class LdapProxyProtocol(Protocol):
         if transport is not None and upstream.producer is not None:
             with contextlib.suppress(Exception):
                 transport.unregisterProducer()
-        upstream.close()
+        upstream.detach()
 
     # --- closing -------------------------------------------------------------------------
 
@@ -557,6 +611,7 @@ class LdapProxyProtocol(Protocol):
     def _close(self) -> None:
         self._closed = True
         self._buffer.clear()
+        self._close_link()
         if self.transport is not None:
             self.transport.loseConnection()
 

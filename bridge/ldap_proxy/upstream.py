@@ -1,12 +1,16 @@
 """The proxy's connection to the directory for one client session.
 
-A `Link` is opened only for a session whose bind the proxy accepted: it connects
-(ldaps://, or ldap:// with StartTLS when the directory section asks for it, the
-certificate chain and host name verified), binds as the session's identity, and from
-then on relays whole PDUs from the directory back to the client untouched, so results,
+A `Link` is opened for the first bind of a session: it connects (ldaps://, or ldap://
+with StartTLS when the directory section asks for it, the certificate chain and host
+name verified) and binds. The bind of a user is the login's one password check. Between
+binds it relays whole PDUs from the directory back to the client untouched, so results,
 referrals, controls and intermediate responses reach the client exactly as the
-directory sent them. Only the proxy's own StartTLS and bind are encoded and decoded
-here, with ldaptor's codec. Nothing blocks: Twisted's TCP and TLS, no threads.
+directory sent them. A later bind on the same session rebinds the same connection (the
+directory resets its identity), which saves a TCP connection per bind for the apps that
+bind user after user on one connection. Only the proxy's own StartTLS and binds are
+encoded and decoded here, with ldaptor's codec, under message IDs counted down from the
+top of the range so they never meet a client's. Nothing blocks: Twisted's TCP and TLS,
+no threads.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from bridge.ldap_proxy.framing import FramingError, complete_prefix, pdu_size
 log = Logger(namespace="bridge.ldap")
 
 SUCCESS = 0
+MAX_MESSAGE_ID = 2**31 - 1  # the proxy's own requests count down from here
 # Bind answers that mean "not this identity", as opposed to "cannot answer now".
 _REFUSING_CODES = frozenset({19, 32, 48, 49, 50, 53})
 _PEM_CERTIFICATE = re.compile(
@@ -71,13 +76,14 @@ OnLost = Callable[[], None]
 class Link(Protocol):
     """One upstream connection: a short handshake (StartTLS, bind), then a relay."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str = "") -> None:
+        self.url = url
         self._buffer = bytearray()
         self._waiter: Deferred[Any] | None = None
         self._waiting_for = 0
         self._on_pdus: OnPdus | None = None
         self._on_lost: OnLost | None = None
-        self._next_id = 1
+        self._next_id = MAX_MESSAGE_ID
         self.closed = False
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
@@ -88,7 +94,7 @@ class Link(Protocol):
 
     def request(self, op: Any) -> Deferred[Any]:
         """Send one of the proxy's own requests; fires with ldaptor's decoded response."""
-        msg_id, self._next_id = self._next_id, self._next_id + 1
+        msg_id, self._next_id = self._next_id, self._next_id - 1
         waiter: Deferred[Any] = Deferred(lambda _d: self.abort())
         self._waiter, self._waiting_for = waiter, msg_id
         assert self.transport is not None  # connected before any request
@@ -96,20 +102,28 @@ class Link(Protocol):
         return waiter
 
     def _answer(self) -> None:
-        """Decode the one response the handshake waits for, once it is whole."""
-        size = pdu_size(self._buffer)
-        if size is None or len(self._buffer) < size:
-            return
-        pdu = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        message, used = pureber.berDecodeObject(LDAPClient.berdecoder, pdu)
-        if not isinstance(message, pureldap.LDAPMessage) or used != size:
-            raise FramingError("undecodable response")
-        if message.id != self._waiting_for:
-            raise FramingError(f"response to message {message.id}, not {self._waiting_for}")
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.called:
-            waiter.callback(message.value)
+        """Decode whole responses until the one the proxy waits for has come.
+
+        Others are late answers to a client's requests from before a rebind: they go to
+        the relay (whose session drops what belongs to an identity it has left).
+        """
+        while self._waiter is not None:
+            size = pdu_size(self._buffer)
+            if size is None or len(self._buffer) < size:
+                return
+            pdu = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            message, used = pureber.berDecodeObject(LDAPClient.berdecoder, pdu)
+            if not isinstance(message, pureldap.LDAPMessage) or used != size:
+                raise FramingError("undecodable response")
+            if message.id != self._waiting_for:
+                if self._on_pdus is not None:
+                    self._on_pdus(pdu)
+                continue
+            waiter, self._waiter = self._waiter, None
+            if not waiter.called:
+                waiter.callback(message.value)
+        self._forward()
 
     # --- the relay -----------------------------------------------------------------------
 
@@ -117,6 +131,10 @@ class Link(Protocol):
         """From now on every whole PDU from the directory goes to `on_pdus`, as bytes."""
         self._on_pdus, self._on_lost = on_pdus, on_lost
         self._forward()
+
+    def detach(self) -> None:
+        """Stop relaying: the session's identity is gone (a new bind is coming)."""
+        self._on_pdus = self._on_lost = None
 
     def send(self, pdu: bytes) -> None:
         """Pass a client's request on, exactly as the client encoded it."""
@@ -158,10 +176,10 @@ class Link(Protocol):
         """Handshake replies are decoded; in relay mode whole PDUs are passed on."""
         self._buffer += data
         try:
-            if self._on_pdus is not None:
-                self._forward()
-            else:
+            if self._waiter is not None:
                 self._answer()
+            else:
+                self._forward()
         except Exception as exc:  # anything undecodable ends the link
             log.warn("ldap.upstream.malformed error={error}", error=str(exc)[:200])
             waiter, self._waiter = self._waiter, None
@@ -192,7 +210,7 @@ def _trust_root(ca_file: Path | None) -> Any:
 
 
 class Opener:
-    """Opens bound links to the configured directory servers, in order (failover)."""
+    """Bound links to the configured directory servers, in order (failover)."""
 
     def __init__(self, config: DirectoryConfig, reactor: Any) -> None:
         self._config = config
@@ -200,28 +218,75 @@ class Opener:
         needs_tls = config.start_tls or any(u.lower().startswith("ldaps:") for u in config.urls)
         self._trust = _trust_root(config.ca_file) if needs_tls else None
 
-    def __call__(self, urls: Sequence[str], dn: str, password: str) -> Deferred[Link]:
-        """A link bound as `dn`; fails with UpstreamRefusedError or UpstreamUnavailableError."""
-        return Deferred.fromCoroutine(self._open_any(urls, dn, password))
+    def __call__(
+        self, urls: Sequence[str], dn: str, password: str, reuse: Link | None = None
+    ) -> Deferred[Link]:
+        """A link bound as `dn`: servers in `urls` first, then the configured order.
 
-    async def _open_any(self, urls: Sequence[str], dn: str, password: str) -> Link:
+        `reuse`, an open link of the session, is rebound rather than a new connection
+        opened when its server is among them. Fails with UpstreamRefusedError (a reused
+        link stays open, bound as nobody) or UpstreamUnavailableError.
+        """
+        return Deferred.fromCoroutine(self._open_any(urls, dn, password, reuse))
+
+    def bind_at(
+        self, url: str, dn: str, password: str, reuse: Link | None = None
+    ) -> Deferred[Link]:
+        """The same at `url` alone: the directory's failover has chosen the server."""
+        return Deferred.fromCoroutine(self._at(url, dn, password, reuse))
+
+    async def _open_any(
+        self, urls: Sequence[str], dn: str, password: str, reuse: Link | None
+    ) -> Link:
         ordered = list(dict.fromkeys([*urls, *self._config.urls]))
+        if reuse is not None and not reuse.closed and reuse.url in ordered:
+            ordered.remove(reuse.url)
+            ordered.insert(0, reuse.url)
         last: Exception = UpstreamUnavailableError("no directory server configured")
         for url in ordered:
-            attempt = Deferred.fromCoroutine(self._open(url, dn, password))
-            attempt.addTimeout(self._config.timeout, self._reactor)
             try:
-                return await attempt
+                return await self._at(url, dn, password, reuse)
             except UpstreamRefusedError:
                 raise
-            except (UpstreamError, OSError, TimeoutError, CancelledError) as exc:
-                last = exc if isinstance(exc, UpstreamError) else UpstreamUnavailableError(str(exc))
-                log.warn(
-                    "ldap.upstream.unavailable server={server} error={error}",
-                    server=url,
-                    error=str(last)[:200],
-                )
+            except UpstreamUnavailableError as exc:
+                last = exc
         raise last
+
+    async def _at(self, url: str, dn: str, password: str, reuse: Link | None) -> Link:
+        attempt = Deferred.fromCoroutine(self._bind(url, dn, password, reuse))
+        attempt.addTimeout(self._config.timeout, self._reactor)
+        try:
+            return await attempt
+        except UpstreamRefusedError:
+            raise
+        except (UpstreamError, OSError, TimeoutError, CancelledError) as exc:
+            error = exc if isinstance(exc, UpstreamError) else UpstreamUnavailableError(str(exc))
+            log.warn(
+                "ldap.upstream.unavailable server={server} error={error}",
+                server=url,
+                error=str(error)[:200],
+            )
+            raise error from exc
+
+    async def _bind(self, url: str, dn: str, password: str, reuse: Link | None) -> Link:
+        link = reuse if reuse is not None and not reuse.closed and reuse.url == url else None
+        if link is None:
+            link = await self._connect(url)
+        try:
+            # TLS (if any) completes before this is sent: a failed check sends nothing.
+            answer = await link.request(pureldap.LDAPBindRequest(dn=dn, auth=password))
+        except BaseException:
+            link.abort()
+            raise
+        code = answer.resultCode
+        if code == SUCCESS:
+            return link
+        if code in _REFUSING_CODES:
+            if link is not reuse:
+                link.close()
+            raise UpstreamRefusedError(f"bind refused ({code})")
+        link.close()
+        raise UpstreamUnavailableError(f"bind failed ({code})")
 
     def _tls_options(self, host: str) -> Any:
         return ssl.optionsForClientTLS(
@@ -237,7 +302,8 @@ class Opener:
         transport: Any = link.transport
         transport.startTLS(self._tls_options(host))
 
-    async def _open(self, url: str, dn: str, password: str) -> Link:
+    async def _connect(self, url: str) -> Link:
+        """A new connection to `url`, TLS set up when configured, not yet bound."""
         parts = urlsplit(url)
         host, secure = parts.hostname or "", parts.scheme.lower() == "ldaps"
         port = parts.port or (636 if secure else 389)
@@ -249,21 +315,13 @@ class Opener:
         if secure:
             endpoint = wrapClientTLS(self._tls_options(host), endpoint)
         try:
-            link: Link = await connectProtocol(endpoint, Link())  # type: ignore[no-untyped-call]
+            link: Link = await connectProtocol(endpoint, Link(url))  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise UpstreamUnavailableError(f"connect: {exc}") from exc
-        try:
-            if self._config.start_tls and not secure:
+        if self._config.start_tls and not secure:
+            try:
                 await self._start_tls(link, host)
-            # TLS (if any) completes before this is sent: a failed check sends nothing.
-            answer = await link.request(pureldap.LDAPBindRequest(dn=dn, auth=password))
-        except BaseException:
-            link.abort()
-            raise
-        code = answer.resultCode
-        if code == SUCCESS:
-            return link
-        link.close()
-        if code in _REFUSING_CODES:
-            raise UpstreamRefusedError(f"bind refused ({code})")
-        raise UpstreamUnavailableError(f"bind failed ({code})")
+            except BaseException:
+                link.abort()
+                raise
+        return link

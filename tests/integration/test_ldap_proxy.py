@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -143,6 +144,35 @@ def test_search_after_bind_returns_what_the_directory_returns(
     assert entries(proxied.stdout) == [] and entries(direct.stdout) == []
     own = tool("ldapsearch", "-H", proxy_url(bridge), *bind, "-LLL", "-b", dn, "uid")
     assert own.stdout.strip().splitlines() == [f"dn: {dn}", f"uid: {user}"]
+
+
+def settled(count: Callable[[], int], expected: int) -> int:
+    """`count()` once it reaches `expected` (slapd writes its log a moment later), or at 3 s."""
+    deadline = time.monotonic() + 3
+    while (value := count()) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+def test_each_login_costs_one_bind_on_one_upstream_connection(
+    slapd: Slapd, make_bridge: MakeBridge
+) -> None:
+    """Users binding one after another on a connection: one bind each at slapd, one socket."""
+    bridge = make_bridge(change=with_proxy())
+    warm = whoami(proxy_url(bridge), slapd.user_dn("load163"), password_of("load163"))
+    assert warm.returncode == 0, warm.stderr + bridge.log()  # the directory's pools are open
+    users = ["load160", "load161", "load162"]
+    binds = settled(slapd.bind_count, 0)
+    accepted = slapd.log_text().count(" ACCEPT from ")
+    conn = ldap.initialize(proxy_url(bridge))
+    try:
+        for user in users:
+            conn.simple_bind_s(slapd.user_dn(user), password_of(user))
+            assert conn.whoami_s().lower() == f"dn:{slapd.user_dn(user)}".lower()
+    finally:
+        conn.unbind_s()
+    assert settled(slapd.bind_count, binds + len(users)) == binds + len(users)
+    assert slapd.log_text().count(" ACCEPT from ") == accepted + 1
 
 
 def test_empty_password_never_binds(slapd: Slapd, make_bridge: MakeBridge) -> None:

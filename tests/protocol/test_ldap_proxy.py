@@ -34,7 +34,7 @@ from bridge.auth import Authenticator, Caller
 from bridge.config import ConfigError, LdapProxyTls, parse_config
 from bridge.core.totp import code_at_step
 from bridge.core.types import LockReason, State, UserRecord
-from bridge.directory import BindResult, BindStatus
+from bridge.directory import Binder, BindResult, BindStatus, UnavailableError
 from bridge.ldap_proxy.framing import FramingError, complete_prefix, pdu_size
 from bridge.ldap_proxy.login import LdapLogin, LoginResult
 from bridge.ldap_proxy.names import UserMapper, same_dn
@@ -78,19 +78,35 @@ class FakeDirectory:
     error: Exception | None = None
     found_dn: dict[str, str] = field(default_factory=dict)
 
-    def __call__(self, username: str, password: str) -> Deferred[BindResult]:
+    def __call__(
+        self, username: str, password: str, bind: Binder | None = None
+    ) -> Deferred[BindResult]:
         self.calls.append((username, password))
         if self.error is not None:
             return fail(self.error)
-        if self.answer is not None:
-            return succeed(self.answer)
+        result = self.answer or self._check(username, password)
+        if result.status is not BindStatus.OK or bind is None or result.dn is None:
+            return succeed(result)
+        return Deferred.fromCoroutine(self._bind(bind, result, password))
+
+    def _check(self, username: str, password: str) -> BindResult:
         expected = PASSWORDS.get(username)
         if expected is None:
-            return succeed(BindResult(BindStatus.UNKNOWN_USER))
+            return BindResult(BindStatus.UNKNOWN_USER)
         if password != expected:
-            return succeed(BindResult(BindStatus.BAD_PASSWORD))
+            return BindResult(BindStatus.BAD_PASSWORD)
         found = self.found_dn.get(username, dn(username))
-        return succeed(BindResult(BindStatus.OK, found, server="ldap://dir-b"))
+        return BindResult(BindStatus.OK, found, server="ldap://dir-b")
+
+    @staticmethod
+    async def _bind(bind: Binder, result: BindResult, password: str) -> BindResult:
+        """As Directory does: the caller's bind decides; a server that cannot answer fails."""
+        assert result.dn is not None and result.server is not None
+        try:
+            ok = await bind(result.server, result.dn, password)
+        except UnavailableError:
+            return BindResult(BindStatus.UNAVAILABLE)
+        return result if ok else BindResult(BindStatus.BAD_PASSWORD, result.dn)
 
 
 @dataclass
@@ -105,6 +121,9 @@ class FakeUpstream:
 
     def relay(self, on_pdus: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
         self.on_pdus, self.on_lost = on_pdus, on_lost
+
+    def detach(self) -> None:
+        self.on_pdus = self.on_lost = None
 
     def send(self, pdu: bytes) -> None:
         self.sent.append(pdu)
@@ -122,16 +141,27 @@ class FakeOpener:
     outcome: Exception | None = None
     hold: bool = False
     held: list[Deferred[Any]] = field(default_factory=list)
+    rebinds: int = 0  # binds on a link the session already had
 
-    def __call__(self, urls: Sequence[str], bind_dn: str, password: str) -> Deferred[Any]:
+    def __call__(
+        self, urls: Sequence[str], bind_dn: str, password: str, reuse: Any = None
+    ) -> Deferred[Any]:
         self.calls.append((tuple(urls), bind_dn, password))
         if self.hold:
             d: Deferred[Any] = Deferred()
             self.held.append(d)
             return d
         if self.outcome is not None:
+            if isinstance(self.outcome, UpstreamUnavailableError) and reuse is not None:
+                reuse.close()  # as the real one: a link that failed is closed
             return fail(self.outcome)
+        if reuse is not None and not reuse.closed:
+            self.rebinds += 1
+            return succeed(reuse)
         return succeed(self.new())
+
+    def bind_at(self, url: str, bind_dn: str, password: str, reuse: Any = None) -> Deferred[Any]:
+        return self((url,), bind_dn, password, reuse)
 
     def new(self) -> FakeUpstream:
         upstream = FakeUpstream()
@@ -398,11 +428,13 @@ FAILURES: dict[str, tuple[str, str]] = {
 
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_every_failed_bind_is_invalid_credentials(make_proxy: MakeProxy, case: str) -> None:
-    """Each kind of failed bind answers 49, and nothing is bound upstream."""
+    """Each kind of failed bind answers 49, and no upstream connection stays bound."""
     proxy = make_proxy(passthrough_dns=[SERVICE_DN])
     bind_dn, password = FAILURES[case]
     assert proxy.bind(bind_dn, password) == INVALID
-    assert proxy.opener.calls == []
+    # A right password with a missing or wrong code, or a locked user: the directory's
+    # bind was the password check, and that connection is closed again.
+    assert all(link.closed for link in proxy.opener.opened)
     assert not proxy.closed
     (done,) = proxy.send(search(), 2)
     assert done.value.resultCode == INSUFFICIENT  # still unbound
@@ -438,7 +470,7 @@ def test_dn_must_be_the_one_the_directory_found(make_proxy: MakeProxy) -> None:
     proxy = make_proxy()
     proxy.directory.found_dn["alice"] = f"uid=alice,ou=staff,{BASE}"
     assert proxy.bind(dn("alice"), "alice-pass") == INVALID
-    assert proxy.opener.calls == []
+    assert all(link.closed for link in proxy.opener.opened)
     assert proxy.bind("alice", "alice-pass", 2) == SUCCESS  # a bare name has no DN to compare
     assert proxy.opener.calls[-1][1] == f"uid=alice,ou=staff,{BASE}"
 
@@ -548,15 +580,28 @@ def test_operations_after_bind_forwarded_byte_for_byte(make_proxy: MakeProxy) ->
 
 
 def test_new_bind_drops_the_old_identity(make_proxy: MakeProxy) -> None:
-    """A second bind closes the first upstream link; if it fails the session is unbound."""
+    """A second bind stops the first identity's relay; if it fails the session is unbound."""
     proxy = make_proxy()
     assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
     first = proxy.upstream
     assert proxy.bind(dn("bob"), "wrong", 2) == INVALID
-    assert first.closed
+    assert first.on_pdus is None  # responses for alice reach nobody any more
     (done,) = proxy.send(search(), 3)
     assert done.value.resultCode == INSUFFICIENT
     assert first.sent == []
+
+
+def test_next_bind_rebinds_the_same_upstream_connection(make_proxy: MakeProxy) -> None:
+    """An app binding user after user on one connection costs one upstream connection."""
+    proxy = make_proxy()
+    assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
+    assert proxy.bind(dn("bob"), "bob-pass" + proxy.code(), 2) == SUCCESS
+    assert len(proxy.opener.opened) == 1
+    assert proxy.opener.rebinds == 1
+    assert [call[1] for call in proxy.opener.calls] == [dn("alice"), dn("bob")]
+    proxy.send(search(), 3)
+    assert len(proxy.upstream.sent) == 1  # relayed for bob on the same link
+    assert not proxy.upstream.closed
 
 
 def test_requests_sent_during_a_bind_wait_for_it(make_proxy: MakeProxy) -> None:
@@ -1018,9 +1063,16 @@ def test_login_outcome_carries_the_password_the_directory_accepted(tmp_path: Pat
         )
         caller = Caller("ldap", "192.0.2.1")
         results: list[LoginResult] = []
-        login("alice", "alice-pass", caller).addCallback(results.append)
-        login("alice", "nope", caller).addCallback(results.append)
+        binds: list[tuple[str, str, str]] = []
+
+        async def bind(url: str, bind_dn: str, password: str) -> bool:
+            binds.append((url, bind_dn, password))
+            return True
+
+        login("alice", "alice-pass", caller, bind).addCallback(results.append)
+        login("alice", "nope", caller, bind).addCallback(results.append)
         ok, bad = results
+        assert binds == [("ldap://dir-b", dn("alice"), "alice-pass")]  # the login's one bind
         assert ok.decision.accepted and ok.password == "alice-pass" and ok.dn == dn("alice")
         assert not bad.decision.accepted and bad.password is None
         assert "alice-pass" not in repr(ok)
