@@ -587,3 +587,38 @@ def test_hundred_concurrent_connections_bind_and_search(
     with ThreadPoolExecutor(max_workers=len(users)) as pool:
         results = list(pool.map(session, users))
     assert results == users, bridge.log()[-3000:]
+
+
+@pytest.fixture
+def own_slapd(tmp_path: Path) -> Iterator[Slapd]:
+    """A directory of this test's own, free to be stopped and restarted."""
+    server = Slapd(tmp_path / "own-slapd", users=[SlapdUser("user01", "user01-pw")])
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_directory_down_answers_49_then_recovers(own_slapd: Slapd, make_bridge: MakeBridge) -> None:
+    """With the directory stopped a bind gets 49 (and a log line); once back, binds work."""
+
+    def change(config: dict[str, Any]) -> None:
+        config["directory"].update(
+            urls=[own_slapd.url],
+            bind_dn=own_slapd.service_dn,
+            bind_password=own_slapd.service_password,
+            user_base=own_slapd.people_dn,
+        )
+        with_proxy()(config)
+
+    bridge = make_bridge(change=change)
+    dn = own_slapd.user_dn("user01")
+    assert whoami(proxy_url(bridge), dn, "user01-pw").returncode == 0
+    own_slapd.stop()
+    assert whoami(proxy_url(bridge), dn, "user01-pw").returncode == INVALID_CREDENTIALS
+    assert bridge.audit_reasons("ldap")[-1] == "directory-down"
+    own_slapd.start()
+    deadline = time.monotonic() + 10
+    while (result := whoami(proxy_url(bridge), dn, "user01-pw")).returncode != 0:
+        assert time.monotonic() < deadline, result.stderr + bridge.log()
+        time.sleep(0.2)
+    assert result.stdout.strip().lower() == f"dn:{dn}".lower()
