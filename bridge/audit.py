@@ -35,40 +35,51 @@ def utc_iso(seconds: float) -> str:
 class AuditLog:
     """Writes decisions as JSON lines to `stream` (None: audit lines are not kept)."""
 
-    def __init__(self, stream: TextIO | None, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None,
+        wall_clock: Callable[[], float] = time.time,
+        *,
+        setup_url: str | None = None,
+    ) -> None:
         self._stream = stream
         self._wall_clock = wall_clock
+        self._setup_url = setup_url  # the portal: named on grace accepts, for LDAP's sake
         self.written = 0
 
     def record(self, decision: Decision, protocol: str, client: str, latency: float) -> None:
         """One line for one decision; flushed at once so a crash loses no decision."""
         if self._stream is None:
             return
-        line = _encode(
-            {
-                "time": utc_iso(self._wall_clock()),
-                "event": f"auth.{decision.outcome.value}",
-                "protocol": protocol,
-                "client": client,
-                "user": decision.username,
-                "outcome": decision.outcome.value,
-                "reason": decision.reason.value,
-                "state_before": decision.state_before.value if decision.state_before else None,
-                "state_after": decision.state_after.value if decision.state_after else None,
-                "lock_reason": decision.lock_reason.value if decision.lock_reason else None,
-                "latency_ms": round(latency * 1000, 2),
-            }
-        )
-        self._stream.write(line + "\n")
+        fields = {
+            "time": utc_iso(self._wall_clock()),
+            "event": f"auth.{decision.outcome.value}",
+            "protocol": protocol,
+            "client": client,
+            "user": decision.username,
+            "outcome": decision.outcome.value,
+            "reason": decision.reason.value,
+            "state_before": decision.state_before.value if decision.state_before else None,
+            "state_after": decision.state_after.value if decision.state_after else None,
+            "lock_reason": decision.lock_reason.value if decision.lock_reason else None,
+            "latency_ms": round(latency * 1000, 2),
+        }
+        if decision.days_left is not None:
+            fields["days_left"] = decision.days_left
+            if self._setup_url:
+                fields["setup_url"] = self._setup_url
+        self._stream.write(_encode(fields) + "\n")
         self._stream.flush()
         self.written += 1
 
 
-def open_audit(destination: str, stdout: TextIO) -> tuple[AuditLog, TextIO | None]:
+def open_audit(
+    destination: str, stdout: TextIO, setup_url: str | None = None
+) -> tuple[AuditLog, TextIO | None]:
     """The audit log for `log.audit`; also the file it opened (to close at shutdown), if any."""
     if destination == "off":
         return AuditLog(None), None
     if destination == "stdout":
-        return AuditLog(stdout), None
+        return AuditLog(stdout, setup_url=setup_url), None
     stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
-    return AuditLog(stream), stream
+    return AuditLog(stream, setup_url=setup_url), stream

@@ -127,6 +127,22 @@ class LdapProxyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PortalConfig:
+    """The self-service portal (SPEC section 7); absent section, no web listener."""
+
+    listen_host: str
+    listen_port: int
+    tls: LdapProxyTls | None = None  # certificate and key: HTTPS
+    public_url: str | None = None  # where users reach it; shown in grace messages
+    allow_http: bool = False  # serve sign-in forms in clear on a non-loopback address
+    session_idle: float = 300.0  # seconds without a request before a session ends
+    session_max: float = 3600.0  # seconds a session lasts at most
+    max_attempts_per_user: int = 10  # sign-ins and codes per user per `attempt_window`
+    max_attempts_per_address: int = 30  # the same per client IP address
+    attempt_window: float = 300.0  # seconds
+
+
+@dataclass(frozen=True, slots=True)
 class DemoConfig:
     """An embedded in-memory directory loaded from an LDIF file, for trying the bridge."""
 
@@ -153,6 +169,7 @@ class Config:
     store: StoreConfig
     radius: RadiusConfig
     ldap_proxy: LdapProxyConfig | None
+    portal: PortalConfig | None
     demo: DemoConfig | None
     log: LogConfig
     warnings: tuple[str, ...]
@@ -847,6 +864,64 @@ _LDAP_PROXY_KEYS: Final = (
     "idle_timeout",
 )
 _DEFAULT_LDAP_PROXY: Final = LdapProxyConfig(listen_host="", listen_port=0)
+_PORTAL_KEYS: Final = (
+    "listen",
+    "tls",
+    "public_url",
+    "allow_http",
+    "session_idle",
+    "session_max",
+    "max_attempts_per_user",
+    "max_attempts_per_address",
+    "attempt_window",
+)
+_DEFAULT_PORTAL: Final = PortalConfig(listen_host="", listen_port=0)
+
+
+def _portal(report: _Report, data: Mapping[object, object]) -> PortalConfig:
+    m = _Map(report, "portal", data, _PORTAL_KEYS)
+    defaults = _DEFAULT_PORTAL
+    host, port = m.listen("listen", None)
+    tls_data = m.section("tls")
+    tls = None
+    if tls_data is not None:
+        t = _Map(report, "portal.tls", tls_data, ("certificate", "key"))
+        certificate = t.path("certificate", required=True, must_be_file=True)
+        key = t.path("key", required=True, must_be_file=True)
+        if certificate is not None and key is not None:
+            tls = LdapProxyTls(certificate=certificate, key=key)
+    allow_http = m.boolean("allow_http", defaults.allow_http)
+    if tls_data is None and host and not allow_http and not _is_loopback(host):
+        m.error(
+            "listen",
+            f"{host} is not a loopback address: configure portal.tls (certificate and key),"
+            " or set portal.allow_http: true behind a TLS-terminating proxy",
+        )
+    public_url = m.string("public_url") or None
+    if public_url is not None:
+        if not public_url.startswith(("https://", "http://")) or any(
+            c in public_url for c in " <>\"'"
+        ):
+            m.error("public_url", f"must be an http(s):// URL, got {_show(public_url)}")
+        elif len(public_url) > 200:
+            m.error("public_url", "must be at most 200 characters (it goes into RADIUS replies)")
+    idle = m.number("session_idle", defaults.session_idle, 0, 86_400, lo_open=True)
+    return PortalConfig(
+        listen_host=host,
+        listen_port=port,
+        tls=tls,
+        public_url=public_url,
+        allow_http=allow_http,
+        session_idle=idle,
+        session_max=m.number("session_max", defaults.session_max, idle, 7 * 86_400),
+        max_attempts_per_user=m.integer(
+            "max_attempts_per_user", defaults.max_attempts_per_user, 1, 10_000
+        ),
+        max_attempts_per_address=m.integer(
+            "max_attempts_per_address", defaults.max_attempts_per_address, 1, 1_000_000
+        ),
+        attempt_window=m.number("attempt_window", defaults.attempt_window, 0, 86_400, lo_open=True),
+    )
 
 
 def _ldap_proxy_tls(report: _Report, data: Mapping[object, object]) -> LdapProxyTls | None:
@@ -905,7 +980,16 @@ def _same_tcp_port(a: tuple[str, int], b: tuple[str, int]) -> bool:
 
 # --- the whole config ---------------------------------------------------------------------
 
-_SECTIONS: Final = ("directory", "mfa", "store", "radius", "ldap_proxy", "demo", "log")
+_SECTIONS: Final = (
+    "directory",
+    "mfa",
+    "store",
+    "radius",
+    "ldap_proxy",
+    "portal",
+    "demo",
+    "log",
+)
 
 
 def parse_config(data: object, base_dir: Path) -> Config:
@@ -928,6 +1012,7 @@ def parse_config(data: object, base_dir: Path) -> Config:
     radius_data = top.section("radius", required=True)
     ldap_proxy_data = top.section("ldap_proxy")
     demo_data = top.section("demo")
+    portal_data = top.section("portal")
 
     directory = _directory(report, directory_data) if directory_data is not None else None
     mfa = _mfa(report, top.section("mfa") or {})
@@ -935,6 +1020,7 @@ def parse_config(data: object, base_dir: Path) -> Config:
     radius = _radius(report, radius_data) if radius_data is not None else None
     ldap_proxy = _ldap_proxy(report, ldap_proxy_data) if ldap_proxy_data is not None else None
     demo = _demo(report, demo_data) if demo_data is not None else None
+    portal = _portal(report, portal_data) if portal_data is not None else None
     log = _log(report, top.section("log") or {})
 
     if ldap_proxy is not None and demo is not None:
@@ -953,6 +1039,7 @@ def parse_config(data: object, base_dir: Path) -> Config:
         store=store,
         radius=radius,
         ldap_proxy=ldap_proxy,
+        portal=portal,
         demo=demo,
         log=log,
         warnings=tuple(report.warnings),

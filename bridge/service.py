@@ -11,14 +11,17 @@ from twisted.logger import Logger
 
 from bridge.audit import open_audit
 from bridge.auth import Authenticator
-from bridge.config import Config, ConfigError
+from bridge.config import Config, ConfigError, PortalConfig
 from bridge.core.policy import Policy
 from bridge.core.totp import TotpParams
 from bridge.directory import BindStatus, Directory
 from bridge.ldap_proxy.login import LdapLogin
 from bridge.ldap_proxy.server import LdapProxyFactory, Settings
-from bridge.ldap_proxy.tls import TlsSetupError
+from bridge.ldap_proxy.tls import TlsSetupError, server_tls_options
 from bridge.ldap_proxy.upstream import Opener
+from bridge.portal.flows import Portal
+from bridge.portal.sessions import AttemptLimiter, Sessions
+from bridge.portal.web import make_site
 from bridge.radius.server import RadiusProtocol
 from bridge.store import SqliteStore
 from bridge.store.batching import WriteBatcher
@@ -97,7 +100,8 @@ def make_service(config: Config, reactor: Any, stdout: TextIO = sys.stdout) -> M
     """The whole daemon as a MultiService; children start in the order they are added."""
     top = MultiService()
     try:
-        audit, audit_file = open_audit(config.log.audit, stdout)
+        public_url = config.portal.public_url if config.portal is not None else None
+        audit, audit_file = open_audit(config.log.audit, stdout, public_url)
     except OSError as exc:
         raise ConfigError([f"log.audit: cannot open {config.log.audit}: {exc.strerror}"]) from exc
     if audit_file is not None:
@@ -121,7 +125,7 @@ def make_service(config: Config, reactor: Any, stdout: TextIO = sys.stdout) -> M
         audit=audit,
         writes=writes,
     )
-    radius = RadiusProtocol(config.radius, authenticator, reactor)
+    radius = RadiusProtocol(config.radius, authenticator, reactor, setup_url=public_url)
     udp = UDPServer(
         config.radius.listen_port, radius, interface=config.radius.listen_host, reactor=reactor
     )
@@ -129,7 +133,44 @@ def make_service(config: Config, reactor: Any, stdout: TextIO = sys.stdout) -> M
     top.radius = radius  # type: ignore[attr-defined]
     if config.ldap_proxy is not None:
         top.addService(ldap_proxy_service(config, LdapLogin(authenticator), reactor))
+    if config.portal is not None:
+        portal = Portal(
+            authenticator,
+            store,
+            policy=policy_from(config),
+            issuer=config.mfa.issuer,
+            exempt_users=frozenset(config.mfa.exempt_users),
+            audit=audit,
+            clock=reactor.seconds,
+            sessions=Sessions(
+                reactor.seconds, config.portal.session_idle, config.portal.session_max
+            ),
+            per_user=AttemptLimiter(
+                reactor.seconds, config.portal.max_attempts_per_user, config.portal.attempt_window
+            ),
+            per_address=AttemptLimiter(
+                reactor.seconds,
+                config.portal.max_attempts_per_address,
+                config.portal.attempt_window,
+            ),
+        )
+        top.addService(portal_service(config.portal, portal, reactor))
     return top
+
+
+def portal_service(config: PortalConfig, portal: Portal, reactor: Any) -> Service:
+    """The portal's listener: HTTPS with `portal.tls`, else HTTP (loopback, or allowed)."""
+    secure = config.tls is not None or (config.public_url or "").startswith("https://")
+    site = make_site(portal, secure=secure)
+    if config.tls is None:
+        return TCPServer(config.listen_port, site, interface=config.listen_host, reactor=reactor)
+    try:
+        options = server_tls_options(config.tls)
+    except TlsSetupError as exc:
+        raise ConfigError([f"portal.tls: {exc}"]) from exc
+    return SSLServer(
+        config.listen_port, site, options, interface=config.listen_host, reactor=reactor
+    )
 
 
 def ldap_proxy_service(config: Config, login: LdapLogin, reactor: Any) -> MultiService:

@@ -45,10 +45,11 @@ Address = tuple[str, int]
 CacheKey = tuple[str, int, int, bytes]
 
 
-def days_left_message(days: int) -> str:
-    """The grace notice: the number and the word "day"."""
+def days_left_message(days: int, setup_url: str | None = None) -> str:
+    """The grace notice: the number and the word "day" (and where, when configured)."""
     unit = "day" if days == 1 else "days"
-    return f"{days} {unit} left to set up MFA"
+    where = f" at {setup_url}" if setup_url else ""
+    return f"{days} {unit} left to set up MFA{where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +75,10 @@ class RadiusProtocol(DatagramProtocol):
         clock: IReactorTime,
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        setup_url: str | None = None,
     ) -> None:
         self._config = config
+        self._setup_url = setup_url  # the portal, named in grace notices
         self._auth = authenticator
         self._clock = clock
         self._random = random_bytes
@@ -213,9 +216,9 @@ class RadiusProtocol(DatagramProtocol):
             self.counters["challenges"] += 1
         elif decision.outcome is Outcome.ACCEPT:
             code = codec.ACCESS_ACCEPT
-            message = (
-                days_left_message(decision.days_left) if decision.days_left is not None else None
-            )
+            message = None
+            if decision.days_left is not None:
+                message = days_left_message(decision.days_left, self._setup_url)
             self.counters["accepts"] += 1
         else:
             code, message = codec.ACCESS_REJECT, reject_message(decision)

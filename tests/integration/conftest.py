@@ -35,6 +35,7 @@ USERS = [
     SlapdUser("u1", "u1-pw"),
     SlapdUser("digits", "pass123456"),  # a password that ends in six digits
     *(SlapdUser(f"load{i:03d}", f"load{i:03d}-pw") for i in range(200)),
+    *(SlapdUser(f"web{i:02d}", f"web{i:02d}-pw") for i in range(40)),  # the portal's tests
 ]
 
 

@@ -24,6 +24,8 @@ def test_demo_config_serves_radtest(tmp_path: Path) -> None:
     config["directory"]["urls"] = [f"ldap://127.0.0.1:{ldap_port}"]
     config["store"]["path"] = str(tmp_path / "state.db")
     config["radius"]["listen"] = f"127.0.0.1:{free_udp_port()}"
+    portal = f"127.0.0.1:{free_tcp_port()}"
+    config["portal"].update(listen=portal, public_url=f"http://{portal}/")
     bridge = Bridge(tmp_path, config)
     bridge.start()
     try:
@@ -35,7 +37,7 @@ def test_demo_config_serves_radtest(tmp_path: Path) -> None:
             check=False,
         )
         assert "Received Access-Accept" in result.stdout, result.stdout + bridge.log()
-        assert "14 days left to set up MFA" in result.stdout
+        assert f"14 days left to set up MFA at http://{portal}/" in result.stdout
         exempt = subprocess.run(
             ["radtest", "dave", "dave-pass", f"127.0.0.1:{bridge.port}", "0", "testing123"],
             capture_output=True,

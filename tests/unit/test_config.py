@@ -172,6 +172,7 @@ log:
             passthrough_dns=("cn=wiki,ou=services,dc=example,dc=org",),
             allow_anonymous=True,
         ),
+        portal=None,
         demo=DemoConfig(ldif=ldif, listen_host="127.0.0.1", listen_port=0),
         log=LogConfig(level="debug", format="json"),
         warnings=(),
@@ -273,12 +274,12 @@ def test_unknown_key_suggests_the_closest_known_key(tmp_path: Path) -> None:
 def test_unknown_keys_are_errors_at_every_level(tmp_path: Path) -> None:
     """Unknown keys at the top, in a section and in a list item are each reported."""
     data = minimal()
-    data["portal"] = {}
+    data["widgets"] = {}
     data["radius"]["clients"][0]["secrte"] = "x"
     data["directory"]["colour"] = "blue"
     problems = problems_of(data, tmp_path)
     assert "radius.clients[0].secrte: unknown key (did you mean secret?)" in problems
-    assert any(p.startswith("portal: unknown key (expected one of: directory,") for p in problems)
+    assert any(p.startswith("widgets: unknown key (expected one of: directory,") for p in problems)
     assert any(p.startswith("directory.colour: unknown key") for p in problems)
     assert len(problems) == 3
 
@@ -329,6 +330,36 @@ def test_audit_file_in_a_missing_folder_is_an_error(tmp_path: Path) -> None:
     (problem,) = problems_of(data, tmp_path)
     assert problem.startswith("log.audit: ")
     assert "is not a directory" in problem
+
+
+def test_portal_section(tmp_path: Path) -> None:
+    """The portal's keys land in PortalConfig; loopback in clear needs no certificate."""
+    data = minimal()
+    data["portal"] = {"listen": "127.0.0.1:8443", "public_url": "https://mfa.example.org/"}
+    portal = parse_config(data, tmp_path).portal
+    assert portal is not None
+    assert (portal.listen_host, portal.listen_port) == ("127.0.0.1", 8443)
+    assert portal.public_url == "https://mfa.example.org/"
+    assert portal.tls is None and portal.session_idle == 300.0
+    assert parse_config(minimal(), tmp_path).portal is None
+
+
+def test_portal_in_clear_on_a_network_address_is_refused(tmp_path: Path) -> None:
+    """Sign-in forms in clear off loopback need TLS, or an explicit allow_http."""
+    data = minimal()
+    data["portal"] = {"listen": "0.0.0.0:8080"}
+    (problem,) = problems_of(data, tmp_path)
+    assert problem.startswith("portal.listen: 0.0.0.0 is not a loopback address")
+    data["portal"]["allow_http"] = True
+    assert parse_config(data, tmp_path).portal is not None
+
+
+def test_portal_public_url_must_be_a_web_url(tmp_path: Path) -> None:
+    """public_url is checked: a scheme of http(s), no spaces or quotes, short enough."""
+    data = minimal()
+    data["portal"] = {"listen": "127.0.0.1:8080", "public_url": "mfa.example.org"}
+    (problem,) = problems_of(data, tmp_path)
+    assert problem.startswith("portal.public_url: must be an http(s):// URL")
 
 
 # --- secrets ------------------------------------------------------------------------------

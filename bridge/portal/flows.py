@@ -1,0 +1,215 @@
+"""What the portal does, apart from HTTP: sign in, status, set up, reset.
+
+Sign-in is an ordinary login through the shared Authenticator (append form: the code
+field, when filled, follows the password), so the portal has the same state rules,
+replay guard, lockout counters and audit lines as RADIUS and LDAP. Set-up and reset
+change the store only at the moment a code from the new secret is entered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from bridge.admin import describe
+from bridge.audit import AuditLog
+from bridge.auth import Authenticator, Caller, LoginOutcome
+from bridge.core.credentials import normalize_username
+from bridge.core.policy import Mode, Policy, check_code
+from bridge.core.selfservice import SetupResult, confirm_secret, may_set_up
+from bridge.core.totp import encode_secret, new_secret, provisioning_uri
+from bridge.core.types import Decision, Outcome, Reason, State, UserRecord
+from bridge.portal.sessions import AttemptLimiter, Session, Sessions
+from bridge.store import SqliteStore
+
+
+class SignInResult(StrEnum):
+    """How a sign-in ended, as far as the user may be told."""
+
+    OK = "ok"
+    CODE_REQUIRED = "code-required"  # right password, MFA is set up: the code is missing
+    WRONG_CODE = "wrong-code"  # right password, wrong or used code
+    LOCKED = "locked"  # right password, locked account
+    NOT_ENROLLED = "not-enrolled"  # right password, the bridge requires enrollment first
+    FAILED = "failed"  # anything else: nothing more is said
+    LIMITED = "limited"  # too many attempts from this user or address
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    """The result of a sign-in, with the session when it succeeded."""
+
+    result: SignInResult
+    session: Session | None = None
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewSecret:
+    """A secret being set up: for the QR code and the key shown beneath it."""
+
+    key: str
+    uri: str
+
+
+class Portal:
+    """The portal's decisions over the shared Authenticator and store."""
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        store: SqliteStore,
+        *,
+        policy: Policy,
+        issuer: str,
+        exempt_users: frozenset[str],
+        audit: AuditLog,
+        clock: Callable[[], float],
+        sessions: Sessions,
+        per_user: AttemptLimiter,
+        per_address: AttemptLimiter,
+    ) -> None:
+        self._auth = authenticator
+        self._store = store
+        self._policy = policy
+        self._issuer = issuer
+        self._exempt = frozenset(n for n in map(normalize_username, exempt_users) if n)
+        self._audit = audit
+        self._clock = clock
+        self.sessions = sessions
+        self._per_user = per_user
+        self._per_address = per_address
+        self._exempt_sessions: set[str] = set()  # members of exempt groups, by session id
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    def _allowed(self, username: str | None, client: str) -> bool:
+        if not self._per_address.allow(client):
+            return False
+        return username is None or self._per_user.allow(username)
+
+    def sign_in(self, raw_username: str, password: str, code: str, client: str) -> Deferred[SignIn]:
+        """Check the password (and the code, when given) exactly as a login."""
+        if not self._allowed(normalize_username(raw_username), client):
+            return succeed(SignIn(SignInResult.LIMITED))
+        code = code.strip()
+        field = password + code if code and password else password
+        d = self._auth.login_outcome(raw_username, field, Mode.APPEND, Caller("portal", client))
+        return d.addCallback(self._signed_in)
+
+    def _signed_in(self, outcome: LoginOutcome) -> SignIn:
+        decision = outcome.decision
+        if decision.accepted:
+            session = self.sessions.start(decision.username)
+            if decision.state_after is State.EXEMPT:
+                self._exempt_sessions.add(session.id)
+            return SignIn(SignInResult.OK, session, decision)
+        if not decision.password_ok:
+            return SignIn(SignInResult.FAILED)
+        if decision.reason is Reason.LOCKED or decision.lock_reason is not None:
+            return SignIn(SignInResult.LOCKED, decision=decision)
+        results = {
+            Reason.CODE_REQUIRED: SignInResult.CODE_REQUIRED,
+            Reason.WRONG_CODE: SignInResult.WRONG_CODE,
+            Reason.REPLAY: SignInResult.WRONG_CODE,
+            Reason.NOT_ENROLLED: SignInResult.NOT_ENROLLED,
+        }
+        return SignIn(results.get(decision.reason, SignInResult.FAILED), decision=decision)
+
+    def sign_out(self, session: Session) -> None:
+        """End the session (an unfinished set-up is forgotten with it)."""
+        self._exempt_sessions.discard(session.id)
+        self.sessions.end(session.id)
+
+    def status(self, session: Session) -> dict[str, Any]:
+        """State, deadline and days left of the signed-in user, as they stand now."""
+        record = self._store.get(session.username)
+        exempt = self._exempt | (
+            {session.username} if session.id in self._exempt_sessions else set()
+        )
+        view = describe(record, session.username, self._now(), frozenset(exempt))
+        if record is None and session.username not in exempt:
+            view["state"] = State.GRACE.value  # never stored: enrollment_days is 0
+        return view
+
+    def new_secret(self, session: Session) -> NewSecret | SetupResult:
+        """The secret to set up (the same one until confirmed or signed out), or why not."""
+        record = self._store.get(session.username)
+        allowed = may_set_up(record, self._now(), old_device_proven=session.old_device_proven)
+        if allowed is not SetupResult.CONFIRMED:
+            return allowed
+        if session.new_secret is None:
+            session.new_secret = new_secret()
+        uri = provisioning_uri(
+            session.new_secret, session.username, self._issuer, self._policy.totp
+        )
+        return NewSecret(encode_secret(session.new_secret), uri)
+
+    def confirm(self, session: Session, code: str, client: str) -> SetupResult | None:
+        """The first code of the new secret; None when over the attempt limit."""
+        secret = session.new_secret
+        if secret is None:
+            return SetupResult.WRONG_CODE
+        if not self._allowed(session.username, client):
+            return None
+        now = self._now()
+
+        def change(record: UserRecord | None) -> tuple[UserRecord | None, tuple[Any, ...]]:
+            after, result = confirm_secret(
+                record,
+                session.username,
+                secret,
+                code.strip(),
+                now=now,
+                policy=self._policy,
+                old_device_proven=session.old_device_proven,
+            )
+            return after, (result, record.state if record else None)
+
+        result: SetupResult
+        before: State | None
+        result, before = self._store.update(session.username, change)
+        confirmed = result is SetupResult.CONFIRMED
+        if confirmed:
+            session.new_secret = None
+            session.old_device_proven = False
+        outcome, reason = (Outcome.ACCEPT, Reason.ACTIVATED) if confirmed else _SETUP_REJECT[result]
+        after = State.ACTIVE if confirmed else before
+        self._record(Decision(outcome, reason, session.username, before, after), client)
+        return result
+
+    def prove_device(self, session: Session, code: str, client: str) -> Decision | None:
+        """A code from the current app before a reset; None when over the attempt limit.
+
+        Decided as a login's code: a wrong or replayed one counts towards the lock.
+        """
+        if not self._allowed(session.username, client):
+            return None
+        now = self._now()
+
+        def change(record: UserRecord | None) -> tuple[UserRecord | None, Decision]:
+            if record is None or record.secret is None:
+                return record, Decision(Outcome.REJECT, Reason.NOT_ENROLLED, session.username)
+            verdict = check_code(record, code.strip(), now=now, policy=self._policy)
+            return verdict.record, verdict.decision
+
+        decision = self._store.update(session.username, change)
+        if decision.accepted:
+            session.old_device_proven = True
+        self._record(decision, client)
+        return decision
+
+    def _record(self, decision: Decision, client: str) -> None:
+        self._audit.record(decision, "portal", client, 0.0)
+
+
+_SETUP_REJECT = {
+    SetupResult.WRONG_CODE: (Outcome.REJECT, Reason.WRONG_CODE),
+    SetupResult.LOCKED: (Outcome.REJECT, Reason.LOCKED),
+    SetupResult.PROOF_REQUIRED: (Outcome.REJECT, Reason.CODE_REQUIRED),
+}

@@ -1,0 +1,313 @@
+"""The portal over HTTP(S): twisted.web resources around `flows.Portal`.
+
+Every response carries the security headers (a CSP without script, no framing, no
+caching, no referrer); every form carries a CSRF token (the session's, or before sign-in
+a random one also set as a cookie) and a POST without the matching token, or from
+another origin, is refused with 403. The session cookie is HttpOnly and
+SameSite=Strict, and Secure when the portal is reached over HTTPS.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import segno
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from bridge.core.selfservice import SetupResult
+from bridge.portal import pages
+from bridge.portal.flows import NewSecret, Portal, SignIn, SignInResult
+from bridge.portal.sessions import Session, token
+
+log = Logger(namespace="bridge.portal")
+
+SESSION_COOKIE = b"mfa_session"
+CSRF_COOKIE = b"mfa_csrf"
+MAX_BODY = 8192
+HEADERS = {
+    b"Content-Security-Policy": b"default-src 'none'; style-src 'self'; img-src 'self'; "
+    b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    b"X-Frame-Options": b"DENY",
+    b"X-Content-Type-Options": b"nosniff",
+    b"Referrer-Policy": b"no-referrer",
+    b"Cache-Control": b"no-store",
+    b"Pragma": b"no-cache",
+    b"Cross-Origin-Opener-Policy": b"same-origin",
+}
+
+SIGN_IN_MESSAGES = {
+    SignInResult.CODE_REQUIRED: "MFA is set up for your account: enter the 6-digit code too.",
+    SignInResult.WRONG_CODE: "That code is not right (or was used already). Try the next one.",
+    SignInResult.NOT_ENROLLED: "MFA must be set up for you by IT before you can sign in.",
+    SignInResult.FAILED: "Sign-in failed. Check your user name and password.",
+    SignInResult.LIMITED: "Too many attempts. Wait a few minutes, then try again.",
+}
+
+
+def _arg(request: Request, name: str) -> str:
+    values = (request.args or {}).get(name.encode(), [b""])
+    try:
+        return str(values[0].decode("utf-8"))
+    except UnicodeDecodeError:
+        return ""
+
+
+def _qr_svg(uri: str) -> str:
+    svg: str = segno.make(uri, error="m").svg_inline(scale=5, border=2, dark="#1d2430")
+    return svg
+
+
+class PortalSite(Site):
+    """The portal's Site; no request log of its own (the audit log says what matters)."""
+
+    def log(self, request: http.Request) -> None:
+        """Requests are not logged: URLs and addresses are in the audit lines that matter."""
+
+
+class PortalResource(Resource):
+    """All of the portal's pages under one resource, dispatched by path and method."""
+
+    isLeaf = True  # noqa: N815 - Twisted's name
+
+    def __init__(self, portal: Portal, *, secure: bool) -> None:
+        Resource.__init__(self)
+        self._portal = portal
+        self._secure = secure
+        self._routes: dict[tuple[bytes, bytes], Callable[[Request], bytes | int]] = {
+            (b"GET", b"/"): self._home,
+            (b"POST", b"/sign-in"): self._sign_in,
+            (b"POST", b"/sign-out"): self._sign_out,
+            (b"GET", b"/setup"): self._setup_page,
+            (b"POST", b"/setup"): self._setup_confirm,
+            (b"GET", b"/reset"): self._reset_page,
+            (b"POST", b"/reset"): self._reset_prove,
+            (b"GET", b"/static/portal.css"): self._stylesheet,
+        }
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def render(self, request: Request) -> bytes | int:
+        """Headers first, then the page for this method and path (404, 405 otherwise)."""
+        for name, value in HEADERS.items():
+            request.setHeader(name, value)
+        if self._secure:
+            request.setHeader(b"Strict-Transport-Security", b"max-age=31536000")
+        path = request.path or b"/"
+        method = request.method or b"GET"
+        handler = self._routes.get((method, path))
+        if handler is None:
+            known = any(p == path for _m, p in self._routes)
+            request.setResponseCode(405 if known else 404)
+            return self._html(request, pages.message("Not found", "There is no such page."))
+        if method == b"POST":
+            refusal = self._refuse_post(request)
+            if refusal is not None:
+                return refusal
+        return handler(request)
+
+    def _refuse_post(self, request: Request) -> bytes | None:
+        """A POST that is too big, from another origin, or without the right CSRF token."""
+        length = request.getHeader(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            request.setResponseCode(413)
+            return self._html(request, pages.message("Too large", "That request is too large."))
+        origin = request.getHeader(b"origin")
+        host = request.getHeader(b"host")
+        if origin not in (None, b"null") and urlsplit(origin).netloc != host:
+            return self._forbidden(request)
+        session = self._session(request)
+        if session is not None:
+            expected = session.csrf
+        else:
+            expected = (request.getCookie(CSRF_COOKIE) or b"").decode("ascii", "replace")
+        sent = _arg(request, "csrf")
+        if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+            return self._forbidden(request)
+        return None
+
+    def _forbidden(self, request: Request) -> bytes:
+        request.setResponseCode(403)
+        page = pages.message(
+            "Please try again",
+            "This form has expired or did not come from this page. Go back and send it again.",
+        )
+        return self._html(request, page)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _html(self, request: Request, body: bytes) -> bytes:
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        return body
+
+    def _redirect(self, request: Request, to: bytes) -> bytes:
+        request.setResponseCode(303)
+        request.setHeader(b"Location", to)
+        return b""
+
+    def _session(self, request: Request) -> Session | None:
+        cookie = request.getCookie(SESSION_COOKIE)
+        return self._portal.sessions.get(cookie.decode("ascii", "replace") if cookie else None)
+
+    def _client(self, request: Request) -> str:
+        return str(getattr(request.getClientAddress(), "host", "unknown"))
+
+    def _set_cookie(
+        self, request: Request, name: bytes, value: str, *, expire: bool = False
+    ) -> None:
+        request.addCookie(
+            name,
+            value.encode() if value else b"",
+            path=b"/",
+            httpOnly=True,
+            secure=self._secure,
+            sameSite="strict",
+            max_age=b"0" if expire else None,
+        )
+
+    def _sign_in_page(self, request: Request, message: str = "", username: str = "") -> bytes:
+        csrf = (request.getCookie(CSRF_COOKIE) or b"").decode("ascii", "replace")
+        if not csrf:
+            csrf = token()
+            self._set_cookie(request, CSRF_COOKIE, csrf)
+        return self._html(request, pages.sign_in(csrf, message=message, username=username))
+
+    def _later(self, request: Request, d: Deferred[Any], done: Callable[[Any], bytes]) -> int:
+        """Answer when `d` fires (unless the client has gone)."""
+        finished: list[bool] = []
+        request.notifyFinish().addBoth(lambda _r: finished.append(True))
+
+        def write(result: Any) -> None:
+            if finished:
+                return
+            body = done(result)
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            log.failure("portal.error", failure)
+            if finished:
+                return
+            request.setResponseCode(500)
+            request.write(self._html(request, pages.message("Error", "Something went wrong.")))
+            request.finish()
+
+        d.addCallback(write).addErrback(failed)
+        return NOT_DONE_YET
+
+    # --- pages ---------------------------------------------------------------------------
+
+    def _home(self, request: Request) -> bytes:
+        session = self._session(request)
+        if session is None:
+            return self._sign_in_page(request)
+        return self._status(request, session)
+
+    def _status(self, request: Request, session: Session, message: str = "") -> bytes:
+        view = self._portal.status(session)
+        page = pages.status(
+            session.username,
+            view["state"],
+            view["deadline"],
+            view["days_left"],
+            session.csrf,
+            message=message,
+        )
+        return self._html(request, page)
+
+    def _sign_in(self, request: Request) -> int:
+        username = _arg(request, "username")
+        d = self._portal.sign_in(
+            username, _arg(request, "password"), _arg(request, "code"), self._client(request)
+        )
+        return self._later(request, d, lambda result: self._signed_in(request, result, username))
+
+    def _signed_in(self, request: Request, result: SignIn, username: str) -> bytes:
+        if result.result is SignInResult.OK and result.session is not None:
+            self._set_cookie(request, SESSION_COOKIE, result.session.id)
+            self._set_cookie(request, CSRF_COOKIE, "", expire=True)
+            return self._redirect(request, b"/")
+        if result.result is SignInResult.LOCKED:
+            lock = result.decision.lock_reason if result.decision else None
+            return self._html(request, pages.locked(lock.value if lock else None))
+        if result.result is SignInResult.LIMITED:
+            request.setResponseCode(429)
+        return self._sign_in_page(request, SIGN_IN_MESSAGES[result.result], username)
+
+    def _sign_out(self, request: Request) -> bytes:
+        session = self._session(request)
+        if session is not None:
+            self._portal.sign_out(session)
+        self._set_cookie(request, SESSION_COOKIE, "", expire=True)
+        return self._redirect(request, b"/")
+
+    def _signed_in_only(self, request: Request) -> Session | None:
+        return self._session(request)
+
+    def _setup_page(self, request: Request, message: str = "") -> bytes:
+        session = self._session(request)
+        if session is None:
+            return self._redirect(request, b"/")
+        secret = self._portal.new_secret(session)
+        if secret is SetupResult.PROOF_REQUIRED:
+            return self._redirect(request, b"/reset")
+        if not isinstance(secret, NewSecret):  # locked meanwhile
+            return self._html(request, pages.locked(None))
+        page = pages.setup(_qr_svg(secret.uri), secret.key, session.csrf, message=message)
+        return self._html(request, page)
+
+    def _setup_confirm(self, request: Request) -> bytes:
+        session = self._session(request)
+        if session is None:
+            return self._redirect(request, b"/")
+        result = self._portal.confirm(session, _arg(request, "code"), self._client(request))
+        if result is None:
+            request.setResponseCode(429)
+            return self._setup_page(request, SIGN_IN_MESSAGES[SignInResult.LIMITED])
+        if result is SetupResult.CONFIRMED:
+            done = "MFA is set up. From now on, sign in with your password and a code from the app."
+            return self._status(request, session, done)
+        if result is SetupResult.WRONG_CODE:
+            wrong = "That code does not match. Check the app shows this account, then try again."
+            return self._setup_page(request, wrong)
+        return self._setup_page(request)
+
+    def _reset_page(self, request: Request, message: str = "") -> bytes:
+        session = self._session(request)
+        if session is None:
+            return self._redirect(request, b"/")
+        return self._html(request, pages.reset(session.csrf, message=message))
+
+    def _reset_prove(self, request: Request) -> bytes:
+        session = self._session(request)
+        if session is None:
+            return self._redirect(request, b"/")
+        decision = self._portal.prove_device(session, _arg(request, "code"), self._client(request))
+        if decision is None:
+            request.setResponseCode(429)
+            return self._reset_page(request, SIGN_IN_MESSAGES[SignInResult.LIMITED])
+        if decision.accepted:
+            return self._redirect(request, b"/setup")
+        if decision.lock_reason is not None:
+            self._portal.sign_out(session)
+            return self._html(request, pages.locked(decision.lock_reason.value))
+        return self._reset_page(request, SIGN_IN_MESSAGES[SignInResult.WRONG_CODE])
+
+    def _stylesheet(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"text/css; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"public, max-age=3600")
+        return pages.STYLESHEET.encode()
+
+
+def make_site(portal: Portal, *, secure: bool) -> PortalSite:
+    """The portal as a twisted.web Site."""
+    site = PortalSite(PortalResource(portal, secure=secure))  # type: ignore[no-untyped-call]
+    site.displayTracebacks = False
+    return site

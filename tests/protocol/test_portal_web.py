@@ -1,0 +1,167 @@
+"""The portal's HTTP layer on an in-memory transport: real twisted.web, a fake directory.
+
+Requests are raw HTTP/1.1 bytes fed to the Site's protocol; the clock is a
+MemoryReactorClock, so session expiry is tested without waiting.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from bridge.audit import AuditLog
+from bridge.auth import Authenticator
+from bridge.core.policy import Policy
+from bridge.directory import BindResult, BindStatus
+from bridge.portal.flows import Portal
+from bridge.portal.sessions import AttemptLimiter, Sessions
+from bridge.portal.web import make_site
+from bridge.store import SqliteStore
+
+NOW = 1_700_000_000
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def directory(username: str, password: str, bind: Any = None) -> Deferred[BindResult]:
+    """Every user's password is "<name>-pw"."""
+    if password != f"{username}-pw":
+        return succeed(BindResult(BindStatus.BAD_PASSWORD))
+    return succeed(BindResult(BindStatus.OK, f"uid={username},o=x", server="ldap://x"))
+
+
+@dataclass
+class Browser:
+    """Sends raw HTTP to the site and keeps its cookies."""
+
+    site: Any
+    cookies: dict[str, str] = field(default_factory=dict)
+
+    def request(self, method: str, path: str, form: dict[str, str] | None = None) -> dict[str, Any]:
+        body = urlencode(form).encode() if form is not None else b""
+        lines = [f"{method} {path} HTTP/1.1", "Host: portal.test", "Connection: close"]
+        if form is not None:
+            lines += [
+                "Content-Type: application/x-www-form-urlencoded",
+                f"Content-Length: {len(body)}",
+            ]
+        if self.cookies:
+            lines.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.5", 50000))
+        channel = self.site.buildProtocol(transport.getPeer())
+        channel.makeConnection(transport)
+        channel.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        raw = transport.value().decode()
+        head, _, text = raw.partition("\r\n\r\n")
+        status = int(head.split(" ", 2)[1])
+        headers: dict[str, list[str]] = {}
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(": ")
+            headers.setdefault(name.lower(), []).append(value)
+        for line in headers.get("set-cookie", []):
+            for name, morsel in SimpleCookie(line).items():
+                if morsel["max-age"] == "0" or not morsel.value:
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = morsel.value
+        found = _CSRF.search(text)
+        return {"status": status, "headers": headers, "body": text, "csrf": found and found[1]}
+
+    def sign_in(self, user: str) -> dict[str, Any]:
+        token = self.request("GET", "/")["csrf"]
+        return self.request(
+            "POST", "/sign-in", {"csrf": token, "username": user, "password": f"{user}-pw"}
+        )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Any:
+    clock = MemoryReactorClock()
+    clock.advance(NOW)
+    store = SqliteStore.open(tmp_path / "s.db", tmp_path / "s.key")
+    audit = AuditLog(io.StringIO(), clock.seconds)
+    authenticator = Authenticator(store, directory, Policy(), frozenset(), clock, audit=audit)
+    portal = Portal(
+        authenticator,
+        store,
+        policy=Policy(),
+        issuer="Example",
+        exempt_users=frozenset(),
+        audit=audit,
+        clock=clock.seconds,
+        sessions=Sessions(clock.seconds, idle=300, lifetime=3600),
+        per_user=AttemptLimiter(clock.seconds, 10, 300),
+        per_address=AttemptLimiter(clock.seconds, 30, 300),
+    )
+    built = make_site(portal, secure=True)
+    built.clock = clock  # for the tests
+    yield built
+    store.close()
+
+
+def test_session_expires_after_idle_time(site: Any) -> None:
+    """Signed in, the status page shows; 300 s idle later the sign-in form is back."""
+    browser = Browser(site)
+    assert browser.sign_in("alice")["status"] == 303
+    assert "Your MFA" in browser.request("GET", "/")["body"]
+    site.clock.advance(299)
+    assert "Your MFA" in browser.request("GET", "/")["body"]
+    site.clock.advance(300)
+    page = browser.request("GET", "/")
+    assert 'name="password"' in page["body"] and "Your MFA" not in page["body"]
+
+
+def test_cookies_are_secure_under_tls(site: Any) -> None:
+    """Over HTTPS the session cookie is Secure, HttpOnly and SameSite=Strict; HSTS is sent."""
+    browser = Browser(site)
+    reply = browser.sign_in("bob")
+    (cookie,) = [c for c in reply["headers"]["set-cookie"] if c.startswith("mfa_session=")]
+    assert all(flag in cookie.lower() for flag in ("secure", "httponly", "samesite=strict"))
+    assert reply["headers"]["strict-transport-security"] == ["max-age=31536000"]
+
+
+def test_post_from_another_origin_is_refused(site: Any) -> None:
+    """A form posted by another site (Origin header) gets 403 even with a token."""
+    browser = Browser(site)
+    token = browser.request("GET", "/")["csrf"]
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.5", 50000))
+    channel = site.buildProtocol(transport.getPeer())
+    channel.makeConnection(transport)
+    body = urlencode({"csrf": token, "username": "carol", "password": "carol-pw"}).encode()
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+    channel.dataReceived(
+        b"POST /sign-in HTTP/1.1\r\nHost: portal.test\r\nOrigin: https://evil.test\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nCookie: "
+        + cookie.encode()
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+        + body
+    )
+    assert transport.value().startswith(b"HTTP/1.1 403")
+
+
+def test_unknown_pages_are_404_and_wrong_methods_405(site: Any) -> None:
+    """Paths outside the portal are 404; a GET of a POST-only path is 405."""
+    browser = Browser(site)
+    assert browser.request("GET", "/admin")["status"] == 404
+    assert browser.request("GET", "/sign-in")["status"] == 405
+
+
+def test_set_up_page_is_not_cached_and_needs_a_session(site: Any) -> None:
+    """The page with the secret says no-store; without a session it redirects to sign-in."""
+    browser = Browser(site)
+    assert browser.request("GET", "/setup")["status"] == 303
+    browser.sign_in("dave")
+    page = browser.request("GET", "/setup")
+    assert page["status"] == 200 and 'id="secret-key"' in page["body"]
+    assert page["headers"]["cache-control"] == ["no-store"]
