@@ -44,7 +44,7 @@ class AuditLog:
     ) -> None:
         self._stream = stream
         self._wall_clock = wall_clock
-        self._setup_url = setup_url  # the portal: named on grace accepts, for LDAP's sake
+        self.setup_url = setup_url  # the portal: named on grace accepts, for LDAP's sake
         self.written = 0
 
     def record(self, decision: Decision, protocol: str, client: str, latency: float) -> None:
@@ -66,8 +66,8 @@ class AuditLog:
         }
         if decision.days_left is not None:
             fields["days_left"] = decision.days_left
-            if self._setup_url:
-                fields["setup_url"] = self._setup_url
+            if self.setup_url:
+                fields["setup_url"] = self.setup_url
         self._stream.write(_encode(fields) + "\n")
         self._stream.flush()
         self.written += 1

@@ -78,6 +78,13 @@ class Authenticator:
         )
         self._clock = clock
 
+    def reconfigure(self, policy: Policy, exempt_users: frozenset[str]) -> None:
+        """New MFA rules and exempt users, for logins that start from now on (SIGHUP)."""
+        self._policy = policy
+        self._exempt_users = frozenset(
+            name for name in map(normalize_username, exempt_users) if name
+        )
+
     def _now(self) -> int:
         return int(self._clock.seconds())
 

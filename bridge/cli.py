@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sqlite3
 import sys
 import time
@@ -55,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("run", parents=[config], help="run the daemon")
     commands.add_parser("check-config", parents=[config], help="validate the config file")
+    health = commands.add_parser(
+        "healthcheck", parents=[config], help="a Status-Server round trip to the local listener"
+    )
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (2)")
     user = commands.add_parser("user", help="manage users' MFA state")
     actions = user.add_subparsers(dest="action", required=True, parser_class=_Parser)
     for name, text in (
@@ -86,8 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"warning: {warning}", file=sys.stderr)
             print("config OK")
             return EXIT_OK
+        if args.command == "healthcheck":
+            return _healthcheck(config, args.timeout)
         if args.command == "run":
-            return _run(config)
+            return _run(config, args.config or default_config_path())
         return _user(args, config)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -199,28 +206,60 @@ _USER_ACTIONS: dict[str, Callable[[Admin, argparse.Namespace, int], int]] = {
 }
 
 
-def _run(config: Config) -> int:
+def _healthcheck(config: Config, timeout: float) -> int:
+    from bridge.health import HealthError, status_server  # noqa: PLC0415
+
+    try:
+        took = status_server(config, timeout)
+    except HealthError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"healthy: Status-Server answered in {took * 1000:.1f} ms")
+    return EXIT_OK
+
+
+def _run(config: Config, path: Path) -> int:
     from twisted.internet import reactor  # noqa: PLC0415 - the one global reactor
 
     from bridge.logs import start_logging  # noqa: PLC0415
-    from bridge.service import make_service  # noqa: PLC0415
+    from bridge.service import make_daemon, reload_config  # noqa: PLC0415
+    from bridge.systemd import Notifier  # noqa: PLC0415
 
     start_logging(config.log, sys.stderr)  # stdout carries the audit lines
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    service = make_service(config, reactor)
+    daemon = make_daemon(config, reactor)
+    notifier = Notifier()
     failed: list[str] = []
 
     def start() -> None:
         try:
-            service.startService()
+            daemon.service.startService()
         except Exception as exc:  # a port in use, a bad demo LDIF: say so and exit
             failed.append(str(exc))
-            service.stopService()  # stop what did start (the directory's threads)
+            daemon.service.stopService()  # stop what did start (the directory's threads)
             reactor.stop()
             return
-        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        reactor.addSystemEventTrigger("before", "shutdown", stop)
+        notifier.start_watchdog(reactor)
+        notifier.status("listening; waiting for the directory to answer")
+        daemon.directory_service.reached.addCallback(
+            lambda server: notifier.ready(f"serving; directory {server}")
+        )
 
+    def stop() -> Any:
+        notifier.stopping()
+        notifier.stop_watchdog()
+        return daemon.service.stopService()
+
+    def reload() -> None:
+        notifier.reloading()
+        reload_config(daemon, path)
+        notifier.reloaded("serving; config reloaded")
+
+    # A signal handler may run between any two bytecodes: hand the reload to the reactor.
+    from_thread: Any = reactor
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: from_thread.callFromThread(reload))
     reactor.callWhenRunning(start)
     reactor.run()
     if failed:

@@ -400,6 +400,18 @@ class Directory:
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = reactor
 
+    @property
+    def exempt_groups(self) -> tuple[str, ...]:
+        """Groups whose members need no code."""
+        return self._exempt_groups
+
+    @exempt_groups.setter
+    def exempt_groups(self, groups: tuple[str, ...]) -> None:
+        """New exempt groups (SIGHUP): remembered memberships are dropped if they changed."""
+        if groups != self._exempt_groups:
+            self._exempt_groups = groups
+            self._exempt = _Expiring(self._config.cache_ttl, self._monotonic)
+
     def start(self) -> None:
         """Start the thread that opens connections, and the operation deadline checks."""
         self.pool.start()

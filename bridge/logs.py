@@ -24,6 +24,9 @@ _LEVELS = {
 }
 
 
+_PREDICATE = LogLevelFilterPredicate()  # one level for all namespaces; set at start-up
+
+
 def observer(config: LogConfig, out: TextIO) -> ILogObserver:
     """An observer writing to `out` in the configured format, at the configured level."""
     inner = (
@@ -31,8 +34,13 @@ def observer(config: LogConfig, out: TextIO) -> ILogObserver:
         if config.format == "json"
         else textFileLogObserver(out)
     )
-    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[config.level])
-    return FilteringLogObserver(inner, [predicate])
+    _PREDICATE.setLogLevelForNamespace("", _LEVELS[config.level])  # "": every namespace
+    return FilteringLogObserver(inner, [_PREDICATE])
+
+
+def set_level(level: str) -> None:
+    """Change the level of the daemon's messages while it runs (SIGHUP)."""
+    _PREDICATE.setLogLevelForNamespace("", _LEVELS[level])
 
 
 def start_logging(config: LogConfig, out: TextIO) -> None:

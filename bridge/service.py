@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from twisted.application.internet import SSLServer, TCPServer, UDPServer
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from bridge.audit import open_audit
+from bridge.audit import AuditLog, open_audit
 from bridge.auth import Authenticator
-from bridge.config import Config, ConfigError, PortalConfig
+from bridge.config import Config, ConfigError, PortalConfig, load_config
 from bridge.core.policy import Policy
 from bridge.core.totp import TotpParams
 from bridge.directory import BindStatus, Directory
@@ -19,6 +22,7 @@ from bridge.ldap_proxy.login import LdapLogin
 from bridge.ldap_proxy.server import LdapProxyFactory, Settings
 from bridge.ldap_proxy.tls import TlsSetupError, server_tls_options
 from bridge.ldap_proxy.upstream import Opener
+from bridge.logs import set_level
 from bridge.portal.flows import Portal
 from bridge.portal.sessions import AttemptLimiter, Sessions
 from bridge.portal.web import make_site
@@ -44,29 +48,55 @@ def open_store(config: Config) -> SqliteStore:
     return SqliteStore.open(config.store.path, config.store.key_file)
 
 
-class DirectoryService(Service):
-    """Runs the directory's thread pool, and says at start-up whether a server answers."""
+PROBE_RETRY_SECONDS = 5.0
 
-    def __init__(self, directory: Directory) -> None:
+
+class DirectoryService(Service):
+    """Runs the directory's thread pool, and probes the servers until one has answered.
+
+    `reached` fires once a server has answered (systemd's READY waits for it); while none
+    does, logins are rejected and the probe is repeated every few seconds.
+    """
+
+    def __init__(self, directory: Directory, clock: Any) -> None:
         self.directory = directory
+        self._clock = clock
+        self.reached: Deferred[str] = Deferred()
+        self._retry: Any = None
+        self._failed_once = False
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
-        """Start the workers and probe the servers once."""
+        """Start the workers and probe the servers."""
         Service.startService(self)
         self.directory.start()
-        self.directory.probe().addCallback(self._probed)
+        self._probe()
+
+    def _probe(self) -> None:
+        self._retry = None
+        if self.running:
+            self.directory.probe().addCallback(self._probed)
 
     def _probed(self, result: Any) -> None:
         if result.status is BindStatus.OK:
             log.info("directory.ready server={server}", server=result.server)
-        else:
+            if not self.reached.called:
+                self.reached.callback(result.server)
+            return
+        if not self._failed_once:
+            self._failed_once = True
             log.error(
-                "directory.unavailable: no server answered; logins are rejected until one does"
+                "directory.unavailable: no server answered; logins are rejected until one"
+                " does (trying again every {seconds:g} s)",
+                seconds=PROBE_RETRY_SECONDS,
             )
+        if self.running:
+            self._retry = self._clock.callLater(PROBE_RETRY_SECONDS, self._probe)
 
     def stopService(self) -> None:  # noqa: N802
         """Stop the workers and close connections."""
         Service.stopService(self)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         self.directory.stop()
 
 
@@ -96,66 +126,153 @@ class StoreService(Service):
         self.store.close()
 
 
-def make_service(config: Config, reactor: Any, stdout: TextIO = sys.stdout) -> MultiService:
-    """The whole daemon as a MultiService; children start in the order they are added."""
-    top = MultiService()
-    try:
-        public_url = config.portal.public_url if config.portal is not None else None
-        audit, audit_file = open_audit(config.log.audit, stdout, public_url)
-    except OSError as exc:
-        raise ConfigError([f"log.audit: cannot open {config.log.audit}: {exc.strerror}"]) from exc
-    if audit_file is not None:
-        top.addService(ClosingService(audit_file))
-    if config.demo is not None:
-        from bridge.demo import demo_service  # noqa: PLC0415 - only the demo needs ldaptor's server
+class Daemon:
+    """The whole daemon: its service tree (`service`), and the parts a reload reconfigures."""
 
-        demo = config.demo
-        top.addService(demo_service(demo.ldif, demo.listen_host, demo.listen_port, reactor))
-    store = open_store(config)
-    writes = WriteBatcher(store, reactor)
-    top.addService(StoreService(store, writes))
-    directory = Directory(config.directory, config.mfa.exempt_groups, reactor)
-    top.addService(DirectoryService(directory))
-    authenticator = Authenticator(
-        store,
-        directory.authenticate,
-        policy_from(config),
-        frozenset(config.mfa.exempt_users),
-        reactor,
-        audit=audit,
-        writes=writes,
-    )
-    radius = RadiusProtocol(config.radius, authenticator, reactor, setup_url=public_url)
-    udp = UDPServer(
-        config.radius.listen_port, radius, interface=config.radius.listen_host, reactor=reactor
-    )
-    top.addService(udp)
-    top.radius = radius  # type: ignore[attr-defined]
-    if config.ldap_proxy is not None:
-        top.addService(ldap_proxy_service(config, LdapLogin(authenticator), reactor))
-    if config.portal is not None:
-        portal = Portal(
-            authenticator,
-            store,
-            policy=policy_from(config),
-            issuer=config.mfa.issuer,
-            exempt_users=frozenset(config.mfa.exempt_users),
-            audit=audit,
-            clock=reactor.seconds,
-            sessions=Sessions(
-                reactor.seconds, config.portal.session_idle, config.portal.session_max
-            ),
-            per_user=AttemptLimiter(
-                reactor.seconds, config.portal.max_attempts_per_user, config.portal.attempt_window
-            ),
-            per_address=AttemptLimiter(
-                reactor.seconds,
-                config.portal.max_attempts_per_address,
-                config.portal.attempt_window,
-            ),
+    def __init__(self, config: Config, reactor: Any, stdout: TextIO) -> None:
+        self.service = MultiService()  # children start in the order they are added
+        self.config = config
+        public_url = config.portal.public_url if config.portal is not None else None
+        try:
+            self.audit, audit_file = open_audit(config.log.audit, stdout, public_url)
+        except OSError as exc:
+            problem = f"log.audit: cannot open {config.log.audit}: {exc.strerror}"
+            raise ConfigError([problem]) from exc
+        if audit_file is not None:
+            self.service.addService(ClosingService(audit_file))
+        if config.demo is not None:
+            from bridge.demo import demo_service  # noqa: PLC0415 - only the demo needs it
+
+            demo = config.demo
+            self.service.addService(
+                demo_service(demo.ldif, demo.listen_host, demo.listen_port, reactor)
+            )
+        self.store = open_store(config)
+        writes = WriteBatcher(self.store, reactor)
+        self.service.addService(StoreService(self.store, writes))
+        self.directory = Directory(config.directory, config.mfa.exempt_groups, reactor)
+        self.directory_service = DirectoryService(self.directory, reactor)
+        self.service.addService(self.directory_service)
+        self.authenticator = Authenticator(
+            self.store,
+            self.directory.authenticate,
+            policy_from(config),
+            frozenset(config.mfa.exempt_users),
+            reactor,
+            audit=self.audit,
+            writes=writes,
         )
-        top.addService(portal_service(config.portal, portal, reactor))
-    return top
+        self.radius = RadiusProtocol(
+            config.radius, self.authenticator, reactor, setup_url=public_url
+        )
+        self.service.addService(
+            UDPServer(
+                config.radius.listen_port,
+                self.radius,
+                interface=config.radius.listen_host,
+                reactor=reactor,
+            )
+        )
+        if config.ldap_proxy is not None:
+            self.service.addService(
+                ldap_proxy_service(config, LdapLogin(self.authenticator), reactor)
+            )
+        self.portal: Portal | None = None
+        if config.portal is not None:
+            self.portal = make_portal(config, self.authenticator, self.store, self.audit, reactor)
+            self.service.addService(portal_service(config.portal, self.portal, reactor))
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply what can change while running; returns the changed settings that cannot.
+
+        RADIUS clients, secrets, mode and timings, the MFA rules and exemptions, the
+        portal's URL in messages and the log level take effect for the next request;
+        logins in flight finish with the settings they started with.
+        """
+        old, self.config = self.config, new
+        public_url = new.portal.public_url if new.portal is not None else None
+        self.radius.reconfigure(new.radius, setup_url=public_url)
+        self.authenticator.reconfigure(policy_from(new), frozenset(new.mfa.exempt_users))
+        self.directory.exempt_groups = new.mfa.exempt_groups
+        self.audit.setup_url = public_url
+        if self.portal is not None:
+            self.portal.reconfigure(policy_from(new), new.mfa.issuer, new.mfa.exempt_users)
+        return restart_needed(old, new)
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The settings that differ between `old` and `new` and only a restart applies."""
+    changed = []
+    if (old.radius.listen_host, old.radius.listen_port) != (
+        new.radius.listen_host,
+        new.radius.listen_port,
+    ):
+        changed.append("radius.listen")
+    for section in ("directory", "store", "ldap_proxy", "demo"):
+        if getattr(old, section) != getattr(new, section):
+            changed.append(section)
+    if _but_the_url(old.portal) != _but_the_url(new.portal):
+        changed.append("portal")
+    if old.log.audit != new.log.audit:
+        changed.append("log.audit")
+    if old.log.format != new.log.format:
+        changed.append("log.format")
+    return changed
+
+
+def _but_the_url(portal: PortalConfig | None) -> PortalConfig | None:
+    return replace(portal, public_url=None) if portal is not None else None
+
+
+def reload_config(daemon: Daemon, path: Path) -> bool:
+    """Re-read the config file (SIGHUP); a config with errors is logged and not used."""
+    try:
+        new = load_config(path)
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        problems = ()
+    if problems:
+        for problem in problems:
+            log.error("config.reload-rejected problem={problem}", problem=problem)
+        log.error("config.reload-rejected: the running config stays in force")
+        return False
+    pending = daemon.reload(new)
+    set_level(new.log.level)
+    if pending:
+        log.warn(
+            "config.reload-partial restart-needed={settings}: these changes take effect"
+            " at the next restart",
+            settings=", ".join(pending),
+        )
+    log.info("config.reloaded")
+    return True
+
+
+def make_daemon(config: Config, reactor: Any, stdout: TextIO = sys.stdout) -> Daemon:
+    """The whole daemon, not yet started (`daemon.service.startService()`)."""
+    return Daemon(config, reactor, stdout)
+
+
+def make_portal(
+    config: Config, authenticator: Authenticator, store: SqliteStore, audit: AuditLog, reactor: Any
+) -> Portal:
+    """The portal's logic with its sessions and attempt limits."""
+    portal = config.portal
+    assert portal is not None  # only called when the section is present
+    clock = reactor.seconds
+    return Portal(
+        authenticator,
+        store,
+        policy=policy_from(config),
+        issuer=config.mfa.issuer,
+        exempt_users=frozenset(config.mfa.exempt_users),
+        audit=audit,
+        clock=clock,
+        sessions=Sessions(clock, portal.session_idle, portal.session_max),
+        per_user=AttemptLimiter(clock, portal.max_attempts_per_user, portal.attempt_window),
+        per_address=AttemptLimiter(clock, portal.max_attempts_per_address, portal.attempt_window),
+    )
 
 
 def portal_service(config: PortalConfig, portal: Portal, reactor: Any) -> Service:

@@ -174,8 +174,8 @@ class Bridge:
             timeout=60,
         )
 
-    def start(self, timeout: float = 15.0) -> None:
-        """Start the daemon and wait until it answers Status-Server."""
+    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> None:
+        """Start the daemon (with `env` added to its environment); wait for Status-Server."""
         self.write_config()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -183,6 +183,7 @@ class Bridge:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
         log.close()
         client = RadiusClient(
@@ -212,6 +213,12 @@ class Bridge:
         code = self.proc.returncode
         self.proc = None
         return code
+
+    def reload(self) -> None:
+        """Write the config as it now stands and send SIGHUP."""
+        assert self.proc is not None
+        self.write_config()
+        self.proc.send_signal(signal.SIGHUP)
 
     def log(self) -> str:
         try:

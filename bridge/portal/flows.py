@@ -85,6 +85,12 @@ class Portal:
         self._per_address = per_address
         self._exempt_sessions: set[str] = set()  # members of exempt groups, by session id
 
+    def reconfigure(self, policy: Policy, issuer: str, exempt_users: tuple[str, ...]) -> None:
+        """New MFA rules, issuer name and exempt users (SIGHUP)."""
+        self._policy = policy
+        self._issuer = issuer
+        self._exempt = frozenset(n for n in map(normalize_username, exempt_users) if n)
+
     def _now(self) -> int:
         return int(self._clock())
 

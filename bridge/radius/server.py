@@ -91,6 +91,18 @@ class RadiusProtocol(DatagramProtocol):
         self._pending: dict[CacheKey, IDelayedCall] = {}  # rejects waiting out the delay
         self.counters: Counter[str] = Counter()
 
+    def reconfigure(self, config: RadiusConfig, *, setup_url: str | None = None) -> None:
+        """New clients, secrets, mode and timings for the next request (SIGHUP).
+
+        Replies already cached keep answering retransmissions; challenges issued stay
+        valid for their user and client.
+        """
+        self._config = config
+        self._mode = Mode(config.mode)
+        self._clients = sorted(config.clients, key=lambda c: c.network.prefixlen, reverse=True)
+        self._client_of.clear()
+        self._setup_url = setup_url
+
     def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
         """Cancel reject delays still waiting when the listener goes away."""
         for call in self._pending.values():

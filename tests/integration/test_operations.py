@@ -1,0 +1,183 @@
+"""Running it like an appliance: healthcheck, systemd's notify protocol, SIGHUP reload."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_binary
+from tests.harness import REPO, Bridge, RadiusClient
+
+pytestmark = pytest.mark.integration
+
+MakeBridge = Callable[..., Bridge]
+ClientFor = Callable[..., RadiusClient]
+UNIT = REPO / "systemd" / "mfa-bridge.service"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `condition` (a log line, a datagram) until it holds or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# --- healthcheck ---------------------------------------------------------------------------
+
+
+def test_healthcheck_answers_for_a_running_daemon(make_bridge: MakeBridge) -> None:
+    """`mfa-bridge healthcheck` exits 0 with the round-trip time while the daemon runs."""
+    bridge = make_bridge()
+    result = bridge.cli("healthcheck")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("healthy: Status-Server answered in ")
+
+
+def test_healthcheck_fails_when_nothing_answers(make_bridge: MakeBridge) -> None:
+    """With the daemon stopped the check exits 1 and says there was no answer."""
+    bridge = make_bridge(start=False)
+    result = bridge.cli("healthcheck", "--timeout", "0.3")
+    assert result.returncode == 1
+    assert result.stderr.startswith("unhealthy: no answer from 127.0.0.1:")
+
+
+def test_healthcheck_needs_a_loopback_client_entry(make_bridge: MakeBridge) -> None:
+    """Without a client entry for 127.0.0.1 the check says what to add."""
+    bridge = make_bridge(start=False, clients=[{"address": "192.0.2.1", "secret": "s" * 20}])
+    result = bridge.cli("healthcheck")
+    assert result.returncode == 1
+    assert "no radius.clients entry covers 127.0.0.1" in result.stderr
+
+
+# --- systemd -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def messages(sock: socket.socket) -> list[str]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return out
+
+
+def test_ready_after_the_directory_answered_then_watchdog_pings(
+    make_bridge: MakeBridge, notify_socket: socket.socket
+) -> None:
+    """READY=1 once listening and the directory answered; WATCHDOG=1 at half WATCHDOG_USEC."""
+    bridge = make_bridge(start=False)
+    env = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "400000"}
+    bridge.start(env=env)
+    seen: list[str] = []
+
+    def pinged_twice_after_ready() -> bool:
+        seen.extend(messages(notify_socket))
+        ready = [i for i, m in enumerate(seen) if "READY=1" in m]
+        return bool(ready) and sum("WATCHDOG=1" in m for m in seen[ready[0] :]) >= 2
+
+    assert wait_for(pinged_twice_after_ready), seen
+    ready = next(m for m in seen if "READY=1" in m)
+    assert "STATUS=serving; directory ldap://127.0.0.1:" in ready
+    bridge.stop()
+    seen.extend(messages(notify_socket))
+    assert any("STOPPING=1" in m for m in seen)
+
+
+def test_no_ready_while_the_directory_is_down(
+    make_bridge: MakeBridge, notify_socket: socket.socket
+) -> None:
+    """With no directory reachable the daemon serves, but does not tell systemd it is ready."""
+
+    def unreachable(config: dict[str, object]) -> None:
+        config["directory"]["urls"] = ["ldap://127.0.0.1:9"]  # type: ignore[index]
+
+    bridge = make_bridge(start=False, change=unreachable)
+    bridge.start(env={"NOTIFY_SOCKET": notify_socket.getsockname()})
+    assert wait_for(lambda: "directory.unavailable" in bridge.log())
+    sent = messages(notify_socket)
+    assert not any("READY=1" in m for m in sent), sent
+    assert any("waiting for the directory" in m for m in sent)
+
+
+def test_unit_file_verifies_and_rates_ok(tmp_path: Path) -> None:
+    """systemd-analyze verifies the unit and rates its exposure at 2.0 or lower."""
+    analyze = require_binary("systemd-analyze")
+    here = f"{sys.prefix}/bin/mfa-bridge"  # verify wants the programs it names to exist
+    copy = tmp_path / "mfa-bridge.service"
+    copy.write_text(UNIT.read_text().replace("/opt/mfa-bridge/bin/mfa-bridge", here))
+    verify = subprocess.run(
+        [analyze, "verify", str(copy)], check=False, capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stderr
+    rated = subprocess.run(
+        [analyze, "security", "--offline=yes", "--threshold=20", str(UNIT)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert rated.returncode == 0, rated.stdout[-2000:]
+    marker = "Overall exposure level for mfa-bridge.service:"
+    score = float(rated.stdout.rsplit(marker, 1)[1].split()[0])
+    assert score <= 2.0
+
+
+# --- reload --------------------------------------------------------------------------------
+
+
+def test_sighup_applies_a_new_client_secret(make_bridge: MakeBridge, client_for: ClientFor) -> None:
+    """After SIGHUP with a new secret, the old one is dropped and the new one is answered."""
+    bridge = make_bridge()
+    old = client_for(bridge)
+    assert old.status() is not None
+    bridge.config["radius"]["clients"][0]["secret"] = "a-new-shared-secret-42"
+    bridge.reload()
+    assert wait_for(lambda: "config.reloaded" in bridge.log()), bridge.log()
+    new = client_for(bridge, secret=b"a-new-shared-secret-42")
+    assert new.status() is not None
+    assert old.status(timeout=0.5) is None  # its Message-Authenticator no longer verifies
+
+
+def test_sighup_with_a_bad_config_keeps_the_running_one(
+    make_bridge: MakeBridge, client_for: ClientFor
+) -> None:
+    """A config with errors is rejected with each problem logged; the daemon goes on as before."""
+    bridge = make_bridge()
+    bridge.config["radius"]["mode"] = "sometimes"
+    bridge.reload()
+    assert wait_for(lambda: "the running config stays in force" in bridge.log()), bridge.log()
+    assert "radius.mode: must be one of append, challenge, auto" in bridge.log()
+    assert client_for(bridge).status() is not None
+
+
+def test_sighup_reports_settings_that_need_a_restart(
+    make_bridge: MakeBridge, client_for: ClientFor
+) -> None:
+    """A changed store path is reported as needing a restart; the rest is applied."""
+    bridge = make_bridge()
+    bridge.config["store"]["path"] = str(bridge.workdir / "elsewhere.db")
+    bridge.config["mfa"]["exempt_users"] = ["oscar"]
+    bridge.reload()
+    assert wait_for(lambda: "config.reloaded" in bridge.log()), bridge.log()
+    assert "restart-needed=store" in bridge.log()
+    reply = client_for(bridge).login("oscar", "oscar-pw")
+    assert reply is not None and reply.accepted
+    assert bridge.audit_reasons()[-1] == "exempt"
