@@ -45,10 +45,18 @@ class AuditLog:
         self._stream = stream
         self._wall_clock = wall_clock
         self.setup_url = setup_url  # the portal: named on grace accepts, for LDAP's sake
+        self.observers: list[Callable[[Decision, str, str], None]] = []  # the metrics
         self.written = 0
 
-    def record(self, decision: Decision, protocol: str, client: str, latency: float) -> None:
-        """One line for one decision; flushed at once so a crash loses no decision."""
+    def record(
+        self, decision: Decision, protocol: str, client: str, latency: float, label: str = ""
+    ) -> None:
+        """One line for one decision; flushed at once so a crash loses no decision.
+
+        `label` names the client for the metrics (a RADIUS client's name, never an address).
+        """
+        for observe in self.observers:
+            observe(decision, protocol, label)
         if self._stream is None:
             return
         fields = {

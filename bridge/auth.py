@@ -42,6 +42,7 @@ class Caller:
 
     protocol: str
     client: str
+    label: str = ""  # for the metrics: a configured client's name, never an address
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,5 +180,5 @@ class Authenticator:
 
     def _audit(self, decision: Decision, caller: Caller, started: float) -> Decision:
         latency = self._clock.seconds() - started
-        self._audit_log.record(decision, caller.protocol, caller.client, latency)
+        self._audit_log.record(decision, caller.protocol, caller.client, latency, caller.label)
         return decision

@@ -143,6 +143,14 @@ class PortalConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint; absent section, no listener."""
+
+    listen_host: str
+    listen_port: int
+
+
+@dataclass(frozen=True, slots=True)
 class DemoConfig:
     """An embedded in-memory directory loaded from an LDIF file, for trying the bridge."""
 
@@ -170,6 +178,7 @@ class Config:
     radius: RadiusConfig
     ldap_proxy: LdapProxyConfig | None
     portal: PortalConfig | None
+    metrics: MetricsConfig | None
     demo: DemoConfig | None
     log: LogConfig
     warnings: tuple[str, ...]
@@ -987,6 +996,7 @@ _SECTIONS: Final = (
     "radius",
     "ldap_proxy",
     "portal",
+    "metrics",
     "demo",
     "log",
 )
@@ -1013,6 +1023,7 @@ def parse_config(data: object, base_dir: Path) -> Config:
     ldap_proxy_data = top.section("ldap_proxy")
     demo_data = top.section("demo")
     portal_data = top.section("portal")
+    metrics_data = top.section("metrics")
 
     directory = _directory(report, directory_data) if directory_data is not None else None
     mfa = _mfa(report, top.section("mfa") or {})
@@ -1021,6 +1032,10 @@ def parse_config(data: object, base_dir: Path) -> Config:
     ldap_proxy = _ldap_proxy(report, ldap_proxy_data) if ldap_proxy_data is not None else None
     demo = _demo(report, demo_data) if demo_data is not None else None
     portal = _portal(report, portal_data) if portal_data is not None else None
+    metrics = None
+    if metrics_data is not None:
+        host, port = _Map(report, "metrics", metrics_data, ("listen",)).listen("listen", None)
+        metrics = MetricsConfig(host, port)
     log = _log(report, top.section("log") or {})
 
     if ldap_proxy is not None and demo is not None:
@@ -1040,6 +1055,7 @@ def parse_config(data: object, base_dir: Path) -> Config:
         radius=radius,
         ldap_proxy=ldap_proxy,
         portal=portal,
+        metrics=metrics,
         demo=demo,
         log=log,
         warnings=tuple(report.warnings),

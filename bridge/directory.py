@@ -399,6 +399,8 @@ class Directory:
         self._reactor = reactor
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = reactor
+        self.on_latency: Callable[[float], None] | None = None  # seconds per password check
+        self.on_failover: Callable[[str], None] | None = None  # a server given up
 
     @property
     def exempt_groups(self) -> tuple[str, ...]:
@@ -458,6 +460,16 @@ class Directory:
         return BindResult(BindStatus.UNAVAILABLE)
 
     async def _authenticate(self, username: str, password: str, bind: Binder | None) -> BindResult:
+        started = self._monotonic()
+        try:
+            return await self._authenticate_once(username, password, bind)
+        finally:
+            if self.on_latency is not None:
+                self.on_latency(self._monotonic() - started)
+
+    async def _authenticate_once(
+        self, username: str, password: str, bind: Binder | None
+    ) -> BindResult:
         for server in self._ordered():
             try:
                 await server.ready()
@@ -514,6 +526,8 @@ class Directory:
 
     def _failed(self, server: _Server, exc: Exception) -> None:
         server.fail(exc)
+        if self.on_failover is not None:
+            self.on_failover(server.url)
         now = self._monotonic()
         already_down = self._down_until.get(server.url, 0.0) > now
         self._down_until[server.url] = now + HOLD_DOWN_SECONDS

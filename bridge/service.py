@@ -23,6 +23,7 @@ from bridge.ldap_proxy.server import LdapProxyFactory, Settings
 from bridge.ldap_proxy.tls import TlsSetupError, server_tls_options
 from bridge.ldap_proxy.upstream import Opener
 from bridge.logs import set_level
+from bridge.metrics import Metrics, metrics_site
 from bridge.portal.flows import Portal
 from bridge.portal.sessions import AttemptLimiter, Sessions
 from bridge.portal.web import make_site
@@ -177,6 +178,22 @@ class Daemon:
             self.service.addService(
                 ldap_proxy_service(config, LdapLogin(self.authenticator), reactor)
             )
+        if config.metrics is not None:
+            metrics = Metrics()
+            self.audit.observers.append(metrics.decision)
+            self.directory.on_latency = metrics.directory_seconds.observe
+            self.directory.on_failover = lambda url: metrics.directory_failovers.labels(url).inc()
+            metrics.watch_radius(self.radius.counters)
+            metrics.watch_store(self.store, reactor.seconds)
+            listen = config.metrics
+            self.service.addService(
+                TCPServer(
+                    listen.listen_port,
+                    metrics_site(metrics),
+                    interface=listen.listen_host,
+                    reactor=reactor,
+                )
+            )
         self.portal: Portal | None = None
         if config.portal is not None:
             self.portal = make_portal(config, self.authenticator, self.store, self.audit, reactor)
@@ -208,7 +225,7 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         new.radius.listen_port,
     ):
         changed.append("radius.listen")
-    for section in ("directory", "store", "ldap_proxy", "demo"):
+    for section in ("directory", "store", "ldap_proxy", "metrics", "demo"):
         if getattr(old, section) != getattr(new, section):
             changed.append(section)
     if _but_the_url(old.portal) != _but_the_url(new.portal):

@@ -170,7 +170,7 @@ class RadiusProtocol(DatagramProtocol):
     def _access_request(
         self, request: Request, client: RadiusClient, key: CacheKey, addr: Address
     ) -> None:
-        caller = Caller("radius", f"{client.name}({addr[0]})")
+        caller = Caller("radius", f"{client.name}({addr[0]})", client.name)
         user = request.user_name or ""
         if request.has_chap or request.has_eap or request.password is None:
             decision = self._auth.refuse(user, Reason.UNSUPPORTED, caller)
@@ -208,7 +208,7 @@ class RadiusProtocol(DatagramProtocol):
         addr: Address,
     ) -> None:
         log.failure("radius.login-error client={client}", failure, client=addr[0])
-        caller = Caller("radius", f"{client.name}({addr[0]})")
+        caller = Caller("radius", f"{client.name}({addr[0]})", client.name)
         decision = self._auth.refuse(request.user_name or "", Reason.INTERNAL_ERROR, caller)
         self._answer(decision, request, client, key, addr)
 

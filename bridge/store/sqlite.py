@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bridge.core.types import LockReason, State, UserRecord
 from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
@@ -138,6 +138,10 @@ class SqliteStore:
         """The user's record, or None when the bridge has never seen them."""
         row = self._db.execute(_SELECT_ONE, (username,)).fetchone()
         return self._record(row) if row else None
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> builtins.list[tuple[Any, ...]]:
+        """Rows of a read-only statement (counts for the metrics)."""
+        return self._db.execute(sql, params).fetchall()
 
     def list(self) -> list[UserRecord]:
         """Every record, by user name."""

@@ -6,13 +6,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import require_binary
-from tests.harness import REPO, Bridge, RadiusClient
+from tests.harness import REPO, Bridge, RadiusClient, free_tcp_port
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +183,58 @@ def test_sighup_reports_settings_that_need_a_restart(
     reply = client_for(bridge).login("oscar", "oscar-pw")
     assert reply is not None and reply.accepted
     assert bridge.audit_reasons()[-1] == "exempt"
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The metrics page as {'name{labels}': value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_decisions_drops_lockouts_and_users(
+    make_bridge: MakeBridge, client_for: ClientFor
+) -> None:
+    """The Prometheus page counts decisions by reason and client, drops, lockouts and states."""
+    port = free_tcp_port()
+
+    def with_metrics(config: dict[str, Any]) -> None:
+        config["metrics"] = {"listen": f"127.0.0.1:{port}"}
+        config["radius"]["clients"][0]["name"] = "vpn"
+
+    bridge = make_bridge(change=with_metrics, mode="append")
+    client = client_for(bridge)
+    assert bridge.cli("user", "enroll", "trent").returncode == 0
+    grace = client.login("peggy", "peggy-pw")
+    assert grace is not None and grace.accepted
+    wrong = client.login("peggy", "nope")
+    assert wrong is not None and wrong.rejected
+    for _ in range(3):  # max_failures is 3 in the tests' config
+        client.login("trent", "trent-pw000000")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        raw.sendto(b"\x01\x02garbage", ("127.0.0.1", bridge.port))
+    dropped = "mfa_bridge_radius_dropped_total"
+    assert wait_for(lambda: any(k.startswith(dropped) for k in scrape(port)))
+    samples = scrape(port)
+
+    def decisions(outcome: str, reason: str) -> float:
+        labels = f'client="vpn",outcome="{outcome}",protocol="radius",reason="{reason}"'
+        return samples[f"mfa_bridge_decisions_total{{{labels}}}"]
+
+    assert decisions("accept", "grace") == 1
+    assert decisions("reject", "bad-password") == 1
+    assert decisions("reject", "wrong-code") == 3
+    assert samples['mfa_bridge_lockouts_total{reason="failures"}'] == 1
+    assert samples['mfa_bridge_users{state="grace"}'] == 1
+    assert samples['mfa_bridge_users{state="locked"}'] == 1
+    assert samples["mfa_bridge_enrollment_deadlines_next_7_days"] == 0
+    assert sum(v for k, v in samples.items() if k.startswith(dropped)) == 1
+    assert samples["mfa_bridge_directory_seconds_count"] >= 5

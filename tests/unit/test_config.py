@@ -173,6 +173,7 @@ log:
             allow_anonymous=True,
         ),
         portal=None,
+        metrics=None,
         demo=DemoConfig(ldif=ldif, listen_host="127.0.0.1", listen_port=0),
         log=LogConfig(level="debug", format="json"),
         warnings=(),

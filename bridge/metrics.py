@@ -1,0 +1,153 @@
+"""Prometheus metrics (`metrics.listen`): what admins watch from their existing tools.
+
+Decisions are counted as the audit log writes them (by protocol, outcome, reason and,
+for RADIUS, the configured client name: never an address, so the label set stays
+bounded). RADIUS packet counters are read from the listener when scraped; users by
+state and enrollment deadlines due within 7 days are read from the store when scraped.
+The page is rendered in the reactor's thread (collecting is a few counters and one
+small query), so the store is never used from two threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from bridge.core.types import Decision, State
+from bridge.store import SqliteStore
+
+WEEK = 7 * 86_400
+_STATES = ("grace", "pending", "active", "locked")
+_USERS_BY_STATE = (
+    "SELECT CASE WHEN state IN ('grace', 'pending') AND deadline IS NOT NULL"
+    " AND deadline <= ? THEN 'locked' ELSE state END, count(*) FROM users GROUP BY 1"
+)
+_DUE_SOON = (
+    "SELECT count(*) FROM users WHERE state IN ('grace', 'pending')"
+    " AND deadline > ? AND deadline <= ?"
+)
+
+
+class Metrics:
+    """The daemon's metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "mfa_bridge_decisions",
+            "Login decisions, by protocol, RADIUS client name, outcome and reason",
+            ("protocol", "client", "outcome", "reason"),
+            registry=self.registry,
+        )
+        self.lockouts = Counter(
+            "mfa_bridge_lockouts",
+            "Users locked by a login (too many wrong codes, or the enrollment period ended)",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.directory_seconds = Histogram(
+            "mfa_bridge_directory_seconds",
+            "Time the directory took to check a password (search, if any, and bind)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self.directory_failovers = Counter(
+            "mfa_bridge_directory_failovers",
+            "Times a directory server was given up for the next (unreachable, timed out)",
+            ("server",),
+            registry=self.registry,
+        )
+
+    def decision(self, decision: Decision, protocol: str, client_name: str) -> None:
+        """Count one decision (called by the audit log for every line it writes)."""
+        outcome, reason = decision.outcome.value, decision.reason.value
+        self.decisions.labels(protocol, client_name, outcome, reason).inc()
+        if decision.state_after is State.LOCKED and decision.state_before is not State.LOCKED:
+            lock = decision.lock_reason.value if decision.lock_reason else "unknown"
+            self.lockouts.labels(lock).inc()
+
+    def watch_radius(self, counters: Mapping[str, int]) -> None:
+        """Export the RADIUS listener's packet counters (read when scraped)."""
+        self.registry.register(_RadiusCollector(counters))
+
+    def watch_store(self, store: SqliteStore, clock: Callable[[], float]) -> None:
+        """Export users by state and deadlines due within 7 days (read when scraped)."""
+        self.registry.register(_StoreCollector(store, clock))
+
+
+class _RadiusCollector(Collector):
+    def __init__(self, counters: Mapping[str, int]) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[Any]:
+        packets = CounterMetricFamily(
+            "mfa_bridge_radius_packets", "RADIUS datagrams received, by kind", labels=["kind"]
+        )
+        dropped = CounterMetricFamily(
+            "mfa_bridge_radius_dropped", "RADIUS datagrams dropped, by cause", labels=["cause"]
+        )
+        for name, value in sorted(self._counters.items()):
+            if name.startswith("dropped."):
+                dropped.add_metric([name.removeprefix("dropped.")], value)
+            elif name in ("packets", "access-requests", "status-server", "duplicates"):
+                packets.add_metric([name], value)
+        yield packets
+        yield dropped
+
+
+class _StoreCollector(Collector):
+    def __init__(self, store: SqliteStore, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._clock = clock
+
+    def collect(self) -> Iterator[Any]:
+        now = int(self._clock())
+        counts = dict.fromkeys(_STATES, 0)
+        for state, count in self._store.query(_USERS_BY_STATE, (now,)):
+            counts[str(state)] = int(count)
+        users = GaugeMetricFamily(
+            "mfa_bridge_users", "Users the bridge knows, by MFA state", labels=["state"]
+        )
+        for state in _STATES:
+            users.add_metric([state], counts[state])
+        yield users
+        ((due,),) = self._store.query(_DUE_SOON, (now, now + WEEK))
+        yield GaugeMetricFamily(
+            "mfa_bridge_enrollment_deadlines_next_7_days",
+            "Users in their enrollment period whose deadline falls in the next 7 days",
+            value=int(due),
+        )
+
+
+class MetricsResource(Resource):
+    """GET /metrics: the registry in Prometheus's text format."""
+
+    isLeaf = True  # noqa: N815 - Twisted's name
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        Resource.__init__(self)
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802 - Twisted's name
+        """The page Prometheus scrapes (any path)."""
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        body: bytes = generate_latest(self._registry)
+        return body
+
+
+class _QuietSite(Site):
+    def log(self, request: http.Request) -> None:
+        """Scrapes are not logged."""
+
+
+def metrics_site(metrics: Metrics) -> Site:
+    """The metrics endpoint as a twisted.web Site (no request log)."""
+    return _QuietSite(MetricsResource(metrics.registry))  # type: ignore[no-untyped-call]
