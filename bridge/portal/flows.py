@@ -8,6 +8,8 @@ change the store only at the moment a code from the new secret is entered.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,13 +20,15 @@ from twisted.internet.defer import Deferred, succeed
 from bridge.admin import describe
 from bridge.audit import AuditLog
 from bridge.auth import Authenticator, Caller, LoginOutcome
-from bridge.core.credentials import normalize_username
+from bridge.core.credentials import is_code, normalize_username
 from bridge.core.policy import Mode, Policy, check_code
 from bridge.core.selfservice import SetupResult, confirm_secret, may_set_up
 from bridge.core.totp import encode_secret, new_secret, provisioning_uri
 from bridge.core.types import Decision, Outcome, Reason, State, UserRecord
 from bridge.portal.sessions import AttemptLimiter, Session, Sessions
 from bridge.store import SqliteStore
+
+PROOF_SECONDS = 300  # a proof of the old device is good for this long
 
 
 class SignInResult(StrEnum):
@@ -81,9 +85,8 @@ class Portal:
         self._audit = audit
         self._clock = clock
         self.sessions = sessions
-        self._per_user = per_user
-        self._per_address = per_address
-        self._exempt_sessions: set[str] = set()  # members of exempt groups, by session id
+        self._per_user = per_user  # counts failures only: nobody can block a user's sign-in
+        self._per_address = per_address  # counts every attempt
 
     def reconfigure(self, policy: Policy, issuer: str, exempt_users: tuple[str, ...]) -> None:
         """New MFA rules, issuer name and exempt users (SIGHUP)."""
@@ -95,31 +98,51 @@ class Portal:
         return int(self._clock())
 
     def _allowed(self, username: str | None, client: str) -> bool:
+        """Under both limits (an attempt from `client` is counted here)."""
         if not self._per_address.allow(client):
             return False
-        return username is None or self._per_user.allow(username)
+        return username is None or not self._per_user.exceeded(username)
+
+    def _failed(self, username: str | None) -> None:
+        if username is not None:
+            self._per_user.count(username)
 
     def sign_in(self, raw_username: str, password: str, code: str, client: str) -> Deferred[SignIn]:
-        """Check the password (and the code, when given) exactly as a login."""
-        if not self._allowed(normalize_username(raw_username), client):
+        """Check the password (and the code, when given) exactly as a login.
+
+        Without a code the password is the whole field (an enrolled user is then asked
+        for the code); a code is appended only for a user who has a secret, so the
+        directory never sees a code as part of a password.
+        """
+        username = normalize_username(raw_username)
+        if not self._allowed(username, client):
             return succeed(SignIn(SignInResult.LIMITED))
         code = code.strip()
-        field = password + code if code and password else password
-        d = self._auth.login_outcome(raw_username, field, Mode.APPEND, Caller("portal", client))
-        return d.addCallback(self._signed_in)
+        if code and not is_code(code, self._policy.totp.digits):
+            self._failed(username)
+            return succeed(SignIn(SignInResult.WRONG_CODE))
+        record = self._store.get(username) if username and code else None
+        caller = Caller("portal", client)
+        if code and record is not None and record.secret is not None:
+            d = self._auth.login_outcome(raw_username, password + code, Mode.APPEND, caller)
+        else:
+            d = self._auth.login_outcome(raw_username, password, Mode.CHALLENGE, caller)
+        return d.addCallback(self._signed_in, username)
 
-    def _signed_in(self, outcome: LoginOutcome) -> SignIn:
+    def _signed_in(self, outcome: LoginOutcome, username: str | None) -> SignIn:
         decision = outcome.decision
         if decision.accepted:
             session = self.sessions.start(decision.username)
-            if decision.state_after is State.EXEMPT:
-                self._exempt_sessions.add(session.id)
+            session.exempt = decision.state_after is State.EXEMPT
             return SignIn(SignInResult.OK, session, decision)
+        if decision.outcome is not Outcome.CHALLENGE:
+            self._failed(username)
         if not decision.password_ok:
             return SignIn(SignInResult.FAILED)
         if decision.reason is Reason.LOCKED or decision.lock_reason is not None:
             return SignIn(SignInResult.LOCKED, decision=decision)
         results = {
+            Reason.CHALLENGED: SignInResult.CODE_REQUIRED,
             Reason.CODE_REQUIRED: SignInResult.CODE_REQUIRED,
             Reason.WRONG_CODE: SignInResult.WRONG_CODE,
             Reason.REPLAY: SignInResult.WRONG_CODE,
@@ -129,25 +152,31 @@ class Portal:
 
     def sign_out(self, session: Session) -> None:
         """End the session (an unfinished set-up is forgotten with it)."""
-        self._exempt_sessions.discard(session.id)
         self.sessions.end(session.id)
 
     def status(self, session: Session) -> dict[str, Any]:
         """State, deadline and days left of the signed-in user, as they stand now."""
         record = self._store.get(session.username)
-        exempt = self._exempt | (
-            {session.username} if session.id in self._exempt_sessions else set()
-        )
+        exempt = self._exempt | ({session.username} if session.exempt else set())
         view = describe(record, session.username, self._now(), frozenset(exempt))
         if record is None and session.username not in exempt:
             view["state"] = State.GRACE.value  # never stored: enrollment_days is 0
         return view
 
+    def _proven(self, session: Session, record: UserRecord | None) -> bool:
+        """The session proved, within PROOF_SECONDS, the secret the user has now."""
+        if session.proven_for is None or record is None or record.secret is None:
+            return False
+        if self._clock() - session.proven_at >= PROOF_SECONDS:
+            return False
+        return hmac.compare_digest(session.proven_for, _digest(record.secret))
+
     def new_secret(self, session: Session) -> NewSecret | SetupResult:
         """The secret to set up (the same one until confirmed or signed out), or why not."""
         record = self._store.get(session.username)
-        allowed = may_set_up(record, self._now(), old_device_proven=session.old_device_proven)
+        allowed = may_set_up(record, self._now(), old_device_proven=self._proven(session, record))
         if allowed is not SetupResult.CONFIRMED:
+            session.new_secret = None
             return allowed
         if session.new_secret is None:
             session.new_secret = new_secret()
@@ -163,6 +192,10 @@ class Portal:
             return SetupResult.WRONG_CODE
         if not self._allowed(session.username, client):
             return None
+        code = code.strip()
+        if not is_code(code, self._policy.totp.digits):
+            self._failed(session.username)
+            return SetupResult.WRONG_CODE
         now = self._now()
 
         def change(record: UserRecord | None) -> tuple[UserRecord | None, tuple[Any, ...]]:
@@ -170,10 +203,10 @@ class Portal:
                 record,
                 session.username,
                 secret,
-                code.strip(),
+                code,
                 now=now,
                 policy=self._policy,
-                old_device_proven=session.old_device_proven,
+                old_device_proven=self._proven(session, record),
             )
             return after, (result, record.state if record else None)
 
@@ -181,9 +214,11 @@ class Portal:
         before: State | None
         result, before = self._store.update(session.username, change)
         confirmed = result is SetupResult.CONFIRMED
-        if confirmed:
+        if result is SetupResult.WRONG_CODE:
+            self._failed(session.username)
+        else:  # confirmed, or no longer allowed: this secret and any proof are spent
             session.new_secret = None
-            session.old_device_proven = False
+            session.proven_for = None
         outcome, reason = (Outcome.ACCEPT, Reason.ACTIVATED) if confirmed else _SETUP_REJECT[result]
         after = State.ACTIVE if confirmed else before
         self._record(Decision(outcome, reason, session.username, before, after), client)
@@ -192,26 +227,40 @@ class Portal:
     def prove_device(self, session: Session, code: str, client: str) -> Decision | None:
         """A code from the current app before a reset; None when over the attempt limit.
 
-        Decided as a login's code: a wrong or replayed one counts towards the lock.
+        Decided as a login's code: a wrong or replayed one counts towards the lock. The
+        proof holds for PROOF_SECONDS, and only for the secret it was made with.
         """
         if not self._allowed(session.username, client):
             return None
+        code = code.strip()
+        if not is_code(code, self._policy.totp.digits):
+            self._failed(session.username)
+            return Decision(Outcome.REJECT, Reason.WRONG_CODE, session.username)
         now = self._now()
 
-        def change(record: UserRecord | None) -> tuple[UserRecord | None, Decision]:
+        def change(record: UserRecord | None) -> tuple[UserRecord | None, tuple[Any, ...]]:
             if record is None or record.secret is None:
-                return record, Decision(Outcome.REJECT, Reason.NOT_ENROLLED, session.username)
-            verdict = check_code(record, code.strip(), now=now, policy=self._policy)
-            return verdict.record, verdict.decision
+                refused = Decision(Outcome.REJECT, Reason.NOT_ENROLLED, session.username)
+                return record, (refused, None)
+            verdict = check_code(record, code, now=now, policy=self._policy)
+            return verdict.record, (verdict.decision, record.secret)
 
-        decision = self._store.update(session.username, change)
-        if decision.accepted:
-            session.old_device_proven = True
+        decision: Decision
+        secret: bytes | None
+        decision, secret = self._store.update(session.username, change)
+        if decision.accepted and secret is not None:
+            session.proven_for, session.proven_at = _digest(secret), self._clock()
+        else:
+            self._failed(session.username)
         self._record(decision, client)
         return decision
 
     def _record(self, decision: Decision, client: str) -> None:
         self._audit.record(decision, "portal", client, 0.0)
+
+
+def _digest(secret: bytes) -> bytes:
+    return hashlib.sha256(secret).digest()
 
 
 _SETUP_REJECT = {

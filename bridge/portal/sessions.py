@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 SESSION_LIMIT = 10_000
+KEY_LIMIT = 100_000  # users or addresses an attempt limiter remembers
 
 
 def token() -> str:
@@ -31,7 +32,9 @@ class Session:
     started: float
     seen: float
     new_secret: bytes | None = field(default=None, repr=False)  # shown until confirmed
-    old_device_proven: bool = False  # a reset may issue a new secret
+    proven_for: bytes | None = field(default=None, repr=False)  # digest of the proven secret
+    proven_at: float = 0.0  # when the old device was proven (a reset may then go on)
+    exempt: bool = False  # signed in as an exempt user (by name or group)
 
 
 class Sessions:
@@ -76,28 +79,41 @@ class Sessions:
 
 
 class AttemptLimiter:
-    """At most `limit` attempts per key in any `window` seconds (a sliding window)."""
+    """At most `limit` attempts per key in any `window` seconds (a sliding window).
+
+    Keys are kept in least-recently-used order and at most KEY_LIMIT of them, so a flood
+    of new keys (addresses, names) costs memory that stays bounded and O(1) per call.
+    """
 
     def __init__(self, clock: Callable[[], float], limit: int, window: float) -> None:
         self._clock = clock
         self._limit = limit
         self._window = window
-        self._attempts: dict[str, deque[float]] = {}
+        self._attempts: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _times(self, key: str) -> deque[float]:
+        now = self._clock()
+        times = self._attempts.get(key)
+        if times is None:
+            times = self._attempts[key] = deque()
+            if len(self._attempts) > KEY_LIMIT:
+                self._attempts.popitem(last=False)
+        self._attempts.move_to_end(key)
+        while times and times[0] <= now - self._window:
+            times.popleft()
+        return times
+
+    def exceeded(self, key: str) -> bool:
+        """Whether `key` has used up its attempts (nothing is counted)."""
+        return len(self._times(key)) >= self._limit
+
+    def count(self, key: str) -> None:
+        """Count one attempt (a failure, for the per-user limit)."""
+        self._times(key).append(self._clock())
 
     def allow(self, key: str) -> bool:
         """Count an attempt for `key`; False (and not counted) when over the limit."""
-        now = self._clock()
-        times = self._attempts.setdefault(key, deque())
-        while times and times[0] <= now - self._window:
-            times.popleft()
-        if len(times) >= self._limit:
+        if self.exceeded(key):
             return False
-        times.append(now)
-        if len(self._attempts) > SESSION_LIMIT * 10:
-            self._forget_idle(now)
+        self.count(key)
         return True
-
-    def _forget_idle(self, now: float) -> None:
-        idle = [k for k, t in self._attempts.items() if not t or t[-1] <= now - self._window]
-        for key in idle:
-            del self._attempts[key]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import segno
 from twisted.internet.defer import Deferred
@@ -31,13 +31,14 @@ log = Logger(namespace="bridge.portal")
 
 SESSION_COOKIE = b"mfa_session"
 CSRF_COOKIE = b"mfa_csrf"
+SECURE_PREFIX = b"__Host-"  # over HTTPS: host-only, Secure, Path=/; no subdomain can plant it
 MAX_BODY = 8192
 HEADERS = {
     b"Content-Security-Policy": b"default-src 'none'; style-src 'self'; img-src 'self'; "
     b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     b"X-Frame-Options": b"DENY",
     b"X-Content-Type-Options": b"nosniff",
-    b"Referrer-Policy": b"no-referrer",
+    b"Referrer-Policy": b"same-origin",  # no-referrer would make browsers send Origin: null
     b"Cache-Control": b"no-store",
     b"Pragma": b"no-cache",
     b"Cross-Origin-Opener-Policy": b"same-origin",
@@ -52,12 +53,55 @@ SIGN_IN_MESSAGES = {
 }
 
 
-def _arg(request: Request, name: str) -> str:
-    values = (request.args or {}).get(name.encode(), [b""])
+def _form(request: Request) -> dict[str, str]:
+    """The fields of a POSTed form, from the body only (never from the URL, which proxies log)."""
+    cached = getattr(request, "_portal_form", None)
+    if cached is not None:
+        return dict(cached)
+    content = request.content
+    raw = content.read() if content is not None else b""
+    fields: dict[str, str] = {}
     try:
-        return str(values[0].decode("utf-8"))
+        for name, value in parse_qsl(raw.decode("utf-8"), keep_blank_values=True):
+            fields.setdefault(name, value)
     except UnicodeDecodeError:
-        return ""
+        fields = {}
+    request._portal_form = fields  # type: ignore[attr-defined]
+    return fields
+
+
+def _arg(request: Request, name: str) -> str:
+    return _form(request).get(name, "")
+
+
+class LimitedRequest(Request):
+    """A request whose body may not exceed MAX_BODY: the connection is dropped past it.
+
+    Twisted reads a whole body before rendering; this stops a big one (declared, or
+    chunked without a length) while it arrives, instead of buffering it.
+    """
+
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802 - Twisted's name
+        """Refuse a declared length over the limit before reading any of it."""
+        if length is not None and length > MAX_BODY:
+            self._drop()
+            return
+        super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        """Count what arrives; drop the connection once it passes the limit."""
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self._drop()
+            return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+    def _drop(self) -> None:
+        transport: Any = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.abortConnection()
 
 
 def _qr_svg(uri: str) -> str:
@@ -81,6 +125,9 @@ class PortalResource(Resource):
         Resource.__init__(self)
         self._portal = portal
         self._secure = secure
+        prefix = SECURE_PREFIX if secure else b""
+        self._session_cookie = prefix + SESSION_COOKIE
+        self._csrf_cookie = prefix + CSRF_COOKIE
         self._routes: dict[tuple[bytes, bytes], Callable[[Request], bytes | int]] = {
             (b"GET", b"/"): self._home,
             (b"POST", b"/sign-in"): self._sign_in,
@@ -102,11 +149,15 @@ class PortalResource(Resource):
             request.setHeader(b"Strict-Transport-Security", b"max-age=31536000")
         path = request.path or b"/"
         method = request.method or b"GET"
-        handler = self._routes.get((method, path))
+        handler = self._routes.get((b"GET" if method == b"HEAD" else method, path))
         if handler is None:
-            known = any(p == path for _m, p in self._routes)
-            request.setResponseCode(405 if known else 404)
-            return self._html(request, pages.message("Not found", "There is no such page."))
+            allowed = [m for m, p in self._routes if p == path]
+            if not allowed:
+                request.setResponseCode(404)
+                return self._html(request, pages.message("Not found", "There is no such page."))
+            request.setResponseCode(405)
+            request.setHeader(b"Allow", b", ".join(allowed))
+            return self._html(request, pages.message("Not allowed", "Use the page's form."))
         if method == b"POST":
             refusal = self._refuse_post(request)
             if refusal is not None:
@@ -119,19 +170,30 @@ class PortalResource(Resource):
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             request.setResponseCode(413)
             return self._html(request, pages.message("Too large", "That request is too large."))
-        origin = request.getHeader(b"origin")
-        host = request.getHeader(b"host")
-        if origin not in (None, b"null") and urlsplit(origin).netloc != host:
+        if not self._same_origin(request):
             return self._forbidden(request)
         session = self._session(request)
         if session is not None:
             expected = session.csrf
         else:
-            expected = (request.getCookie(CSRF_COOKIE) or b"").decode("ascii", "replace")
+            expected = (request.getCookie(self._csrf_cookie) or b"").decode("ascii", "replace")
         sent = _arg(request, "csrf")
         if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
             return self._forbidden(request)
         return None
+
+    @staticmethod
+    def _same_origin(request: Request) -> bool:
+        """No sign that the form was sent from another site (Origin, Sec-Fetch-Site)."""
+        if request.getHeader(b"sec-fetch-site") in (b"cross-site", b"same-site"):
+            return False
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return True  # not a browser, or an old one: the CSRF token still has to match
+        try:
+            return bool(urlsplit(origin).netloc == request.getHeader(b"host"))
+        except ValueError:
+            return False
 
     def _forbidden(self, request: Request) -> bytes:
         request.setResponseCode(403)
@@ -153,7 +215,7 @@ class PortalResource(Resource):
         return b""
 
     def _session(self, request: Request) -> Session | None:
-        cookie = request.getCookie(SESSION_COOKIE)
+        cookie = request.getCookie(self._session_cookie)
         return self._portal.sessions.get(cookie.decode("ascii", "replace") if cookie else None)
 
     def _client(self, request: Request) -> str:
@@ -173,10 +235,10 @@ class PortalResource(Resource):
         )
 
     def _sign_in_page(self, request: Request, message: str = "", username: str = "") -> bytes:
-        csrf = (request.getCookie(CSRF_COOKIE) or b"").decode("ascii", "replace")
+        csrf = (request.getCookie(self._csrf_cookie) or b"").decode("ascii", "replace")
         if not csrf:
             csrf = token()
-            self._set_cookie(request, CSRF_COOKIE, csrf)
+            self._set_cookie(request, self._csrf_cookie, csrf)
         return self._html(request, pages.sign_in(csrf, message=message, username=username))
 
     def _later(self, request: Request, d: Deferred[Any], done: Callable[[Any], bytes]) -> int:
@@ -231,8 +293,8 @@ class PortalResource(Resource):
 
     def _signed_in(self, request: Request, result: SignIn, username: str) -> bytes:
         if result.result is SignInResult.OK and result.session is not None:
-            self._set_cookie(request, SESSION_COOKIE, result.session.id)
-            self._set_cookie(request, CSRF_COOKIE, "", expire=True)
+            self._set_cookie(request, self._session_cookie, result.session.id)
+            self._set_cookie(request, self._csrf_cookie, "", expire=True)
             return self._redirect(request, b"/")
         if result.result is SignInResult.LOCKED:
             lock = result.decision.lock_reason if result.decision else None
@@ -245,7 +307,7 @@ class PortalResource(Resource):
         session = self._session(request)
         if session is not None:
             self._portal.sign_out(session)
-        self._set_cookie(request, SESSION_COOKIE, "", expire=True)
+        self._set_cookie(request, self._session_cookie, "", expire=True)
         return self._redirect(request, b"/")
 
     def _signed_in_only(self, request: Request) -> Session | None:
@@ -309,5 +371,6 @@ class PortalResource(Resource):
 def make_site(portal: Portal, *, secure: bool) -> PortalSite:
     """The portal as a twisted.web Site."""
     site = PortalSite(PortalResource(portal, secure=secure))  # type: ignore[no-untyped-call]
+    site.requestFactory = LimitedRequest
     site.displayTracebacks = False
     return site

@@ -56,7 +56,7 @@ def test_every_page_carries_the_security_headers(make_bridge: MakeBridge) -> Non
     assert "script" not in csp
     assert page.headers["x-frame-options"] == "DENY"
     assert page.headers["cache-control"] == "no-store"
-    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["referrer-policy"] == "same-origin"
     assert page.csrf
     (cookie,) = page.cookies
     assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
@@ -82,7 +82,8 @@ def test_grace_user_sets_up_mfa_and_becomes_active(
     client = portal(bridge)
     signed_in = client.sign_in("web01", "web01-pw")
     assert signed_in.status == 303
-    session_cookie = next(c for c in signed_in.cookies if c.startswith("mfa_session="))
+    session_cookie = next(c for c in signed_in.cookies if "mfa_session=" in c)
+    assert session_cookie.startswith("__Host-")  # public_url is https: Secure, host-only
     assert "httponly" in session_cookie.lower() and "samesite=strict" in session_cookie.lower()
     status = client.get("/")
     assert "You have 14 days left to set up MFA" in status.body
@@ -124,7 +125,7 @@ def test_active_user_needs_the_code_to_sign_in(make_bridge: MakeBridge) -> None:
     other = portal(bridge)
     assert "enter the 6-digit code too" in other.sign_in("web03", "web03-pw").body
     assert "not right" in other.sign_in("web03", "web03-pw", code).body  # replayed
-    assert bridge.audit_reasons("portal")[-2:] == ["code-required", "replay"]
+    assert bridge.audit_reasons("portal")[-2:] == ["challenged", "replay"]
 
 
 def step_codes(secret: str) -> tuple[str, str, str]:
@@ -207,3 +208,23 @@ def test_attempts_are_limited_per_user(make_bridge: MakeBridge) -> None:
     limited = client.sign_in("web07", "web07-pw")
     assert limited.status == 429 and "Too many attempts" in limited.body
     assert len(bridge.audit_reasons("portal")) == 3
+
+
+def test_a_code_typed_by_a_user_without_mfa_is_not_sent_to_the_directory(
+    make_bridge: MakeBridge,
+) -> None:
+    """A grace user who fills in the code field still signs in with the password alone."""
+    bridge = make_bridge(change=with_portal())
+    assert portal(bridge).sign_in("web08", "web08-pw", "123456").status == 303
+    assert bridge.audit_reasons("portal") == ["grace"]
+
+
+def test_a_password_ending_in_digits_is_not_split(make_bridge: MakeBridge, tmp_path: Path) -> None:
+    """Without a code, an active user's password is taken whole and the code asked for."""
+    bridge = make_bridge(change=with_portal())
+    csv = tmp_path / "digits.csv"
+    csv.write_text(f"username,secret\ndigits,{encode_secret(new_secret())}\n")
+    assert bridge.cli("user", "import", str(csv)).returncode == 0
+    page = portal(bridge).sign_in("digits", "pass123456")  # the password ends in 6 digits
+    assert "enter the 6-digit code too" in page.body
+    assert bridge.audit_reasons("portal") == ["challenged"]

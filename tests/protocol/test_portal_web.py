@@ -22,8 +22,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from bridge.audit import AuditLog
 from bridge.auth import Authenticator
 from bridge.core.policy import Policy
+from bridge.core.selfservice import SetupResult
+from bridge.core.totp import code_at_step
+from bridge.core.types import State, UserRecord
 from bridge.directory import BindResult, BindStatus
-from bridge.portal.flows import Portal
+from bridge.portal.flows import NewSecret, Portal
 from bridge.portal.sessions import AttemptLimiter, Sessions
 from bridge.portal.web import make_site
 from bridge.store import SqliteStore
@@ -84,7 +87,8 @@ class Browser:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Any:
+def portal(tmp_path: Path) -> Any:
+    """The portal's logic over a real store, a fake directory and a MemoryReactorClock."""
     clock = MemoryReactorClock()
     clock.advance(NOW)
     store = SqliteStore.open(tmp_path / "s.db", tmp_path / "s.key")
@@ -102,10 +106,17 @@ def site(tmp_path: Path) -> Any:
         per_user=AttemptLimiter(clock.seconds, 10, 300),
         per_address=AttemptLimiter(clock.seconds, 30, 300),
     )
-    built = make_site(portal, secure=True)
-    built.clock = clock  # for the tests
-    yield built
+    portal.test_clock = clock  # type: ignore[attr-defined]
+    portal.test_store = store  # type: ignore[attr-defined]
+    yield portal
     store.close()
+
+
+@pytest.fixture
+def site(portal: Portal) -> Any:
+    built = make_site(portal, secure=True)
+    built.clock = portal.test_clock  # type: ignore[attr-defined]
+    return built
 
 
 def test_session_expires_after_idle_time(site: Any) -> None:
@@ -121,10 +132,11 @@ def test_session_expires_after_idle_time(site: Any) -> None:
 
 
 def test_cookies_are_secure_under_tls(site: Any) -> None:
-    """Over HTTPS the session cookie is Secure, HttpOnly and SameSite=Strict; HSTS is sent."""
+    """Over HTTPS the session cookie is __Host-, Secure, HttpOnly, SameSite=Strict; HSTS too."""
     browser = Browser(site)
     reply = browser.sign_in("bob")
-    (cookie,) = [c for c in reply["headers"]["set-cookie"] if c.startswith("mfa_session=")]
+    cookies = reply["headers"]["set-cookie"]
+    (cookie,) = [c for c in cookies if c.startswith("__Host-mfa_session=")]
     assert all(flag in cookie.lower() for flag in ("secure", "httponly", "samesite=strict"))
     assert reply["headers"]["strict-transport-security"] == ["max-age=31536000"]
 
@@ -151,10 +163,65 @@ def test_post_from_another_origin_is_refused(site: Any) -> None:
 
 
 def test_unknown_pages_are_404_and_wrong_methods_405(site: Any) -> None:
-    """Paths outside the portal are 404; a GET of a POST-only path is 405."""
+    """Paths outside the portal are 404; a GET of a POST-only path is 405 with Allow."""
     browser = Browser(site)
     assert browser.request("GET", "/admin")["status"] == 404
-    assert browser.request("GET", "/sign-in")["status"] == 405
+    wrong = browser.request("GET", "/sign-in")
+    assert (wrong["status"], wrong["headers"]["allow"]) == (405, ["POST"])
+    assert browser.request("HEAD", "/")["status"] == 200  # monitoring probes
+
+
+def raw_exchange(site: Any, data: bytes) -> StringTransport:
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.5", 50000))
+    channel = site.buildProtocol(transport.getPeer())
+    channel.makeConnection(transport)
+    channel.dataReceived(data)
+    return transport
+
+
+def test_a_body_over_8_kib_drops_the_connection(site: Any) -> None:
+    """A declared or chunked body past the limit is not read: the connection is dropped."""
+    declared = raw_exchange(
+        site, b"POST /sign-in HTTP/1.1\r\nHost: portal.test\r\nContent-Length: 9000000\r\n\r\n"
+    )
+    assert declared.disconnecting or declared.disconnected
+    chunk = b"x" * 5000
+    chunked = raw_exchange(
+        site,
+        b"POST /sign-in HTTP/1.1\r\nHost: portal.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 2,
+    )
+    assert chunked.disconnecting or chunked.disconnected
+    assert b"HTTP/1.1 200" not in chunked.value()
+
+
+def test_form_fields_in_the_url_are_ignored(site: Any) -> None:
+    """Credentials put in the query string (where proxies log them) are not read."""
+    browser = Browser(site)
+    token = browser.request("GET", "/")["csrf"]
+    page = browser.request(
+        "POST", f"/sign-in?username=erin&password=erin-pw&csrf={token}", {"csrf": token}
+    )
+    assert "Sign-in failed" in page["body"]
+
+
+def test_cross_site_fetch_and_malformed_origin_are_refused(site: Any) -> None:
+    """Sec-Fetch-Site: cross-site, Origin: null and an unparsable Origin all get 403."""
+    browser = Browser(site)
+    token = browser.request("GET", "/")["csrf"]
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items()).encode()
+    body = urlencode({"csrf": token, "username": "frank", "password": "frank-pw"}).encode()
+    for header in (b"Sec-Fetch-Site: cross-site", b"Origin: null", b"Origin: http://[x"):
+        sent = raw_exchange(
+            site,
+            b"POST /sign-in HTTP/1.1\r\nHost: portal.test\r\n"
+            + header
+            + b"\r\nCookie: "
+            + cookie
+            + b"\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body,
+        )
+        assert sent.value().startswith(b"HTTP/1.1 403"), header
 
 
 def test_set_up_page_is_not_cached_and_needs_a_session(site: Any) -> None:
@@ -165,3 +232,46 @@ def test_set_up_page_is_not_cached_and_needs_a_session(site: Any) -> None:
     page = browser.request("GET", "/setup")
     assert page["status"] == 200 and 'id="secret-key"' in page["body"]
     assert page["headers"]["cache-control"] == ["no-store"]
+
+
+def signed_in(portal: Portal, user: str) -> Any:
+    results: list[Any] = []
+    portal.sign_in(user, f"{user}-pw", "", "192.0.2.9").addCallback(results.append)
+    (result,) = results
+    return result.session
+
+
+def test_a_proof_of_the_old_device_expires_and_binds_to_its_secret(portal: Any) -> None:
+    """A reset may go on for 5 minutes after the proof, and not after the secret changed."""
+    store, clock = portal.test_store, portal.test_clock
+    secret = bytes(range(20))
+    store.update(
+        "gina",
+        lambda _r: (UserRecord("gina", State.ACTIVE, secret=secret, confirmed=True), None),
+    )
+    session = signed_in(portal, "gina")
+    assert session is None  # active: the password alone does not sign in
+    results: list[Any] = []
+    code = code_at_step(secret, int(clock.seconds()) // 30)
+    portal.sign_in("gina", "gina-pw", code, "192.0.2.9").addCallback(results.append)
+    session = results[0].session
+    assert portal.new_secret(session) is SetupResult.PROOF_REQUIRED
+    next_code = code_at_step(secret, int(clock.seconds()) // 30 + 1)
+    assert portal.prove_device(session, next_code, "192.0.2.9").accepted
+    assert isinstance(portal.new_secret(session), NewSecret)
+    clock.advance(299)
+    assert isinstance(portal.new_secret(session), NewSecret)
+    clock.advance(1)
+    assert portal.new_secret(session) is SetupResult.PROOF_REQUIRED
+    assert session.new_secret is None  # the key shown before is gone with the proof
+
+
+def test_per_user_limit_counts_failures_only(portal: Any) -> None:
+    """Successful sign-ins do not use up a user's attempts; failed ones do."""
+    for _ in range(15):
+        assert signed_in(portal, "hank") is not None
+    results: list[Any] = []
+    for _ in range(10):
+        portal.sign_in("hank", "nope", "", f"192.0.2.{len(results)}").addCallback(results.append)
+    portal.sign_in("hank", "hank-pw", "", "192.0.2.77").addCallback(results.append)
+    assert [r.result.value for r in results[-2:]] == ["failed", "limited"]
