@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         "healthcheck", parents=[config], help="a Status-Server round trip to the local listener"
     )
     health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (2)")
+    doctor = commands.add_parser(
+        "doctor", parents=[config], help="check the directory, TLS, a test user, the clock"
+    )
+    doctor.add_argument("--user", help="a user name that must be found in the directory")
     user = commands.add_parser("user", help="manage users' MFA state")
     actions = user.add_subparsers(dest="action", required=True, parser_class=_Parser)
     for name, text in (
@@ -91,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"warning: {warning}", file=sys.stderr)
             print("config OK")
             return EXIT_OK
+        if args.command == "doctor":
+            return _doctor(config, args.user)
         if args.command == "healthcheck":
             return _healthcheck(config, args.timeout)
         if args.command == "run":
@@ -204,6 +210,17 @@ _USER_ACTIONS: dict[str, Callable[[Admin, argparse.Namespace, int], int]] = {
     "reset": _changed(lambda admin, args, now: admin.reset(args.username, now)),
     "import": _import,
 }
+
+
+def _doctor(config: Config, username: str | None) -> int:
+    from bridge import doctor  # noqa: PLC0415
+
+    findings = doctor.run(config, username)
+    for finding in findings:
+        print(f"{finding.level:<5} {finding.subject}: {finding.text}")
+    failed = sum(f.level == "fail" for f in findings)
+    print(f"{failed} problem{'s' if failed != 1 else ''} found" if failed else "all checks passed")
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _healthcheck(config: Config, timeout: float) -> int:

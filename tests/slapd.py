@@ -334,6 +334,9 @@ class Slapd:
             "index objectClass eq",
             "index uid,cn eq",
             "index member eq",
+            "",
+            # Where `mfa-bridge doctor` reads the directory's clock (cn=Current,cn=Time).
+            "database monitor",
         ]
         return "\n".join(lines) + "\n"
 

@@ -238,3 +238,40 @@ def test_metrics_count_decisions_drops_lockouts_and_users(
     assert samples["mfa_bridge_enrollment_deadlines_next_7_days"] == 0
     assert sum(v for k, v in samples.items() if k.startswith(dropped)) == 1
     assert samples["mfa_bridge_directory_seconds_count"] >= 5
+
+
+# --- doctor --------------------------------------------------------------------------------
+
+
+def test_doctor_reports_directory_user_clock_and_store(make_bridge: MakeBridge) -> None:
+    """Against the test slapd: bound, user found, clocks agree (cn=Monitor), store opens."""
+    bridge = make_bridge(start=False)
+    result = bridge.cli("doctor", "--user", "alice")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(
+        line.startswith("ok    ldap://127.0.0.1:") and "service account bound" in line
+        for line in lines
+    )
+    assert any(line.startswith("ok    user alice: found as uid=alice,") for line in lines)
+    assert any(line.startswith("ok    clock: this host is") for line in lines), lines
+    assert lines[-1] == "all checks passed"
+
+
+def test_doctor_names_what_fails(make_bridge: MakeBridge) -> None:
+    """An unreachable server, a wrong service password and an unknown user are each reported."""
+
+    def broken(config: dict[str, Any]) -> None:
+        config["directory"]["urls"] = ["ldap://127.0.0.1:9", *config["directory"]["urls"]]
+
+    bridge = make_bridge(start=False, change=broken)
+    result = bridge.cli("doctor", "--user", "nobody-here")
+    assert result.returncode == 1
+    assert "fail  ldap://127.0.0.1:9:" in result.stdout
+    assert "fail  user nobody-here: not found under" in result.stdout
+    assert result.stdout.splitlines()[-1] == "2 problems found"
+    bridge.config["directory"]["bind_password"] = "wrong"
+    bridge.config["directory"]["urls"] = bridge.config["directory"]["urls"][1:]
+    refused = bridge.cli("doctor")
+    assert refused.returncode == 1
+    assert "service account bind refused" in refused.stdout
