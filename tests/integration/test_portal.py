@@ -6,16 +6,21 @@ its own users (web00..web19); the browser tests are in test_portal_browser.py.
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
 import re
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from bridge.core.totp import code_at_step, decode_secret, encode_secret, new_secret
+from tests.certs import make_ca, make_server_cert
 from tests.harness import Bridge, RadiusClient, code_for, free_tcp_port
 from tests.portal_client import PortalClient
 
@@ -228,3 +233,38 @@ def test_a_password_ending_in_digits_is_not_split(make_bridge: MakeBridge, tmp_p
     page = portal(bridge).sign_in("digits", "pass123456")  # the password ends in 6 digits
     assert "enter the 6-digit code too" in page.body
     assert bridge.audit_reasons("portal") == ["challenged"]
+
+
+def test_portal_over_https_with_a_test_ca(make_bridge: MakeBridge, tmp_path: Path) -> None:
+    """With portal.tls the portal speaks HTTPS only: HSTS, __Host- Secure cookies, 0.0.0.0 ok."""
+    ca = make_ca(tmp_path, "Portal Test CA")
+    ip = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate, key = make_server_cert(ca, tmp_path, "portal", ip)
+    port = free_tcp_port()
+
+    def change(config: dict[str, Any]) -> None:
+        config["portal"] = {
+            "listen": f"0.0.0.0:{port}",
+            "tls": {"certificate": str(certificate), "key": str(key)},
+        }
+
+    make_bridge(change=change)
+    context = ssl.create_default_context(cafile=str(ca.path))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        conn.request("GET", "/")
+        reply = conn.getresponse()
+        assert reply.status == 200
+        assert reply.getheader("Strict-Transport-Security") == "max-age=31536000"
+        cookie = reply.getheader("Set-Cookie") or ""
+        assert cookie.startswith("__Host-mfa_csrf=") and "Secure" in cookie
+        reply.read()
+    finally:
+        conn.close()
+    plain = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        plain.request("GET", "/")
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            plain.getresponse()  # the TLS listener does not answer HTTP in clear
+    finally:
+        plain.close()
