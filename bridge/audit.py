@@ -43,6 +43,7 @@ class AuditLog:
         setup_url: str | None = None,
     ) -> None:
         self._stream = stream
+        self.path: str | None = None  # the file it writes to, when it is one (see reopen)
         self._wall_clock = wall_clock
         self.setup_url = setup_url  # the portal: named on grace accepts, for LDAP's sake
         self.observers: list[Callable[[Decision, str, str], None]] = []  # the metrics
@@ -80,6 +81,19 @@ class AuditLog:
         self._stream.flush()
         self.written += 1
 
+    def reopen(self) -> None:
+        """Open the audit file again (after logrotate moved it; SIGHUP)."""
+        if self.path is None or self._stream is None:
+            return
+        fresh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
+        old, self._stream = self._stream, fresh
+        old.close()
+
+    def close(self) -> None:
+        """Close the audit file (at shutdown)."""
+        if self.path is not None and self._stream is not None:
+            self._stream.close()
+
 
 def open_audit(
     destination: str, stdout: TextIO, setup_url: str | None = None
@@ -90,4 +104,6 @@ def open_audit(
     if destination == "stdout":
         return AuditLog(stdout, setup_url=setup_url), None
     stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
-    return AuditLog(stream, setup_url=setup_url), stream
+    audit = AuditLog(stream, setup_url=setup_url)
+    audit.path = destination
+    return audit, stream

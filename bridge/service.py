@@ -102,15 +102,15 @@ class DirectoryService(Service):
 
 
 class ClosingService(Service):
-    """Closes a file (the audit log) when the daemon stops."""
+    """Closes the audit file when the daemon stops."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
 
     def stopService(self) -> None:  # noqa: N802
         """Close the file."""
         Service.stopService(self)
-        self.stream.close()
+        self.audit.close()
 
 
 class StoreService(Service):
@@ -140,7 +140,7 @@ class Daemon:
             problem = f"log.audit: cannot open {config.log.audit}: {exc.strerror}"
             raise ConfigError([problem]) from exc
         if audit_file is not None:
-            self.service.addService(ClosingService(audit_file))
+            self.service.addService(ClosingService(self.audit))
         if config.demo is not None:
             from bridge.demo import demo_service  # noqa: PLC0415 - only the demo needs it
 
@@ -212,6 +212,7 @@ class Daemon:
         self.authenticator.reconfigure(policy_from(new), frozenset(new.mfa.exempt_users))
         self.directory.exempt_groups = new.mfa.exempt_groups
         self.audit.setup_url = public_url
+        self.audit.reopen()  # logrotate moves the file and sends SIGHUP
         if self.portal is not None:
             self.portal.reconfigure(policy_from(new), new.mfa.issuer, new.mfa.exempt_users)
         return restart_needed(old, new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -275,3 +276,23 @@ def test_doctor_names_what_fails(make_bridge: MakeBridge) -> None:
     refused = bridge.cli("doctor")
     assert refused.returncode == 1
     assert "service account bind refused" in refused.stdout
+
+
+def test_audit_file_is_reopened_on_sighup(make_bridge: MakeBridge, client_for: ClientFor) -> None:
+    """log.audit to a file: after logrotate moves it and sends SIGHUP, lines go to a new one."""
+    bridge = make_bridge(start=False)
+    audit = bridge.workdir / "audit.jsonl"
+    bridge.config["log"]["audit"] = str(audit)
+    bridge.start()
+    client = client_for(bridge)
+    assert client.login("victor", "victor-pw") is not None
+    rotated = audit.with_suffix(".1")
+    audit.rename(rotated)
+    bridge.reload()
+    assert wait_for(lambda: "config.reloaded" in bridge.log()), bridge.log()
+    assert client.login("victor", "nope") is not None
+    assert wait_for(audit.exists)
+    old = [json.loads(line)["reason"] for line in rotated.read_text().splitlines()]
+    new = [json.loads(line)["reason"] for line in audit.read_text().splitlines()]
+    assert (old, new) == (["grace"], ["bad-password"])
+    assert '"event":"auth.' not in bridge.log()  # nothing on stdout when a file is named
