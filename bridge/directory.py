@@ -443,6 +443,8 @@ class Directory:
         """
         if not password:  # an empty password is an anonymous bind at many directories
             return succeed(BindResult(BindStatus.BAD_PASSWORD))
+        if self.on_latency is None:
+            return _start(self._authenticate_once(username, password, bind))
         return _start(self._authenticate(username, password, bind))
 
     def probe(self) -> Deferred[BindResult]:
@@ -460,6 +462,7 @@ class Directory:
         return BindResult(BindStatus.UNAVAILABLE)
 
     async def _authenticate(self, username: str, password: str, bind: Binder | None) -> BindResult:
+        """`_authenticate_once`, timed for the metrics."""
         started = self._monotonic()
         try:
             return await self._authenticate_once(username, password, bind)
