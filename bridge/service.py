@@ -133,6 +133,7 @@ class Daemon:
     def __init__(self, config: Config, reactor: Any, stdout: TextIO) -> None:
         self.service = MultiService()  # children start in the order they are added
         self.config = config
+        self.started_with = config  # what a reload compares with for restart-only settings
         public_url = config.portal.public_url if config.portal is not None else None
         try:
             self.audit, audit_file = open_audit(config.log.audit, stdout, public_url)
@@ -206,16 +207,19 @@ class Daemon:
         portal's URL in messages and the log level take effect for the next request;
         logins in flight finish with the settings they started with.
         """
-        old, self.config = self.config, new
+        self.config = new
+        started = self.started_with
+        # The TOTP step numbers the replay guard remembers: never changed under it.
+        policy = policy_from(replace(new, mfa=replace(new.mfa, step=started.mfa.step)))
         public_url = new.portal.public_url if new.portal is not None else None
         self.radius.reconfigure(new.radius, setup_url=public_url)
-        self.authenticator.reconfigure(policy_from(new), frozenset(new.mfa.exempt_users))
+        self.authenticator.reconfigure(policy, frozenset(new.mfa.exempt_users))
         self.directory.exempt_groups = new.mfa.exempt_groups
         self.audit.setup_url = public_url
         self.audit.reopen()  # logrotate moves the file and sends SIGHUP
         if self.portal is not None:
-            self.portal.reconfigure(policy_from(new), new.mfa.issuer, new.mfa.exempt_users)
-        return restart_needed(old, new)
+            self.portal.reconfigure(policy, new.mfa.issuer, new.mfa.exempt_users)
+        return restart_needed(started, new)
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
@@ -235,6 +239,8 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         changed.append("log.audit")
     if old.log.format != new.log.format:
         changed.append("log.format")
+    if old.mfa.step != new.mfa.step:
+        changed.append("mfa.step")
     return changed
 
 
