@@ -135,6 +135,7 @@ class PortalConfig:
     tls: LdapProxyTls | None = None  # certificate and key: HTTPS
     public_url: str | None = None  # where users reach it; shown in grace messages
     allow_http: bool = False  # serve sign-in forms in clear on a non-loopback address
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     session_idle: float = 300.0  # seconds without a request before a session ends
     session_max: float = 3600.0  # seconds a session lasts at most
     max_attempts_per_user: int = 10  # sign-ins and codes per user per `attempt_window`
@@ -878,6 +879,7 @@ _PORTAL_KEYS: Final = (
     "tls",
     "public_url",
     "allow_http",
+    "trusted_proxies",
     "session_idle",
     "session_max",
     "max_attempts_per_user",
@@ -915,12 +917,19 @@ def _portal(report: _Report, data: Mapping[object, object]) -> PortalConfig:
         elif len(public_url) > 200:
             m.error("public_url", "must be at most 200 characters (it goes into RADIUS replies)")
     idle = m.number("session_idle", defaults.session_idle, 0, 86_400, lo_open=True)
+    proxies = []
+    for index, text in enumerate(m.str_list("trusted_proxies")):
+        try:
+            proxies.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            m.error(f"trusted_proxies[{index}]", f"must be an IP address or network, got {text!r}")
     return PortalConfig(
         listen_host=host,
         listen_port=port,
         tls=tls,
         public_url=public_url,
         allow_http=allow_http,
+        trusted_proxies=tuple(proxies),
         session_idle=idle,
         session_max=m.number("session_max", defaults.session_max, idle, 7 * 86_400),
         max_attempts_per_user=m.integer(

@@ -302,7 +302,7 @@ def make_portal(
 def portal_service(config: PortalConfig, portal: Portal, reactor: Any) -> Service:
     """The portal's listener: HTTPS with `portal.tls`, else HTTP (loopback, or allowed)."""
     secure = config.tls is not None or (config.public_url or "").startswith("https://")
-    site = make_site(portal, secure=secure)
+    site = make_site(portal, secure=secure, trusted_proxies=config.trusted_proxies)
     if config.tls is None:
         return TCPServer(config.listen_port, site, interface=config.listen_host, reactor=reactor)
     try:

@@ -10,6 +10,7 @@ SameSite=Strict, and Secure when the portal is reached over HTTPS.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -121,10 +122,13 @@ class PortalResource(Resource):
 
     isLeaf = True  # noqa: N815 - Twisted's name
 
-    def __init__(self, portal: Portal, *, secure: bool) -> None:
+    def __init__(
+        self, portal: Portal, *, secure: bool, trusted_proxies: tuple[Any, ...] = ()
+    ) -> None:
         Resource.__init__(self)
         self._portal = portal
         self._secure = secure
+        self._trusted_proxies = trusted_proxies
         prefix = SECURE_PREFIX if secure else b""
         self._session_cookie = prefix + SESSION_COOKIE
         self._csrf_cookie = prefix + CSRF_COOKIE
@@ -219,7 +223,22 @@ class PortalResource(Resource):
         return self._portal.sessions.get(cookie.decode("ascii", "replace") if cookie else None)
 
     def _client(self, request: Request) -> str:
-        return str(getattr(request.getClientAddress(), "host", "unknown"))
+        """The client's address; behind a trusted proxy, the one it saw (X-Forwarded-For).
+
+        Only the last hop is believed, and only from a configured proxy: anyone else could
+        write any address into the header to escape the per-address limit.
+        """
+        peer = str(getattr(request.getClientAddress(), "host", "unknown"))
+        if not self._trusted_proxies or not _within(peer, self._trusted_proxies):
+            return peer
+        forwarded = request.getHeader(b"x-forwarded-for")
+        if not forwarded:
+            return peer
+        last = forwarded.decode("ascii", "replace").rsplit(",", 1)[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last))
+        except ValueError:
+            return peer
 
     def _set_cookie(
         self, request: Request, name: bytes, value: str, *, expire: bool = False
@@ -368,9 +387,18 @@ class PortalResource(Resource):
         return pages.STYLESHEET.encode()
 
 
-def make_site(portal: Portal, *, secure: bool) -> PortalSite:
+def _within(address: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def make_site(portal: Portal, *, secure: bool, trusted_proxies: tuple[Any, ...] = ()) -> PortalSite:
     """The portal as a twisted.web Site."""
-    site = PortalSite(PortalResource(portal, secure=secure))  # type: ignore[no-untyped-call]
+    resource = PortalResource(portal, secure=secure, trusted_proxies=trusted_proxies)
+    site = PortalSite(resource)  # type: ignore[no-untyped-call]
     site.requestFactory = LimitedRequest
     site.displayTracebacks = False
     return site

@@ -48,6 +48,7 @@ class Browser:
 
     site: Any
     cookies: dict[str, str] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)  # more header lines
 
     def request(self, method: str, path: str, form: dict[str, str] | None = None) -> dict[str, Any]:
         body = urlencode(form).encode() if form is not None else b""
@@ -59,6 +60,7 @@ class Browser:
             ]
         if self.cookies:
             lines.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+        lines += self.extra
         transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.5", 50000))
         channel = self.site.buildProtocol(transport.getPeer())
         channel.makeConnection(transport)
@@ -92,7 +94,8 @@ def portal(tmp_path: Path) -> Any:
     clock = MemoryReactorClock()
     clock.advance(NOW)
     store = SqliteStore.open(tmp_path / "s.db", tmp_path / "s.key")
-    audit = AuditLog(io.StringIO(), clock.seconds)
+    audit_out = io.StringIO()
+    audit = AuditLog(audit_out, clock.seconds)
     authenticator = Authenticator(store, directory, Policy(), frozenset(), clock, audit=audit)
     portal = Portal(
         authenticator,
@@ -108,6 +111,7 @@ def portal(tmp_path: Path) -> Any:
     )
     portal.test_clock = clock  # type: ignore[attr-defined]
     portal.test_store = store  # type: ignore[attr-defined]
+    portal.test_audit_out = audit_out  # type: ignore[attr-defined]
     yield portal
     store.close()
 
@@ -275,3 +279,26 @@ def test_per_user_limit_counts_failures_only(portal: Any) -> None:
         portal.sign_in("hank", "nope", "", f"192.0.2.{len(results)}").addCallback(results.append)
     portal.sign_in("hank", "hank-pw", "", "192.0.2.77").addCallback(results.append)
     assert [r.result.value for r in results[-2:]] == ["failed", "limited"]
+
+
+def test_forwarded_address_is_believed_only_from_a_trusted_proxy(portal: Any) -> None:
+    """Behind a configured proxy the per-address limit counts X-Forwarded-For's last hop."""
+    import ipaddress  # noqa: PLC0415
+
+    proxy = ipaddress.ip_network("192.0.2.0/24")  # the Browser helper connects from 192.0.2.5
+    site = make_site(portal, secure=False, trusted_proxies=(proxy,))
+    audit: io.StringIO = portal.test_audit_out
+    token = Browser(site).request("GET", "/")["csrf"]
+
+    def sign_in(forwarded: str) -> None:
+        browser = Browser(site, cookies={"mfa_csrf": token})
+        browser.extra = [f"X-Forwarded-For: {forwarded}"]
+        browser.request("POST", "/sign-in", {"csrf": token, "username": "ivy", "password": "x"})
+
+    sign_in("203.0.113.9, 198.51.100.7")
+    untrusted = make_site(portal, secure=False)
+    browser = Browser(untrusted, cookies={"mfa_csrf": token})
+    browser.extra = ["X-Forwarded-For: 198.51.100.99"]
+    browser.request("POST", "/sign-in", {"csrf": token, "username": "ivy", "password": "x"})
+    clients = [line.split('"client":"')[1].split('"')[0] for line in audit.getvalue().splitlines()]
+    assert clients == ["198.51.100.7", "192.0.2.5"]
