@@ -95,15 +95,13 @@ class AuditLog:
             self._stream.close()
 
 
-def open_audit(
-    destination: str, stdout: TextIO, setup_url: str | None = None
-) -> tuple[AuditLog, TextIO | None]:
-    """The audit log for `log.audit`; also the file it opened (to close at shutdown), if any."""
+def open_audit(destination: str, stdout: TextIO, setup_url: str | None = None) -> AuditLog:
+    """The audit log for `log.audit` (when it is a file, `path` says which; close() it)."""
     if destination == "off":
-        return AuditLog(None), None
+        return AuditLog(None)
     if destination == "stdout":
-        return AuditLog(stdout, setup_url=setup_url), None
+        return AuditLog(stdout, setup_url=setup_url)
     stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
     audit = AuditLog(stream, setup_url=setup_url)
     audit.path = destination
-    return audit, stream
+    return audit

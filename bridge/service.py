@@ -136,11 +136,11 @@ class Daemon:
         self.started_with = config  # what a reload compares with for restart-only settings
         public_url = config.portal.public_url if config.portal is not None else None
         try:
-            self.audit, audit_file = open_audit(config.log.audit, stdout, public_url)
+            self.audit = open_audit(config.log.audit, stdout, public_url)
         except OSError as exc:
             problem = f"log.audit: cannot open {config.log.audit}: {exc.strerror}"
             raise ConfigError([problem]) from exc
-        if audit_file is not None:
+        if self.audit.path is not None:
             self.service.addService(ClosingService(self.audit))
         if config.demo is not None:
             from bridge.demo import demo_service  # noqa: PLC0415 - only the demo needs it

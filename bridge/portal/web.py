@@ -329,9 +329,6 @@ class PortalResource(Resource):
         self._set_cookie(request, self._session_cookie, "", expire=True)
         return self._redirect(request, b"/")
 
-    def _signed_in_only(self, request: Request) -> Session | None:
-        return self._session(request)
-
     def _setup_page(self, request: Request, message: str = "") -> bytes:
         session = self._session(request)
         if session is None:

@@ -50,14 +50,14 @@ def test_record_is_one_json_line_with_every_field() -> None:
 
 def test_off_writes_nothing_and_a_file_appends(tmp_path: Path) -> None:
     """`off` keeps no lines; a file path appends lines to that file."""
-    silent, opened = open_audit("off", io.StringIO())
-    assert opened is None
+    silent = open_audit("off", io.StringIO())
+    assert silent.path is None
     silent.record(Decision(Outcome.ACCEPT, Reason.GRACE, "a"), "radius", "nas", 0.0)
     assert silent.written == 0
     path = f"{tmp_path}/audit.jsonl"
-    audit, stream = open_audit(path, io.StringIO())
-    assert stream is not None
+    audit = open_audit(path, io.StringIO())
+    assert audit.path == path
     audit.record(Decision(Outcome.ACCEPT, Reason.GRACE, "a"), "radius", "nas", 0.0)
-    stream.close()
+    audit.close()
     with open(path, encoding="utf-8") as written:
         assert json.loads(written.read())["user"] == "a"
