@@ -493,7 +493,7 @@ class Directory:
         if dn is None:
             return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
         self._dns.put(username, dn)
-        ok = await (server.bind(dn, password) if bind is None else bind(server.url, dn, password))
+        ok = await _bind_as(server, bind, dn, password)
         if not ok and cached is not None:
             # A remembered DN may be stale (the entry moved): bind again only if it did.
             fresh = await server.find(username)
@@ -502,10 +502,7 @@ class Directory:
                 return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
             if fresh != dn:
                 self._dns.put(username, fresh)
-                dn = fresh
-                ok = await (
-                    server.bind(dn, password) if bind is None else bind(server.url, dn, password)
-                )
+                dn, ok = fresh, await _bind_as(server, bind, fresh, password)
         if not ok:
             return BindResult(BindStatus.BAD_PASSWORD, dn, server=server.url)
         exempt = await self._is_exempt(server, dn, username)
@@ -541,6 +538,11 @@ class Directory:
             server=server.url,
             error=_describe(exc),
         )
+
+
+def _bind_as(server: _Server, bind: Binder | None, dn: str, password: str) -> Awaitable[bool]:
+    """The one bind of a login: on the server's pool, or by the caller's binder."""
+    return server.bind(dn, password) if bind is None else bind(server.url, dn, password)
 
 
 def _start(coroutine: Coroutine[Deferred[Any], Any, BindResult]) -> Deferred[BindResult]:

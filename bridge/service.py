@@ -132,7 +132,6 @@ class Daemon:
 
     def __init__(self, config: Config, reactor: Any, stdout: TextIO) -> None:
         self.service = MultiService()  # children start in the order they are added
-        self.config = config
         self.started_with = config  # what a reload compares with for restart-only settings
         public_url = config.portal.public_url if config.portal is not None else None
         try:
@@ -207,7 +206,6 @@ class Daemon:
         portal's URL in messages and the log level take effect for the next request;
         logins in flight finish with the settings they started with.
         """
-        self.config = new
         started = self.started_with
         # The TOTP step numbers the replay guard remembers: never changed under it.
         policy = policy_from(replace(new, mfa=replace(new.mfa, step=started.mfa.step)))

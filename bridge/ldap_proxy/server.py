@@ -448,10 +448,7 @@ class LdapProxyProtocol(Protocol):
 
     def _bound(self, outcome: _Outcome, msg_id: int, generation: int) -> None:
         if generation != self._generation or self._closed:  # the client left meanwhile
-            if outcome.upstream is not None:
-                outcome.upstream.close()
-            if self._closed:
-                self._close_link()
+            self._close_link()  # the link this bind may have opened since (outcome.upstream)
             return
         self._binding = False
         if outcome.upstream is not None:

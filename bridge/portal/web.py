@@ -136,11 +136,14 @@ class PortalResource(Resource):
             (b"GET", b"/"): self._home,
             (b"POST", b"/sign-in"): self._sign_in,
             (b"POST", b"/sign-out"): self._sign_out,
+            (b"GET", b"/static/portal.css"): self._stylesheet,
+        }
+        # Pages for a signed-in user only: without a session they send the browser to "/".
+        self._session_routes: dict[tuple[bytes, bytes], Callable[[Request, Session], bytes]] = {
             (b"GET", b"/setup"): self._setup_page,
             (b"POST", b"/setup"): self._setup_confirm,
             (b"GET", b"/reset"): self._reset_page,
             (b"POST", b"/reset"): self._reset_prove,
-            (b"GET", b"/static/portal.css"): self._stylesheet,
         }
 
     # --- dispatch ------------------------------------------------------------------------
@@ -153,9 +156,11 @@ class PortalResource(Resource):
             request.setHeader(b"Strict-Transport-Security", b"max-age=31536000")
         path = request.path or b"/"
         method = request.method or b"GET"
-        handler = self._routes.get((b"GET" if method == b"HEAD" else method, path))
-        if handler is None:
-            allowed = [m for m, p in self._routes if p == path]
+        key = (b"GET" if method == b"HEAD" else method, path)
+        handler = self._routes.get(key)
+        session_handler = self._session_routes.get(key)
+        if handler is None and session_handler is None:
+            allowed = [m for m, p in [*self._routes, *self._session_routes] if p == path]
             if not allowed:
                 request.setResponseCode(404)
                 return self._html(request, pages.message("Not found", "There is no such page."))
@@ -166,7 +171,13 @@ class PortalResource(Resource):
             refusal = self._refuse_post(request)
             if refusal is not None:
                 return refusal
-        return handler(request)
+        if handler is not None:
+            return handler(request)
+        assert session_handler is not None
+        session = self._session(request)
+        if session is None:
+            return self._redirect(request, b"/")
+        return session_handler(request, session)
 
     def _refuse_post(self, request: Request) -> bytes | None:
         """A POST that is too big, from another origin, or without the right CSRF token."""
@@ -219,8 +230,13 @@ class PortalResource(Resource):
         return b""
 
     def _session(self, request: Request) -> Session | None:
-        cookie = request.getCookie(self._session_cookie)
-        return self._portal.sessions.get(cookie.decode("ascii", "replace") if cookie else None)
+        """The request's live session (looked up once per request: CSRF check, then page)."""
+        if not hasattr(request, "_portal_session"):
+            cookie = request.getCookie(self._session_cookie)
+            session_id = cookie.decode("ascii", "replace") if cookie else None
+            request._portal_session = self._portal.sessions.get(session_id)  # type: ignore[attr-defined]
+        found: Session | None = request._portal_session  # type: ignore[attr-defined]
+        return found
 
     def _client(self, request: Request) -> str:
         """The client's address; behind a trusted proxy, the one it saw (X-Forwarded-For).
@@ -329,10 +345,7 @@ class PortalResource(Resource):
         self._set_cookie(request, self._session_cookie, "", expire=True)
         return self._redirect(request, b"/")
 
-    def _setup_page(self, request: Request, message: str = "") -> bytes:
-        session = self._session(request)
-        if session is None:
-            return self._redirect(request, b"/")
+    def _setup_page(self, request: Request, session: Session, message: str = "") -> bytes:
         secret = self._portal.new_secret(session)
         if secret is SetupResult.PROOF_REQUIRED:
             return self._redirect(request, b"/reset")
@@ -341,42 +354,33 @@ class PortalResource(Resource):
         page = pages.setup(_qr_svg(secret.uri), secret.key, session.csrf, message=message)
         return self._html(request, page)
 
-    def _setup_confirm(self, request: Request) -> bytes:
-        session = self._session(request)
-        if session is None:
-            return self._redirect(request, b"/")
+    def _setup_confirm(self, request: Request, session: Session) -> bytes:
         result = self._portal.confirm(session, _arg(request, "code"), self._client(request))
         if result is None:
             request.setResponseCode(429)
-            return self._setup_page(request, SIGN_IN_MESSAGES[SignInResult.LIMITED])
+            return self._setup_page(request, session, SIGN_IN_MESSAGES[SignInResult.LIMITED])
         if result is SetupResult.CONFIRMED:
             done = "MFA is set up. From now on, sign in with your password and a code from the app."
             return self._status(request, session, done)
         if result is SetupResult.WRONG_CODE:
             wrong = "That code does not match. Check the app shows this account, then try again."
-            return self._setup_page(request, wrong)
-        return self._setup_page(request)
+            return self._setup_page(request, session, wrong)
+        return self._setup_page(request, session)
 
-    def _reset_page(self, request: Request, message: str = "") -> bytes:
-        session = self._session(request)
-        if session is None:
-            return self._redirect(request, b"/")
+    def _reset_page(self, request: Request, session: Session, message: str = "") -> bytes:
         return self._html(request, pages.reset(session.csrf, message=message))
 
-    def _reset_prove(self, request: Request) -> bytes:
-        session = self._session(request)
-        if session is None:
-            return self._redirect(request, b"/")
+    def _reset_prove(self, request: Request, session: Session) -> bytes:
         decision = self._portal.prove_device(session, _arg(request, "code"), self._client(request))
         if decision is None:
             request.setResponseCode(429)
-            return self._reset_page(request, SIGN_IN_MESSAGES[SignInResult.LIMITED])
+            return self._reset_page(request, session, SIGN_IN_MESSAGES[SignInResult.LIMITED])
         if decision.accepted:
             return self._redirect(request, b"/setup")
         if decision.lock_reason is not None:
             self._portal.sign_out(session)
             return self._html(request, pages.locked(decision.lock_reason.value))
-        return self._reset_page(request, SIGN_IN_MESSAGES[SignInResult.WRONG_CODE])
+        return self._reset_page(request, session, SIGN_IN_MESSAGES[SignInResult.WRONG_CODE])
 
     def _stylesheet(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/css; charset=utf-8")

@@ -157,10 +157,16 @@ class SqliteStore:
         result; nothing is written when the record is unchanged.
         """
         with self._transaction():
-            before = self.get(username)
-            after, result = change(before)
-            if after != before:
-                self._write(username, after, before)
+            return self._read_modify_write(username, change)
+
+    def _read_modify_write(
+        self, username: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
+    ) -> T:
+        """`change` on the current record, written if it changed (inside a transaction)."""
+        before = self.get(username)
+        after, result = change(before)
+        if after != before:
+            self._write(username, after, before)
         return result
 
     def update_seen(
@@ -194,10 +200,7 @@ class SqliteStore:
                 try:
                     after, result = change(seen)
                     if after != seen and not self._set_seen(username, seen, after):
-                        current = self.get(username)
-                        after, result = change(current)
-                        if after != current:
-                            self._write(username, after, current)
+                        result = self._read_modify_write(username, change)
                 except sqlite3.Error:
                     raise  # the store itself failed: nothing of the batch is committed
                 except Exception as exc:  # a bug in one decision must not lose the others
