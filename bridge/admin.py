@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.core.credentials import normalize_username
+from bridge.core.identity import name_key, name_keys
 from bridge.core.policy import (
     Policy,
     admin_enroll,
@@ -22,12 +23,26 @@ from bridge.core.policy import (
     effective,
 )
 from bridge.core.totp import decode_secret, encode_secret, new_secret, provisioning_uri
-from bridge.core.types import State, UserRecord
+from bridge.core.types import Identity, State, UserRecord
+from bridge.directory import UnavailableError
 from bridge.store import SqliteStore
 
 
 class AdminError(Exception):
     """A mistake by the admin (unknown user, bad file): one line, exit status 1."""
+
+
+class Resolver(Protocol):
+    """Login names to directory entries (`DirectoryLookup`); raises UnavailableError."""
+
+    def resolve(self, name: str) -> Identity | None:
+        """The one entry `name` resolves to; None for none or several."""
+
+    def resolve_many(self, names: list[str]) -> dict[str, Identity | None]:
+        """`resolve` for many names at once."""
+
+    def is_exempt(self, identity: Identity) -> bool:
+        """Whether the entry is in an exempt group."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +55,7 @@ class Enrollment:
 
 
 def canonical(raw: str) -> str:
-    """The stored form of a user name, or AdminError."""
+    """The typed name in the form the directory is searched with, or AdminError."""
     name = normalize_username(raw)
     if name is None:
         raise AdminError(f"not a usable user name: {raw!r}")
@@ -48,7 +63,7 @@ def canonical(raw: str) -> str:
 
 
 def describe(
-    record: UserRecord | None, username: str, now: int, exempt: frozenset[str]
+    record: UserRecord | None, username: str, now: int, *, exempt: bool = False
 ) -> dict[str, Any]:
     """The JSON view of a user: state as it stands now, deadline, days left, failures."""
     if record is None:
@@ -57,7 +72,7 @@ def describe(
         current = effective(record, now)
         state, deadline = current.state, current.deadline
         failures, lock_reason = current.failures, current.lock_reason
-        if username in exempt:
+        if exempt:
             state = State.EXEMPT
     remaining = None
     if deadline is not None and state in (State.GRACE, State.PENDING):
@@ -80,64 +95,138 @@ def _iso(timestamp: int | None) -> str | None:
 
 
 class Admin:
-    """The `user` commands, each one transaction against the store."""
+    """The `user` commands, each one transaction against the store.
+
+    A name is resolved through the directory to its entry, whose record is the one shown
+    or changed (SPEC section 8). `status` and `lock` also work by the stored name while
+    the directory cannot be asked: a compromised account must not wait for it. What the
+    admin should know besides the result (such a fallback, records merged) is collected
+    in `notes`.
+    """
 
     def __init__(
-        self, store: SqliteStore, policy: Policy, issuer: str, exempt: frozenset[str]
+        self,
+        store: SqliteStore,
+        policy: Policy,
+        issuer: str,
+        exempt: frozenset[str],
+        directory: Resolver,
     ) -> None:
         self.store = store
         self.policy = policy
         self.issuer = issuer
-        self.exempt = frozenset(name for name in map(normalize_username, exempt) if name)
+        self.exempt = name_keys(exempt)
+        self.directory = directory
+        self.notes: list[str] = []
+
+    def _entry(self, raw: str, now: int) -> Identity | None:
+        """The entry `raw` names (None: the directory has none), its old records attached."""
+        name = canonical(raw)
+        try:
+            identity = self.directory.resolve(name)
+        except UnavailableError as exc:
+            raise _UnreachableError(str(exc)) from exc
+        if identity is not None:
+            self._attach({name: identity}, now)
+        return identity
+
+    def _known(self, raw: str, now: int) -> Identity:
+        """The entry `raw` names; AdminError when the directory has none or is down."""
+        try:
+            identity = self._entry(raw, now)
+        except _UnreachableError as exc:
+            raise AdminError(f"directory unreachable: {exc}") from exc
+        if identity is None:
+            raise AdminError(f"unknown user: {canonical(raw)} (no such entry in the directory)")
+        return identity
+
+    def _stored(self, raw: str, why: str) -> UserRecord:
+        """The one record stored under the name `raw`, for when the directory cannot say."""
+        records = self.store.named(raw)
+        if not records:
+            raise AdminError(f"unknown user: {canonical(raw)} ({why})")
+        if len(records) > 1:
+            raise AdminError(
+                f"{len(records)} records are stored under the name {canonical(raw)} ({why})"
+            )
+        self.notes.append(f"{why}: matched the stored name {records[0].username}")
+        return records[0]
+
+    def _is_exempt(self, identity: Identity) -> bool:
+        return name_key(identity.name) in self.exempt or self.directory.is_exempt(identity)
 
     def status(self, raw: str, now: int) -> dict[str, Any]:
         """One user's view; AdminError for a user the bridge does not know."""
-        username = canonical(raw)
-        record = self.store.get(username)
-        if record is None and username not in self.exempt:
-            raise AdminError(f"unknown user: {username}")
-        return describe(record, username, now, self.exempt)
+        try:
+            identity = self._entry(raw, now)
+        except _UnreachableError as exc:
+            stored = self._stored(raw, f"directory unreachable: {exc}")
+            return describe(stored, stored.username, now)
+        if identity is None:
+            stored = self._stored(raw, "not in the directory")
+            return describe(stored, stored.username, now)
+        record = self.store.get(identity.entry_id)
+        exempt = self._is_exempt(identity)
+        if record is None and not exempt:
+            raise AdminError(
+                f"unknown user: {identity.name} has no MFA record yet (one is made at the"
+                " first login, or by enroll)"
+            )
+        return describe(record, identity.name, now, exempt=exempt)
 
     def list(self, now: int) -> list[dict[str, Any]]:
-        """Every known user's view."""
-        return [describe(r, r.username, now, self.exempt) for r in self.store.list()]
+        """Every known user's view (records from before SPEC 8 attached first, if possible)."""
+        self.attach_legacy(now)
+        views = [describe(r, r.username, now) for r in self.store.list()]
+        for name in self.store.legacy_names():
+            views.append({**describe(None, name, now), "state": None, "unattached": True})
+        return views
 
     def enroll(self, raw: str, now: int) -> Enrollment:
         """Issue a new secret: the user is `pending` until the first code."""
-        username = canonical(raw)
+        owner = self._known(raw, now)
         secret = new_secret()
         record = self.store.update(
-            username, lambda old: _same(admin_enroll(old, username, secret, now, self.policy))
+            owner.entry_id, lambda old: _same(admin_enroll(old, owner, secret, now, self.policy))
         )
-        uri = provisioning_uri(secret, username, self.issuer, self.policy.totp)
+        uri = provisioning_uri(secret, owner.name, self.issuer, self.policy.totp)
         return Enrollment(record, encode_secret(secret), uri)
 
     def lock(self, raw: str, now: int) -> UserRecord | None:
-        """Lock by hand."""
-        return self._change(raw, lambda r: admin_lock(r, now))
+        """Lock by hand; by the stored name when the directory cannot say."""
+        try:
+            identity = self._entry(raw, now)
+        except _UnreachableError as exc:
+            entry_id = self._stored(raw, f"directory unreachable: {exc}").entry_id
+        else:
+            if identity is None:
+                entry_id = self._stored(raw, "not in the directory").entry_id
+            else:
+                entry_id = identity.entry_id
+        return self._change(entry_id, raw, lambda r: admin_lock(r, now))
 
     def unlock(self, raw: str, now: int, days: int | None = None) -> UserRecord | None:
         """Clear the lock and failures (SPEC: active with a confirmed secret, else grace)."""
         if days is not None and days < 0:
             raise AdminError("--days must be 0 or more")
-        return self._change(raw, lambda r: admin_unlock(r, now, self.policy, days))
+        owner = self._known(raw, now)
+        return self._change(owner.entry_id, raw, lambda r: admin_unlock(r, now, self.policy, days))
 
     def reset(self, raw: str, now: int) -> UserRecord | None:
         """Forget the secret: back to grace with a fresh period."""
-        return self._change(raw, lambda r: admin_reset(r, now, self.policy))
+        owner = self._known(raw, now)
+        return self._change(owner.entry_id, raw, lambda r: admin_reset(r, now, self.policy))
 
     def _change(
-        self, raw: str, change: Callable[[UserRecord], UserRecord | None]
+        self, entry_id: str, raw: str, change: Callable[[UserRecord], UserRecord | None]
     ) -> UserRecord | None:
-        username = canonical(raw)
-
         def apply(old: UserRecord | None) -> tuple[UserRecord | None, UserRecord | None]:
             if old is None:
-                raise AdminError(f"unknown user: {username}")
+                raise AdminError(f"unknown user: {canonical(raw)} has no MFA record yet")
             new = change(old)
             return new, new
 
-        return self.store.update(username, apply)
+        return self.store.update(entry_id, apply)
 
     def import_csv(self, path: Path, now: int) -> int:
         """Import `username,secret` rows: all or nothing, imported users are `active`."""
@@ -147,30 +236,93 @@ class Admin:
             raise AdminError(
                 f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}"
             ) from exc
-        records = list(parse_import(text, str(path), now))
-        self.store.put_many(records)
-        return len(records)
+        rows = parse_import(text, str(path))
+        try:
+            found = self.directory.resolve_many([row.username for row in rows])
+        except UnavailableError as exc:
+            raise AdminError(f"directory unreachable: {exc}") from exc
+        owners: dict[str, ImportRow] = {}
+        changes = []
+        for row in rows:
+            owner = found.get(row.username)
+            if owner is None:
+                raise AdminError(
+                    f"{path}: line {row.line}: {row.username} is not in the directory"
+                    " (or names several entries)"
+                )
+            first = owners.setdefault(owner.entry_id, row)
+            if first is not row:
+                raise AdminError(
+                    f"{path}: line {row.line}: {row.username} is the same person as"
+                    f" {first.username} on line {first.line}"
+                )
+            changes.append((owner.entry_id, _importer(owner, row.secret, now)))
+        self._attach({row.username: found[row.username] for row in rows}, now)
+        self.store.update_many(changes)
+        return len(changes)
+
+    def attach_legacy(self, now: int) -> None:
+        """Attach records from before SPEC 8 to their entries, if the directory answers."""
+        names = self.store.legacy_names()
+        if not names:
+            return
+        try:
+            found = self.directory.resolve_many(names)
+        except UnavailableError as exc:
+            self.notes.append(
+                f"{len(names)} records from before this release wait for the directory: {exc}"
+            )
+            return
+        self._attach(found, now)
+
+    def _attach(self, found: Mapping[str, Identity | None], now: int) -> None:
+        if not self.store.has_legacy:
+            return
+        for name, identity in found.items():
+            if identity is not None:
+                attached = self.store.attach(identity, (name, identity.name), now)
+                if attached is not None:
+                    self.notes.append(attached.summary())
+
+
+class _UnreachableError(Exception):
+    """The directory could not be asked (its message says why)."""
 
 
 def _same(record: UserRecord) -> tuple[UserRecord, UserRecord]:
     return record, record
 
 
-def parse_import(text: str, source: str, now: int) -> list[UserRecord]:
-    """Rows of a `username,secret` CSV as active records; AdminError names the bad line."""
+def _importer(
+    owner: Identity, secret: bytes, now: int
+) -> Callable[[UserRecord | None], tuple[UserRecord | None, None]]:
+    return lambda old: (admin_import(old, owner, secret, now), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    """One `username,secret` line of an import file."""
+
+    line: int
+    username: str
+    secret: bytes = field(repr=False)
+
+
+def parse_import(text: str, source: str) -> list[ImportRow]:
+    """Rows of a `username,secret` CSV; AdminError names the bad line."""
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None or [h.strip().lower() for h in header] != ["username", "secret"]:
         raise AdminError(f"{source}: line 1: the header must be exactly 'username,secret'")
     try:
-        return _import_rows(reader, source, now)
+        return _import_rows(reader, source)
     except csv.Error as exc:  # e.g. a field over the csv module's size limit
         raise AdminError(f"{source}: line {reader.line_num}: {exc}") from exc
 
 
-def _import_rows(reader: Any, source: str, now: int) -> list[UserRecord]:
+def _import_rows(reader: Any, source: str) -> list[ImportRow]:
     seen: set[str] = set()
-    records: list[UserRecord] = []
+    rows: list[ImportRow] = []
     for row in reader:
         line = reader.line_num
         if not row or all(not cell.strip() for cell in row):
@@ -187,5 +339,5 @@ def _import_rows(reader: Any, source: str, now: int) -> list[UserRecord]:
             secret = decode_secret(row[1])
         except ValueError as exc:
             raise AdminError(f"{source}: line {line}: secret: {exc}") from exc
-        records.append(admin_import(None, username, secret, now))
-    return records
+        rows.append(ImportRow(line, username, secret))
+    return rows

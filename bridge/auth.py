@@ -6,34 +6,49 @@ the other, and every decision is written to the audit log here, once, with its r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from bridge.audit import AuditLog
 from bridge.core.credentials import normalize_username
-from bridge.core.policy import Mode, Policy, Verdict, check_code, conclude, plan_attempt, rejected
-from bridge.core.types import Decision, Reason, UserRecord
-from bridge.directory import Binder, BindResult, BindStatus
+from bridge.core.identity import name_key, name_keys
+from bridge.core.policy import (
+    Attempt,
+    Mode,
+    Policy,
+    Verdict,
+    check_code,
+    conclude,
+    plan_attempt,
+    plan_given,
+    rejected,
+)
+from bridge.core.types import Decision, Identity, Outcome, Reason, UserRecord
+from bridge.directory import Binder, BindResult, BindStatus, Plan
 from bridge.store import SqliteStore
 from bridge.store.batching import WriteBatcher
+
+log = Logger(namespace="bridge.auth")
 
 _BIND_REJECTS = {
     BindStatus.BAD_PASSWORD: Reason.BAD_PASSWORD,
     BindStatus.UNKNOWN_USER: Reason.UNKNOWN_USER,
+    BindStatus.NO_ENTRY_ID: Reason.NO_ENTRY_ID,
     BindStatus.UNAVAILABLE: Reason.DIRECTORY_DOWN,
 }
 
 
 class Authenticate(Protocol):
-    """`Directory.authenticate`: find the user and check the password with one bind."""
+    """`Directory.authenticate`: find the user's entry, then check the password with one bind."""
 
     def __call__(
-        self, username: str, password: str, bind: Binder | None = None
+        self, username: str, plan: Plan, bind: Binder | None = None
     ) -> Deferred[BindResult]:
-        """The directory's answer; `bind` makes that bind instead of the directory's pool."""
+        """The directory's answer; `plan` chooses the password once the entry is known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +62,35 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class LoginOutcome:
-    """A decision and, for an accepted login, the password and DN the directory accepted."""
+    """A decision and, past the password check, whose it is and which password worked."""
 
     decision: Decision
     password: str | None = field(default=None, repr=False)  # never in a repr or a log
-    dn: str | None = None
+    identity: Identity | None = None  # the entry, for an accept or a challenge
     server: str | None = None
+
+    @property
+    def dn(self) -> str | None:
+        """The DN the directory accepted the password for."""
+        return self.identity.dn if self.identity is not None else None
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What the login chose once the directory had found the entry."""
+
+    identity: Identity
+    record: UserRecord | None
+    attempt: Attempt
 
 
 class Authenticator:
-    """Decides logins; the adapters only translate between wire and `Decision`."""
+    """Decides logins; the adapters only translate between wire and `Decision`.
+
+    A login resolves the name typed to its directory entry first: the record read, the
+    code checked and the state changed are the entry's (SPEC section 8), whichever of its
+    names was typed.
+    """
 
     def __init__(
         self,
@@ -74,17 +108,13 @@ class Authenticator:
         self._writes = writes  # None: each login's write commits on its own, at once
         self._authenticate = authenticate
         self._policy = policy
-        self._exempt_users = frozenset(
-            name for name in map(normalize_username, exempt_users) if name
-        )
+        self._exempt_users = name_keys(exempt_users)
         self._clock = clock
 
     def reconfigure(self, policy: Policy, exempt_users: frozenset[str]) -> None:
         """New MFA rules and exempt users, for logins that start from now on (SIGHUP)."""
         self._policy = policy
-        self._exempt_users = frozenset(
-            name for name in map(normalize_username, exempt_users) if name
-        )
+        self._exempt_users = name_keys(exempt_users)
 
     def _now(self) -> int:
         return int(self._clock.seconds())
@@ -104,11 +134,14 @@ class Authenticator:
         mode: Mode,
         caller: Caller,
         bind: Binder | None = None,
+        *,
+        code: str | None = None,
     ) -> Deferred[LoginOutcome]:
-        """`login`, also saying which password the directory accepted and for which DN.
+        """`login`, also saying whose entry it was and which password the directory took.
 
         `bind` checks the password instead of the directory's pool: the LDAP proxy binds
-        on the connection it keeps for the session, so the login costs one bind.
+        on the connection it keeps for the session, so the login costs one bind. `code`
+        is a code given in a field of its own (the portal), `field` then the password.
         """
         started = self._clock.seconds()
         username = normalize_username(raw_username)
@@ -118,20 +151,36 @@ class Authenticator:
         if not field:
             decision = rejected(username, Reason.EMPTY_PASSWORD)
             return succeed(LoginOutcome(self._audit(decision, caller, started)))
-        record = self._store.get(username)
-        attempt = plan_attempt(record, field, mode, self._now(), self._policy)
+        planned: list[_Plan] = []
+
+        def plan(identity: Identity) -> str:
+            now = self._now()
+            record = self._record_for(identity, username, now)
+            if code is None:
+                attempt = plan_attempt(record, field, mode, now, self._policy)
+            else:
+                attempt = plan_given(record, field, code)
+            planned.append(_Plan(identity, record, attempt))
+            return attempt.password
 
         def bound(result: BindResult) -> LoginOutcome | Deferred[LoginOutcome]:
-            if result.status is not BindStatus.OK:
-                decision = rejected(username, _BIND_REJECTS[result.status], record)
-                return LoginOutcome(self._audit(decision, caller, started))
-            exempt = username in self._exempt_users or result.in_exempt_group
+            if result.status is not BindStatus.OK or not planned:
+                chosen = planned[-1] if planned else None
+                name = _typed(username, result.identity)
+                decision = rejected(
+                    name, _BIND_REJECTS.get(result.status, Reason.INTERNAL_ERROR),
+                    chosen.record if chosen else None,
+                )
+                return LoginOutcome(self._audit(decision, caller, started, username))
+            chosen = planned[-1]
+            identity = chosen.identity
+            exempt = name_key(identity.name) in self._exempt_users or result.in_exempt_group
 
             def decide(current: UserRecord | None) -> tuple[UserRecord | None, Verdict]:
                 verdict = conclude(
                     current,
-                    username,
-                    attempt,
+                    identity,
+                    chosen.attempt,
                     exempt=exempt,
                     can_challenge=mode is not Mode.APPEND,
                     now=self._now(),
@@ -140,33 +189,46 @@ class Authenticator:
                 return verdict.record, verdict
 
             if self._writes is None:
-                return written(self._store.update_seen(username, record, decide), result)
-            d = self._writes.update_seen(username, record, decide)
-            return d.addCallback(written, result)
+                verdict = self._store.update_seen(identity.entry_id, chosen.record, decide)
+                return written(verdict, chosen, result)
+            d = self._writes.update_seen(identity.entry_id, chosen.record, decide)
+            return d.addCallback(written, chosen, result)
 
-        def written(verdict: Verdict, result: BindResult) -> LoginOutcome:
-            decision = self._audit(verdict.decision, caller, started)
-            if not decision.accepted:
-                return LoginOutcome(decision)
-            return LoginOutcome(decision, attempt.password, result.dn, result.server)
+        def written(verdict: Verdict, chosen: _Plan, result: BindResult) -> LoginOutcome:
+            decision = self._audit(verdict.decision, caller, started, username)
+            if decision.accepted:
+                password = chosen.attempt.password
+                return LoginOutcome(decision, password, chosen.identity, result.server)
+            if decision.outcome is Outcome.CHALLENGE:
+                return LoginOutcome(decision, identity=chosen.identity, server=result.server)
+            return LoginOutcome(decision)
 
         if bind is None:
-            checked = self._authenticate(username, attempt.password)
+            checked = self._authenticate(username, plan)
         else:
-            checked = self._authenticate(username, attempt.password, bind)
+            checked = self._authenticate(username, plan, bind)
         return checked.addCallback(bound)
 
-    def answer_challenge(self, username: str, code: str, caller: Caller) -> Decision:
+    def _record_for(self, identity: Identity, typed: str, now: int) -> UserRecord | None:
+        """The entry's record, with any record from before SPEC 8 under its names merged in."""
+        if self._store.has_legacy:
+            attached = self._store.attach(identity, (typed, identity.name), now)
+            if attached is not None:
+                log.warn("store.attached {summary}", summary=attached.summary())
+                return attached.record
+        return self._store.get(identity.entry_id)
+
+    def answer_challenge(self, owner: Identity, code: str, caller: Caller) -> Decision:
         """Decide the code sent in answer to a challenge (the password was checked then)."""
         started = self._clock.seconds()
 
         def decide(current: UserRecord | None) -> tuple[UserRecord | None, Decision]:
             if current is None:
-                return None, rejected(username, Reason.BAD_STATE)
+                return None, rejected(owner.name, Reason.BAD_STATE)
             verdict = check_code(current, code, now=self._now(), policy=self._policy)
             return verdict.record, verdict.decision
 
-        return self._audit(self._store.update(username, decide), caller, started)
+        return self._audit(self._store.update(owner.entry_id, decide), caller, started)
 
     def refuse(self, raw_username: str, reason: Reason, caller: Caller) -> Decision:
         """Reject before any password check (malformed, unsupported, stale challenge)."""
@@ -175,10 +237,23 @@ class Authenticator:
 
     @staticmethod
     def same_user(raw_username: str, username: str) -> bool:
-        """Whether a name a client sent is the canonical `username`."""
+        """Whether a name a client sent is the name `username` it sent before."""
         return normalize_username(raw_username) == username
 
-    def _audit(self, decision: Decision, caller: Caller, started: float) -> Decision:
+    def _audit(
+        self, decision: Decision, caller: Caller, started: float, typed: str | None = None
+    ) -> Decision:
+        if (
+            typed is not None
+            and decision.login is None
+            and name_key(typed) != name_key(decision.username)
+        ):
+            decision = replace(decision, login=typed)
         latency = self._clock.seconds() - started
         self._audit_log.record(decision, caller.protocol, caller.client, latency, caller.label)
         return decision
+
+
+def _typed(typed: str, identity: Identity | None) -> str:
+    """The name a rejected login is audited under: the entry's, once it was found."""
+    return identity.name if identity is not None else typed

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bridge.admin import Admin, AdminError
+from bridge.admin import Admin, AdminError, describe
 from bridge.config import Config, ConfigError, default_config_path, load_config
 from bridge.core.types import UserRecord
 from bridge.store import StoreError
@@ -115,15 +115,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _user(args: argparse.Namespace, config: Config) -> int:
-    from bridge.service import open_store, policy_from  # noqa: PLC0415 - keep --help fast
+    from bridge.directory import DirectoryLookup  # noqa: PLC0415 - keep --help fast
+    from bridge.service import open_store, policy_from  # noqa: PLC0415
 
     store = open_store(config)
+    directory = DirectoryLookup(config.directory, config.mfa.exempt_groups)
+    admin = Admin(
+        store,
+        policy_from(config),
+        config.mfa.issuer,
+        frozenset(config.mfa.exempt_users),
+        directory,
+    )
     try:
-        admin = Admin(
-            store, policy_from(config), config.mfa.issuer, frozenset(config.mfa.exempt_users)
-        )
         return _USER_ACTIONS[args.action](admin, args, int(time.time()))
     finally:
+        for note in admin.notes:
+            print(f"note: {note}", file=sys.stderr)
+        directory.close()
         store.close()
 
 
@@ -157,7 +166,7 @@ def _enroll(admin: Admin, args: argparse.Namespace, now: int) -> int:
     import segno  # noqa: PLC0415
 
     enrollment = admin.enroll(args.username, now)
-    view = admin.status(enrollment.record.username, now)
+    view = describe(enrollment.record, enrollment.record.username, now)
     if args.json:
         print(
             json.dumps(
@@ -180,7 +189,10 @@ def _changed(
 
     def run(admin: Admin, args: argparse.Namespace, now: int) -> int:
         record = action(admin, args, now)
-        return _status(admin, args, now) if record is not None else _gone(args)
+        if record is None:
+            return _gone(args)
+        view = describe(record, record.username, now)
+        return _show(args, view, lambda: _line(view))
 
     return run
 

@@ -56,6 +56,8 @@ class DirectoryConfig:
     group_filter: str = "(|(member={dn})(uniqueMember={dn})(memberUid={username}))"
     pool_size: int = 16  # connections used for user binds (one bind at a time each)
     cache_ttl: int = 300  # seconds a user's DN and group membership are remembered; 0: never
+    id_attribute: str = "entryUUID"  # names an entry for good (AD: objectGUID): the record's key
+    name_attribute: str = "uid"  # the user's name in lists, logs and the app (AD: sAMAccountName)
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,6 +603,8 @@ _DIRECTORY_KEYS: Final = (
     "group_filter",
     "pool_size",
     "cache_ttl",
+    "id_attribute",
+    "name_attribute",
 )
 
 
@@ -689,7 +693,21 @@ def _directory(report: _Report, data: Mapping[object, object]) -> DirectoryConfi
         group_filter=group_filter,
         pool_size=m.integer("pool_size", _DEFAULT_DIRECTORY.pool_size, 1, 64),
         cache_ttl=m.integer("cache_ttl", _DEFAULT_DIRECTORY.cache_ttl, 0, 86_400),
+        id_attribute=_attribute(m, "id_attribute", _DEFAULT_DIRECTORY.id_attribute),
+        name_attribute=_attribute(m, "name_attribute", _DEFAULT_DIRECTORY.name_attribute),
     )
+
+
+_ATTRIBUTE: Final = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+")
+
+
+def _attribute(m: _Map, key: str, default: str) -> str:
+    """An attribute description: a name (letters, digits, hyphens) or a numeric OID."""
+    text = m.string(key, default)
+    if _ATTRIBUTE.fullmatch(text):
+        return text
+    m.error(key, f"must be an attribute name such as {default}, got {text!r}")
+    return default
 
 
 # --- mfa, store, log ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ Nothing here uses the global reactor; the caller passes one in.
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,7 +62,18 @@ class _TCPReactor(Protocol):
 
 
 class _Loader(InMemoryLDIFProtocol):  # type: ignore[misc]  # ldaptor is untyped
-    """ldaptor's LDIF-to-tree loader, naming the entry when one cannot be placed."""
+    """ldaptor's LDIF-to-tree loader, naming the entry when one cannot be placed.
+
+    Entries get an `entryUUID` as a real directory gives them (RFC 4530), derived from
+    the DN so that it stays the same across restarts: the bridge keys records by it.
+    """
+
+    def gotEntry(self, entry: Any) -> None:  # noqa: N802 - ldaptor's name
+        """Add `entryUUID` unless the LDIF sets one, then load the entry."""
+        if not any(str(name).lower() == "entryuuid" for name in entry):
+            dn = entry.dn.getText().lower()
+            entry["entryUUID"] = [str(uuid.uuid5(uuid.NAMESPACE_URL, "ldap:///" + dn))]
+        super().gotEntry(entry)
 
     def addFailed(self, reason: Failure, entry: Any) -> None:  # noqa: N802 - ldaptor's name
         """Abort the load, saying which entry failed and why."""

@@ -6,8 +6,9 @@ thread hand-off and no blocking wait. Searches are pipelined on one service conn
 binds go to a pool of connections kept only for binding (a bind changes a connection's
 identity, and RFC 4511 allows one bind at a time on it). Only opening connections (TCP,
 TLS handshake, service bind) happens on a thread, so an unreachable server never stalls
-the reactor. A user's DN and exempt-group membership are remembered for `cache_ttl`
-seconds (never a password or a bind result), so a returning user costs one bind.
+the reactor. A user's entry (DN, id and name: SPEC section 8) and exempt-group
+membership are remembered for `cache_ttl` seconds (never a password or a bind result),
+so a returning user costs one bind.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import ldap
+import ldap.dn
 from ldap.filter import escape_filter_chars
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
@@ -34,6 +36,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from bridge.config import DirectoryConfig
+from bridge.core.identity import id_text
+from bridge.core.types import Identity
 
 log = Logger(namespace="bridge.directory")
 
@@ -50,6 +54,7 @@ class BindStatus(StrEnum):
     OK = "ok"
     BAD_PASSWORD = "bad-password"  # noqa: S105 - a status, not a password
     UNKNOWN_USER = "unknown-user"
+    NO_ENTRY_ID = "no-entry-id"  # the entry has no directory.id_attribute: fail closed
     UNAVAILABLE = "unavailable"
 
 
@@ -58,9 +63,14 @@ class BindResult:
     """The directory's answer; `in_exempt_group` is only looked up after a good bind."""
 
     status: BindStatus
-    dn: str | None = None
+    identity: Identity | None = None  # the entry the name resolved to, once found
     in_exempt_group: bool = False
     server: str | None = None
+
+    @property
+    def dn(self) -> str | None:
+        """The entry's DN, once found."""
+        return self.identity.dn if self.identity is not None else None
 
 
 class UnavailableError(Exception):
@@ -70,6 +80,36 @@ class UnavailableError(Exception):
 # A bind done by the caller: (server URL, DN, password) -> accepted? Raises
 # UnavailableError when that server cannot answer.
 Binder = Callable[[str, str, str], Awaitable[bool]]
+
+# The password to bind with, chosen once the entry (and so its MFA record) is known.
+Plan = Callable[[Identity], str]
+
+
+class NoEntryIdError(Exception):
+    """The entry found has no value for directory.id_attribute."""
+
+
+def identity_of(
+    dn: str, attrs: dict[str, list[bytes]], config: DirectoryConfig, typed: str
+) -> Identity:
+    """The Identity of a search result entry; NoEntryIdError without an id.
+
+    The name is the name attribute's value that names the entry in its DN when there is
+    one (a second `uid` is an alias), else its first value, else the name typed.
+    """
+    values = {key.lower(): value for key, value in attrs.items()}
+    raw_ids = values.get(config.id_attribute.lower()) or []
+    entry_id = id_text(config.id_attribute, raw_ids[0]) if raw_ids else None
+    if entry_id is None:
+        raise NoEntryIdError(dn)
+    names = [v.decode("utf-8", "replace") for v in values.get(config.name_attribute.lower(), [])]
+    name = names[0] if names else typed
+    with contextlib.suppress(ldap.DECODING_ERROR, TypeError, ValueError):
+        rdn = ldap.dn.str2dn(dn)[0]
+        for attr, value, _flags in rdn:
+            if attr.lower() == config.name_attribute.lower() and value in names:
+                name = value
+    return Identity(entry_id, name, dn)
 
 
 def connect(url: str, config: DirectoryConfig) -> Any:
@@ -275,12 +315,16 @@ class _Server:
         for waiter in queue:
             waiter.errback(UnavailableError(_describe(exc)))
 
-    async def find(self, username: str) -> str | None:
-        """The DN of the one entry matching the user filter; None for none or several."""
+    async def find(self, username: str) -> Identity | None:
+        """The one entry matching the user filter; None for none or several.
+
+        Its id and name attributes come with the search: no extra operation per login.
+        """
         query = self._config.user_filter.replace("{username}", escape_filter_chars(username))
+        wanted = [self._config.id_attribute, self._config.name_attribute]
         try:
             _kind, entries = await self._search(
-                self._config.user_base, ldap.SCOPE_SUBTREE, query, 2
+                self._config.user_base, ldap.SCOPE_SUBTREE, query, 2, wanted
             )
         except ldap.SIZELIMIT_EXCEEDED:
             log.warn("directory.ambiguous: the user filter matched several entries")
@@ -289,10 +333,12 @@ class _Server:
             return None
         except ldap.LDAPError as exc:
             raise UnavailableError(_describe(exc)) from exc
-        dns = [dn for dn, _attrs in entries if dn]
-        if len(dns) > 1:
+        found = [(dn, attrs) for dn, attrs in entries if dn]
+        if len(found) > 1:
             log.warn("directory.ambiguous: the user filter matched several entries")
-        return dns[0] if len(dns) == 1 else None
+        if len(found) != 1:
+            return None
+        return identity_of(found[0][0], found[0][1], self._config, username)
 
     async def member_of_any(self, dn: str, username: str, groups: tuple[str, ...]) -> bool:
         """Whether `dn` is a member of one of `groups` (a base search on each)."""
@@ -301,7 +347,7 @@ class _Server:
         )
         for group in groups:
             try:
-                _kind, entries = await self._search(group, ldap.SCOPE_BASE, query, 1)
+                _kind, entries = await self._search(group, ldap.SCOPE_BASE, query, 1, ["1.1"])
             except ldap.NO_SUCH_OBJECT:
                 continue
             except ldap.LDAPError as exc:
@@ -323,12 +369,14 @@ class _Server:
             self._release(link)
         return True
 
-    def _search(self, base: str, scope: int, query: str, limit: int) -> Deferred[Any]:
-        """A search on the shared connection, asking for DNs only."""
+    def _search(
+        self, base: str, scope: int, query: str, limit: int, attrs: list[str]
+    ) -> Deferred[Any]:
+        """A search on the shared connection, asking for `attrs` only (["1.1"]: none)."""
         if self._search_link is None:
             raise UnavailableError("not connected")
         return self._search_link.call(
-            lambda c: c.search_ext(base, scope, query, ["1.1"], sizelimit=limit)
+            lambda c: c.search_ext(base, scope, query, attrs, sizelimit=limit)
         )
 
     def _acquire(self) -> Deferred[_Link]:
@@ -392,8 +440,9 @@ class Directory:
         self._exempt_groups = exempt_groups
         self._monotonic = monotonic
         self._down_until: dict[str, float] = {}
-        self._dns = _Expiring(config.cache_ttl, monotonic)
+        self._entries = _Expiring(config.cache_ttl, monotonic)  # typed name -> Identity
         self._exempt = _Expiring(config.cache_ttl, monotonic)
+        self._no_id_logged = float("-inf")
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="directory-connect")
         self._servers = {url: _Server(url, config, reactor, self.pool) for url in config.urls}
         self._reactor = reactor
@@ -434,18 +483,22 @@ class Directory:
             server.check_deadlines(now)
 
     def authenticate(
-        self, username: str, password: str, bind: Binder | None = None
+        self, username: str, plan: Plan, bind: Binder | None = None
     ) -> Deferred[BindResult]:
-        """Find `username` and bind as them with `password`.
+        """Find `username`'s entry, then bind as it with the password `plan` chooses.
 
-        `bind` replaces the bind on the pool: the LDAP proxy binds on the connection it
-        then keeps for the session, so its login costs one bind, not two.
+        `plan` sees the entry before the bind, so the caller can read the entry's record
+        and choose which password to try (a login costs one bind). `bind` replaces the
+        bind on the pool: the LDAP proxy binds on the connection it then keeps for the
+        session, so its login costs one bind, not two.
         """
-        if not password:  # an empty password is an anonymous bind at many directories
-            return succeed(BindResult(BindStatus.BAD_PASSWORD))
         if self.on_latency is None:
-            return _start(self._authenticate_once(username, password, bind))
-        return _start(self._authenticate(username, password, bind))
+            return _start(self._authenticate_once(username, plan, bind))
+        return _start(self._authenticate(username, plan, bind))
+
+    def resolve(self, username: str) -> Deferred[BindResult]:
+        """Find `username`'s entry without binding (attaching records from before 8)."""
+        return _start(self._resolve(username))
 
     def probe(self) -> Deferred[BindResult]:
         """Open connections to the first server that answers (start-up, health checks)."""
@@ -461,22 +514,40 @@ class Directory:
             return BindResult(BindStatus.OK, server=server.url)
         return BindResult(BindStatus.UNAVAILABLE)
 
-    async def _authenticate(self, username: str, password: str, bind: Binder | None) -> BindResult:
+    async def _resolve(self, username: str) -> BindResult:
+        for server in self._ordered():
+            try:
+                await server.ready()
+                identity = await self._find(server, username)
+            except NoEntryIdError as exc:
+                return self._no_entry_id(str(exc), server)
+            except UnavailableError as exc:
+                self._failed(server, exc)
+                continue
+            self._down_until.pop(server.url, None)
+            if identity is None:
+                return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
+            return BindResult(BindStatus.OK, identity, server=server.url)
+        return BindResult(BindStatus.UNAVAILABLE)
+
+    async def _authenticate(self, username: str, plan: Plan, bind: Binder | None) -> BindResult:
         """`_authenticate_once`, timed for the metrics."""
         started = self._monotonic()
         try:
-            return await self._authenticate_once(username, password, bind)
+            return await self._authenticate_once(username, plan, bind)
         finally:
             if self.on_latency is not None:
                 self.on_latency(self._monotonic() - started)
 
     async def _authenticate_once(
-        self, username: str, password: str, bind: Binder | None
+        self, username: str, plan: Plan, bind: Binder | None
     ) -> BindResult:
         for server in self._ordered():
             try:
                 await server.ready()
-                result = await self._login(server, username, password, bind)
+                result = await self._login(server, username, plan, bind)
+            except NoEntryIdError as exc:
+                return self._no_entry_id(str(exc), server)
             except UnavailableError as exc:
                 self._failed(server, exc)
                 continue
@@ -484,38 +555,62 @@ class Directory:
             return result
         return BindResult(BindStatus.UNAVAILABLE)
 
+    async def _find(self, server: _Server, username: str) -> Identity | None:
+        """The entry for `username`: remembered, or searched for and then remembered."""
+        identity: Identity | None = self._entries.get(username)
+        if identity is None:
+            identity = await server.find(username)
+            if identity is not None:
+                self._entries.put(username, identity)
+        return identity
+
     async def _login(
-        self, server: _Server, username: str, password: str, bind: Binder | None
+        self, server: _Server, username: str, plan: Plan, bind: Binder | None
     ) -> BindResult:
-        """Search (unless the DN is remembered), then one bind as the user."""
-        cached: str | None = self._dns.get(username)
-        dn = cached or await server.find(username)
-        if dn is None:
+        """Search (unless the entry is remembered), then one bind as the user."""
+        cached: Identity | None = self._entries.get(username)
+        identity = cached or await server.find(username)
+        if identity is None:
             return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
-        self._dns.put(username, dn)
-        ok = await _bind_as(server, bind, dn, password)
+        self._entries.put(username, identity)
+        ok = await _bind_as(server, bind, identity, plan)
         if not ok and cached is not None:
-            # A remembered DN may be stale (the entry moved): bind again only if it did.
+            # A remembered entry may be stale (moved, renamed): bind again only if it is.
             fresh = await server.find(username)
             if fresh is None:
-                self._dns.drop(username)
+                self._entries.drop(username)
                 return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
-            if fresh != dn:
-                self._dns.put(username, fresh)
-                dn, ok = fresh, await _bind_as(server, bind, fresh, password)
+            if fresh != identity:
+                self._entries.put(username, fresh)
+                identity, ok = fresh, await _bind_as(server, bind, fresh, plan)
         if not ok:
-            return BindResult(BindStatus.BAD_PASSWORD, dn, server=server.url)
-        exempt = await self._is_exempt(server, dn, username)
-        return BindResult(BindStatus.OK, dn, in_exempt_group=exempt, server=server.url)
+            return BindResult(BindStatus.BAD_PASSWORD, identity, server=server.url)
+        exempt = await self._is_exempt(server, identity)
+        return BindResult(BindStatus.OK, identity, in_exempt_group=exempt, server=server.url)
 
-    async def _is_exempt(self, server: _Server, dn: str, username: str) -> bool:
+    async def _is_exempt(self, server: _Server, identity: Identity) -> bool:
         if not self._exempt_groups:
             return False
-        exempt: bool | None = self._exempt.get(dn)
+        exempt: bool | None = self._exempt.get(identity.dn)
         if exempt is None:
-            exempt = await server.member_of_any(dn, username, self._exempt_groups)
-            self._exempt.put(dn, exempt)
+            exempt = await server.member_of_any(identity.dn, identity.name, self._exempt_groups)
+            self._exempt.put(identity.dn, exempt)
         return exempt
+
+    def _no_entry_id(self, dn: str, server: _Server) -> BindResult:
+        """An entry without the id attribute: refused, and the admin told how to fix it."""
+        now = self._monotonic()
+        if self._no_id_logged + 60.0 <= now:  # once a minute, not once per login
+            self._no_id_logged = now
+            log.error(
+                "directory.no-entry-id dn={dn} attribute={attribute}: the entry has no"
+                " value for directory.id_attribute, so its logins are refused; set"
+                " id_attribute to the attribute that identifies entries for good"
+                " (OpenLDAP: entryUUID, Active Directory: objectGUID)",
+                dn=dn,
+                attribute=self._config.id_attribute,
+            )
+        return BindResult(BindStatus.NO_ENTRY_ID, server=server.url)
 
     def _ordered(self) -> list[_Server]:
         """Servers in configured order, those recently failed last (still tried)."""
@@ -540,13 +635,118 @@ class Directory:
         )
 
 
-def _bind_as(server: _Server, bind: Binder | None, dn: str, password: str) -> Awaitable[bool]:
-    """The one bind of a login: on the server's pool, or by the caller's binder."""
-    return server.bind(dn, password) if bind is None else bind(server.url, dn, password)
+async def _bind_as(server: _Server, bind: Binder | None, identity: Identity, plan: Plan) -> bool:
+    """The one bind of a login, with the password `plan` chooses for this entry.
+
+    On the server's pool, or by the caller's binder. An empty password is refused here
+    without a bind: at many directories it is an anonymous bind, which "succeeds".
+    """
+    password = plan(identity)
+    if not password:
+        return False
+    if bind is None:
+        return await server.bind(identity.dn, password)
+    return await bind(server.url, identity.dn, password)
 
 
 def _start(coroutine: Coroutine[Deferred[Any], Any, BindResult]) -> Deferred[BindResult]:
     return Deferred.fromCoroutine(coroutine)
+
+
+class DirectoryLookup:
+    """Blocking lookups for the admin CLI: login names to entries, and exempt groups.
+
+    Searches are pipelined on one service connection (a window of them in flight), so a
+    bulk import resolves thousands of names a second. Servers are tried in order; when
+    none answers, UnavailableError says why.
+    """
+
+    WINDOW = 256
+
+    def __init__(self, config: DirectoryConfig, exempt_groups: tuple[str, ...] = ()) -> None:
+        self._config = config
+        self._exempt_groups = exempt_groups
+        self._conn: Any = None
+
+    def close(self) -> None:
+        """Unbind the connection, if one was opened."""
+        if self._conn is not None:
+            with contextlib.suppress(ldap.LDAPError):
+                self._conn.unbind_s()
+            self._conn = None
+
+    def resolve(self, name: str) -> Identity | None:
+        """The one entry `name` resolves to; None for none or several."""
+        return self.resolve_many([name])[name]
+
+    def resolve_many(self, names: list[str]) -> dict[str, Identity | None]:
+        """Each name's entry (None for none or several), searching in a pipeline."""
+        found: dict[str, Identity | None] = self._with_server(
+            lambda conn: self._resolve_all(conn, names)
+        )
+        return found
+
+    def is_exempt(self, identity: Identity) -> bool:
+        """Whether the entry is a member of one of the exempt groups."""
+        if not self._exempt_groups:
+            return False
+        query = self._config.group_filter.replace(
+            "{dn}", escape_filter_chars(identity.dn)
+        ).replace("{username}", escape_filter_chars(identity.name))
+
+        def member(conn: Any) -> bool:
+            for group in self._exempt_groups:
+                try:
+                    if conn.search_ext_s(group, ldap.SCOPE_BASE, query, ["1.1"], sizelimit=1):
+                        return True
+                except ldap.NO_SUCH_OBJECT:
+                    continue
+            return False
+
+        exempt: bool = self._with_server(member)
+        return exempt
+
+    def _with_server(self, job: Callable[[Any], Any]) -> Any:
+        problems = []
+        urls = self._config.urls if self._conn is None else (None,)
+        for url in urls:
+            try:
+                if self._conn is None:
+                    assert url is not None
+                    self._conn = connect(url, self._config)
+                return job(self._conn)
+            except NoEntryIdError as exc:
+                raise UnavailableError(
+                    f"entry {exc} has no {self._config.id_attribute}: set"
+                    " directory.id_attribute to the attribute that identifies entries"
+                ) from exc
+            except (UnavailableError, ldap.LDAPError) as exc:
+                self.close()
+                problems.append(f"{url or 'directory'}: {_describe(exc)}")
+        raise UnavailableError("; ".join(problems) or "no directory server configured")
+
+    def _resolve_all(self, conn: Any, names: list[str]) -> dict[str, Identity | None]:
+        config = self._config
+        wanted = [config.id_attribute, config.name_attribute]
+        found: dict[str, Identity | None] = {}
+        pending: deque[tuple[str, int]] = deque()
+        todo = deque(dict.fromkeys(names))
+        while todo or pending:
+            while todo and len(pending) < self.WINDOW:
+                name = todo.popleft()
+                query = config.user_filter.replace("{username}", escape_filter_chars(name))
+                msgid = conn.search_ext(
+                    config.user_base, ldap.SCOPE_SUBTREE, query, wanted, sizelimit=2
+                )
+                pending.append((name, msgid))
+            name, msgid = pending.popleft()
+            try:
+                _kind, entries, _id, _controls = conn.result3(msgid, 1, config.timeout)
+            except (ldap.SIZELIMIT_EXCEEDED, ldap.NO_SUCH_OBJECT):
+                entries = []
+            hits = [(dn, attrs) for dn, attrs in entries if dn]
+            found[name] = identity_of(*hits[0], config, name) if len(hits) == 1 else None
+        return found
 
 
 _STARTTLS_REQUEST = bytes.fromhex("301d02017f7718801631") + b".3.6.1.4.1.1466.20037"

@@ -20,7 +20,7 @@ import ldap
 from ldap.filter import escape_filter_chars
 
 from bridge.config import Config
-from bridge.directory import UnavailableError, connect
+from bridge.directory import NoEntryIdError, UnavailableError, connect, identity_of
 from bridge.store import SqliteStore, StoreError
 
 # Where directories publish their time: AD's RootDSE, OpenLDAP's monitor backend.
@@ -81,13 +81,29 @@ def check_clock(conn: Any, step: int, now: Callable[[], float]) -> Finding:
 def check_user(conn: Any, config: Config, username: str) -> Finding:
     directory = config.directory
     query = directory.user_filter.replace("{username}", escape_filter_chars(username))
+    wanted = [directory.id_attribute, directory.name_attribute]
     try:
-        found = conn.search_s(directory.user_base, ldap.SCOPE_SUBTREE, query, ["1.1"])
+        found = conn.search_s(directory.user_base, ldap.SCOPE_SUBTREE, query, wanted)
     except ldap.LDAPError as exc:
         return Finding("fail", f"user {username}", f"search failed: {exc}")
-    dns = [dn for dn, _attributes in found if dn]
-    if len(dns) == 1:
-        return Finding("ok", f"user {username}", f"found as {dns[0]}")
+    hits = [(dn, attributes) for dn, attributes in found if dn]
+    dns = [dn for dn, _attributes in hits]
+    if len(hits) == 1:
+        try:
+            identity = identity_of(*hits[0], directory, username)
+        except NoEntryIdError:
+            return Finding(
+                "fail",
+                f"user {username}",
+                f"{dns[0]} has no {directory.id_attribute}: set directory.id_attribute to the"
+                " attribute that identifies entries (OpenLDAP entryUUID, AD objectGUID)",
+            )
+        return Finding(
+            "ok",
+            f"user {username}",
+            f"found as {dns[0]} ({directory.name_attribute} {identity.name},"
+            f" {directory.id_attribute} {identity.entry_id})",
+        )
     if not dns:
         return Finding(
             "fail", f"user {username}", f"not found under {directory.user_base} with {query}"
@@ -125,7 +141,9 @@ def run(
         with contextlib.suppress(ldap.LDAPError):
             reached.unbind_s()
     try:
-        store = SqliteStore.open(config.store.path, config.store.key_file)
+        store = SqliteStore.open(
+            config.store.path, config.store.key_file, config.directory.id_attribute
+        )
     except StoreError as exc:
         findings.append(Finding("fail", "store", str(exc)))
     else:

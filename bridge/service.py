@@ -46,7 +46,9 @@ def policy_from(config: Config) -> Policy:
 
 def open_store(config: Config) -> SqliteStore:
     """The store named by the `store` section (created on first use)."""
-    return SqliteStore.open(config.store.path, config.store.key_file)
+    return SqliteStore.open(
+        config.store.path, config.store.key_file, config.directory.id_attribute
+    )
 
 
 PROBE_RETRY_SECONDS = 5.0

@@ -8,12 +8,13 @@ steps around the one directory bind: `plan_attempt` chooses which password to bi
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from bridge.core.credentials import split_appended
 from bridge.core.totp import TotpParams, match_step
-from bridge.core.types import Decision, LockReason, Outcome, Reason, State, UserRecord
+from bridge.core.types import Decision, Identity, LockReason, Outcome, Reason, State, UserRecord
 
 DAY = 86_400
 
@@ -87,9 +88,20 @@ def plan_attempt(
     return Attempt(field)
 
 
+def plan_given(record: UserRecord | None, password: str, code: str) -> Attempt:
+    """The attempt when the code comes in a field of its own (the portal's form).
+
+    Only a user with a secret can have a code: for anyone else it is ignored, so that
+    it never reaches the directory as part of a password.
+    """
+    if record is None or record.secret is None:
+        return Attempt(password)
+    return Attempt(password, code)
+
+
 def conclude(
     record: UserRecord | None,
-    username: str,
+    owner: Identity,
     attempt: Attempt,
     *,
     exempt: bool,
@@ -97,8 +109,15 @@ def conclude(
     now: int,
     policy: Policy,
 ) -> Verdict:
-    """Decide a login whose password the directory has just accepted."""
+    """Decide a login whose password the directory has just accepted.
+
+    `owner` is the entry the login resolved to; its record is `record` (None: none yet).
+    """
+    username = owner.name
     before = record.state if record else None
+    seen = record
+    if record is not None and record.username != username:  # renamed in the directory
+        record = record.evolve(username=username)
     if exempt:
         decision = Decision(Outcome.ACCEPT, Reason.EXEMPT, username, before, State.EXEMPT)
         return Verdict(_authenticated(decision), record, changed=False)
@@ -112,10 +131,11 @@ def conclude(
             deadline=now + policy.enrollment_days * DAY,
             created=now,
             updated=now,
+            entry_id=owner.entry_id,
         )
         return _grace_accept(record, None, now, changed=True)
     current = effective(record, now)
-    changed = current is not record
+    changed = current is not seen
     if current.state is State.LOCKED:
         return Verdict(_locked(current, before), current, changed)
     if attempt.code is not None and current.secret is not None:
@@ -226,7 +246,7 @@ def rejected(username: str, reason: Reason, record: UserRecord | None = None) ->
 
 
 def admin_enroll(
-    record: UserRecord | None, username: str, secret: bytes, now: int, policy: Policy
+    record: UserRecord | None, owner: Identity, secret: bytes, now: int, policy: Policy
 ) -> UserRecord:
     """Issue a new secret: `pending` until its first code.
 
@@ -243,31 +263,43 @@ def admin_enroll(
         if current.state in (State.GRACE, State.PENDING) and current.deadline is not None:
             deadline = current.deadline
     return UserRecord(
-        username,
+        owner.name,
         State.PENDING,
         deadline=deadline,
         secret=secret,
-        last_step=record.last_step if record else None,
+        last_step=replay_guard(record, secret),
         created=record.created if record else now,
         updated=now,
+        entry_id=owner.entry_id,
     )
 
 
-def admin_import(record: UserRecord | None, username: str, secret: bytes, now: int) -> UserRecord:
-    """Take a secret the user already has in an app: `active` at once.
-
-    The replay guard is kept (steps only move forward), so importing the same key again
-    cannot make a code already used valid a second time.
-    """
+def admin_import(
+    record: UserRecord | None, owner: Identity, secret: bytes, now: int
+) -> UserRecord:
+    """Take a secret the user already has in an app: `active` at once."""
     return UserRecord(
-        username,
+        owner.name,
         State.ACTIVE,
         secret=secret,
         confirmed=True,
-        last_step=record.last_step if record else None,
+        last_step=replay_guard(record, secret),
         created=record.created if record else now,
         updated=now,
+        entry_id=owner.entry_id,
     )
+
+
+def replay_guard(record: UserRecord | None, secret: bytes) -> int | None:
+    """The replay guard a record keeps when it is given `secret`.
+
+    Steps used with the same key stay used, so importing a key again cannot make a code
+    already accepted valid a second time. A different key starts afresh: its codes were
+    never used, and its first code must not be refused as a "replay" of the old key's.
+    """
+    if record is None or record.secret is None:
+        return None
+    return record.last_step if hmac.compare_digest(record.secret, secret) else None
 
 
 def admin_lock(record: UserRecord, now: int) -> UserRecord:
@@ -302,7 +334,7 @@ def _fresh_grace(record: UserRecord, now: int, days: int) -> UserRecord | None:
         record.username,
         State.GRACE,
         deadline=now + days * DAY,
-        last_step=record.last_step,
         created=record.created,
         updated=now,
+        entry_id=record.entry_id,
     )

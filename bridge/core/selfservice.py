@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from bridge.core.policy import Policy, effective
+from bridge.core.policy import Policy, effective, replay_guard
 from bridge.core.totp import match_step
-from bridge.core.types import State, UserRecord
+from bridge.core.types import Identity, State, UserRecord
 
 
 class SetupResult(StrEnum):
@@ -41,7 +41,7 @@ def may_set_up(record: UserRecord | None, now: int, *, old_device_proven: bool) 
 
 def confirm_secret(
     record: UserRecord | None,
-    username: str,
+    owner: Identity,
     secret: bytes,
     code: str,
     *,
@@ -53,7 +53,8 @@ def confirm_secret(
 
     A wrong code changes nothing and does not count towards the lock (the old secret was
     not guessed at; the portal limits the attempts). The replay guard moves to the
-    confirming step, so that code cannot also be used for a login.
+    confirming step, so that code cannot also be used for a login; a new key does not
+    inherit the old key's guard.
     """
     allowed = may_set_up(record, now, old_device_proven=old_device_proven)
     if allowed is not SetupResult.CONFIRMED:
@@ -61,14 +62,15 @@ def confirm_secret(
     step = match_step(secret, code, now, policy.totp)
     if step is None:
         return record, SetupResult.WRONG_CODE
-    last = record.last_step if record is not None else None
+    last = replay_guard(record, secret)
     after = UserRecord(
-        username,
+        owner.name,
         State.ACTIVE,
         secret=secret,
         confirmed=True,
         last_step=step if last is None else max(last, step),
         created=record.created if record is not None else now,
         updated=now,
+        entry_id=owner.entry_id,
     )
     return after, SetupResult.CONFIRMED

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 
@@ -52,14 +52,28 @@ class Reason(StrEnum):
     LOCKED = "locked"
     BAD_STATE = "bad-state"  # challenge State unknown, expired, reused or misbound
     UNSUPPORTED = "unsupported"  # CHAP, EAP, no password
+    NO_ENTRY_ID = "no-entry-id"  # the entry lacks directory.id_attribute: fail closed
     INTERNAL_ERROR = "internal-error"  # the store or the code failed: fail closed
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The directory entry a login name resolved to: the one owner of an MFA record.
+
+    Every name the user filter matches for one entry (uid, mail, UPN, case and space
+    variants) resolves to the same `entry_id`, so they share one record (SPEC section 8).
+    """
+
+    entry_id: str  # directory.id_attribute in a stable text form: the record's key
+    name: str  # directory.name_attribute: the user's name in lists, logs and the app
+    dn: str
 
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
     """What the bridge stores about one user; times are integer Unix seconds."""
 
-    username: str
+    username: str  # the entry's name when last seen (shown; the key is `entry_id`)
     state: State
     deadline: int | None = None  # end of the password-only period; None: no such period
     failures: int = 0
@@ -70,6 +84,7 @@ class UserRecord:
     created: int = 0
     updated: int = 0
     version: int = 0  # the store's row version, for compare-and-set writes
+    entry_id: str = field(kw_only=True)  # the directory entry the record belongs to
 
     def evolve(self, **changes: object) -> UserRecord:
         """A copy with some fields changed."""
@@ -88,6 +103,7 @@ class Decision:
     days_left: int | None = None  # set for grace-style accepts: the notice to show
     lock_reason: LockReason | None = None
     password_ok: bool = False  # only then may the caller learn state or lock
+    login: str | None = None  # the name typed, when it is not the entry's name (audit)
 
     @property
     def accepted(self) -> bool:

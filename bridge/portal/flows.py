@@ -21,6 +21,7 @@ from bridge.admin import describe
 from bridge.audit import AuditLog
 from bridge.auth import Authenticator, Caller, LoginOutcome
 from bridge.core.credentials import is_code, normalize_username
+from bridge.core.identity import name_key, name_keys
 from bridge.core.policy import Mode, Policy, check_code
 from bridge.core.selfservice import SetupResult, confirm_secret, may_set_up
 from bridge.core.totp import encode_secret, new_secret, provisioning_uri
@@ -81,7 +82,7 @@ class Portal:
         self._store = store
         self._policy = policy
         self._issuer = issuer
-        self._exempt = frozenset(n for n in map(normalize_username, exempt_users) if n)
+        self._exempt = name_keys(exempt_users)
         self._audit = audit
         self._clock = clock
         self.sessions = sessions
@@ -92,7 +93,7 @@ class Portal:
         """New MFA rules, issuer name and exempt users (SIGHUP)."""
         self._policy = policy
         self._issuer = issuer
-        self._exempt = frozenset(n for n in map(normalize_username, exempt_users) if n)
+        self._exempt = name_keys(exempt_users)
 
     def _now(self) -> int:
         return int(self._clock())
@@ -121,18 +122,17 @@ class Portal:
         if code and not is_code(code, self._policy.totp.digits):
             self._failed(username)
             return succeed(SignIn(SignInResult.WRONG_CODE))
-        record = self._store.get(username) if username and code else None
         caller = Caller("portal", client)
-        if code and record is not None and record.secret is not None:
-            d = self._auth.login_outcome(raw_username, password + code, Mode.APPEND, caller)
+        if code:  # the code is used only if the entry has a secret (see plan_given)
+            d = self._auth.login_outcome(raw_username, password, Mode.APPEND, caller, code=code)
         else:
             d = self._auth.login_outcome(raw_username, password, Mode.CHALLENGE, caller)
         return d.addCallback(self._signed_in, username)
 
     def _signed_in(self, outcome: LoginOutcome, username: str | None) -> SignIn:
         decision = outcome.decision
-        if decision.accepted:
-            session = self.sessions.start(decision.username)
+        if decision.accepted and outcome.identity is not None:
+            session = self.sessions.start(outcome.identity)
             session.exempt = decision.state_after is State.EXEMPT
             return SignIn(SignInResult.OK, session, decision)
         if decision.outcome is not Outcome.CHALLENGE:
@@ -156,10 +156,10 @@ class Portal:
 
     def status(self, session: Session) -> dict[str, Any]:
         """State, deadline and days left of the signed-in user, as they stand now."""
-        record = self._store.get(session.username)
-        exempt = self._exempt | ({session.username} if session.exempt else set())
-        view = describe(record, session.username, self._now(), frozenset(exempt))
-        if record is None and session.username not in exempt:
+        record = self._store.get(session.owner.entry_id)
+        exempt = session.exempt or name_key(session.username) in self._exempt
+        view = describe(record, session.username, self._now(), exempt=exempt)
+        if record is None and not exempt:
             view["state"] = State.GRACE.value  # never stored: enrollment_days is 0
         return view
 
@@ -173,7 +173,7 @@ class Portal:
 
     def new_secret(self, session: Session) -> NewSecret | SetupResult:
         """The secret to set up (the same one until confirmed or signed out), or why not."""
-        record = self._store.get(session.username)
+        record = self._store.get(session.owner.entry_id)
         allowed = may_set_up(record, self._now(), old_device_proven=self._proven(session, record))
         if allowed is not SetupResult.CONFIRMED:
             session.new_secret = None
@@ -201,7 +201,7 @@ class Portal:
         def change(record: UserRecord | None) -> tuple[UserRecord | None, tuple[Any, ...]]:
             after, result = confirm_secret(
                 record,
-                session.username,
+                session.owner,
                 secret,
                 code,
                 now=now,
@@ -212,7 +212,7 @@ class Portal:
 
         result: SetupResult
         before: State | None
-        result, before = self._store.update(session.username, change)
+        result, before = self._store.update(session.owner.entry_id, change)
         confirmed = result is SetupResult.CONFIRMED
         if result is SetupResult.WRONG_CODE:
             self._failed(session.username)
@@ -247,7 +247,7 @@ class Portal:
 
         decision: Decision
         secret: bytes | None
-        decision, secret = self._store.update(session.username, change)
+        decision, secret = self._store.update(session.owner.entry_id, change)
         if decision.accepted and secret is not None:
             session.proven_for, session.proven_at = _digest(secret), self._clock()
         else:

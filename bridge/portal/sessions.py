@@ -13,6 +13,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge.core.types import Identity
+
 SESSION_LIMIT = 10_000
 KEY_LIMIT = 100_000  # users or addresses an attempt limiter remembers
 
@@ -27,7 +29,7 @@ class Session:
     """One signed-in user."""
 
     id: str
-    username: str
+    owner: Identity  # the directory entry signed in: its record is the one shown and changed
     csrf: str
     started: float
     seen: float
@@ -35,6 +37,11 @@ class Session:
     proven_for: bytes | None = field(default=None, repr=False)  # digest of the proven secret
     proven_at: float = 0.0  # when the old device was proven (a reset may then go on)
     exempt: bool = False  # signed in as an exempt user (by name or group)
+
+    @property
+    def username(self) -> str:
+        """The entry's name, as the directory spells it."""
+        return self.owner.name
 
 
 class Sessions:
@@ -46,12 +53,12 @@ class Sessions:
         self._lifetime = lifetime
         self._by_id: OrderedDict[str, Session] = OrderedDict()  # least recently seen first
 
-    def start(self, username: str) -> Session:
+    def start(self, owner: Identity) -> Session:
         """A new session for a user who just signed in."""
         now = self._clock()
         while len(self._by_id) >= SESSION_LIMIT:
             self._by_id.popitem(last=False)
-        session = Session(token(), username, token(), now, now)
+        session = Session(token(), owner, token(), now, now)
         self._by_id[session.id] = session
         return session
 

@@ -18,10 +18,11 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bridge.auth import Authenticator, Caller
+from bridge.auth import Authenticator, Caller, LoginOutcome
 from bridge.config import RadiusClient, RadiusConfig
+from bridge.core.credentials import normalize_username
 from bridge.core.policy import Mode
-from bridge.core.types import Decision, Outcome, Reason
+from bridge.core.types import Decision, Identity, Outcome, Reason
 from bridge.radius import codec
 from bridge.radius.codec import MalformedPacket, Request
 
@@ -54,7 +55,8 @@ def days_left_message(days: int, setup_url: str | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Challenge:
-    username: str
+    username: str  # the name the client sent, as the answer must send it again
+    owner: Identity  # the entry whose record the code is checked against
     client: str
     expires: float
 
@@ -179,8 +181,10 @@ class RadiusProtocol(DatagramProtocol):
         if request.state is not None:
             self._answer(self._continue(request, addr, caller), request, client, key, addr)
             return
-        d: Deferred[Decision] = self._auth.login(user, request.password, self._mode, caller)
-        d.addCallback(self._answer, request, client, key, addr)
+        d: Deferred[LoginOutcome] = self._auth.login_outcome(
+            user, request.password, self._mode, caller
+        )
+        d.addCallback(self._answer_outcome, request, client, key, addr)
         d.addErrback(self._failed, request, client, key, addr)
 
     def _continue(self, request: Request, addr: Address, caller: Caller) -> Decision:
@@ -197,7 +201,7 @@ class RadiusProtocol(DatagramProtocol):
             or not self._auth.same_user(user, challenge.username)
         ):
             return self._auth.refuse(user, Reason.BAD_STATE, caller)
-        return self._auth.answer_challenge(challenge.username, request.password, caller)
+        return self._auth.answer_challenge(challenge.owner, request.password, caller)
 
     def _failed(
         self,
@@ -212,6 +216,16 @@ class RadiusProtocol(DatagramProtocol):
         decision = self._auth.refuse(request.user_name or "", Reason.INTERNAL_ERROR, caller)
         self._answer(decision, request, client, key, addr)
 
+    def _answer_outcome(
+        self,
+        outcome: LoginOutcome,
+        request: Request,
+        client: RadiusClient,
+        key: CacheKey,
+        addr: Address,
+    ) -> None:
+        self._answer(outcome.decision, request, client, key, addr, owner=outcome.identity)
+
     def _answer(
         self,
         decision: Decision,
@@ -219,11 +233,16 @@ class RadiusProtocol(DatagramProtocol):
         client: RadiusClient,
         key: CacheKey,
         addr: Address,
+        *,
+        owner: Identity | None = None,
     ) -> None:
         state: bytes | None = None
         message: str | None
         if decision.outcome is Outcome.CHALLENGE:
-            state = self._issue_state(decision.username, addr[0])
+            if owner is None:  # a challenge always names its entry: fail closed if not
+                raise ValueError("a challenge without the entry it is for")
+            typed = normalize_username(request.user_name or "") or ""
+            state = self._issue_state(typed, owner, addr[0])
             code, message = codec.ACCESS_CHALLENGE, PROMPT
             self.counters["challenges"] += 1
         elif decision.outcome is Outcome.ACCEPT:
@@ -261,13 +280,13 @@ class RadiusProtocol(DatagramProtocol):
         if self.transport is not None:
             self.transport.write(reply, addr)
 
-    def _issue_state(self, username: str, client: str) -> bytes:
+    def _issue_state(self, username: str, owner: Identity, client: str) -> bytes:
         if len(self._challenges) >= CHALLENGE_LIMIT:
             self._challenges.popitem(last=False)
             self.counters["challenges-evicted"] += 1
         state = self._random(16)
         expires = self._clock.seconds() + self._config.state_ttl
-        self._challenges[state] = _Challenge(username, client, expires)
+        self._challenges[state] = _Challenge(username, owner, client, expires)
         return state
 
     def _expire(self, now: float) -> None:

@@ -1,5 +1,5 @@
 """Where users' MFA state lives: SQLite by default."""
 
-from bridge.store.sqlite import SqliteStore, StoreError
+from bridge.store.sqlite import Attached, SqliteStore, StoreError
 
-__all__ = ["SqliteStore", "StoreError"]
+__all__ = ["Attached", "SqliteStore", "StoreError"]

@@ -13,22 +13,26 @@ import builtins
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.core.types import LockReason, State, UserRecord
+from bridge.core.identity import merge, name_key
+from bridge.core.types import Identity, LockReason, State, UserRecord
 from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _COLUMNS = (
-    "username, state, deadline, failures, last_step, secret, lock_reason, confirmed,"
-    " created, updated, version"
+    "entry_id, username, name_key, state, deadline, failures, last_step, secret, lock_reason,"
+    " confirmed, created, updated, version"
 )
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    username    TEXT PRIMARY KEY,
+_USERS = """
+CREATE TABLE users (
+    entry_id    TEXT PRIMARY KEY,  -- directory.id_attribute of the entry: one record a person
+    username    TEXT NOT NULL,     -- directory.name_attribute when last seen
+    name_key    TEXT NOT NULL,     -- username folded: the admin's lookup by stored name
     state       TEXT NOT NULL CHECK (state IN ('grace', 'pending', 'active', 'locked')),
     deadline    INTEGER,
     failures    INTEGER NOT NULL DEFAULT 0,
@@ -39,38 +43,73 @@ CREATE TABLE IF NOT EXISTS users (
     created     INTEGER NOT NULL,
     updated     INTEGER NOT NULL,
     version     INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE INDEX users_by_name ON users (name_key);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+# Records of schema 2 and before, keyed by the name typed: each waits here until the
+# directory says which entry it belongs to (`attach`), then moves to `users`.
+_LEGACY = """
+CREATE TABLE legacy_users (
+    username    TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    deadline    INTEGER,
+    failures    INTEGER NOT NULL DEFAULT 0,
+    last_step   INTEGER,
+    secret      BLOB,
+    lock_reason TEXT,
+    confirmed   INTEGER NOT NULL DEFAULT 0,
+    created     INTEGER NOT NULL,
+    updated     INTEGER NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 """
 _MIGRATIONS = {  # from schema version N to N + 1
-    1: "ALTER TABLE users ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+    1: "ALTER TABLE users ADD COLUMN version INTEGER NOT NULL DEFAULT 0;",
+    2: "ALTER TABLE users RENAME TO legacy_users;" + _USERS,
 }
 
 # Only the constant column list is interpolated into these statements.
-_SELECT_ONE = f"SELECT {_COLUMNS} FROM users WHERE username = ?"  # noqa: S608
-_SELECT_ALL = f"SELECT {_COLUMNS} FROM users ORDER BY username"  # noqa: S608
-_UPSERT = f"INSERT OR REPLACE INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
-_INSERT = f"INSERT INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+_SELECT_ONE = f"SELECT {_COLUMNS} FROM users WHERE entry_id = ?"  # noqa: S608
+_SELECT_NAMED = f"SELECT {_COLUMNS} FROM users WHERE name_key = ? ORDER BY username"  # noqa: S608
+_SELECT_ALL = f"SELECT {_COLUMNS} FROM users ORDER BY username, entry_id"  # noqa: S608
+_UPSERT = f"INSERT OR REPLACE INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+_INSERT = f"INSERT INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
 _UPDATE_SEEN = (
-    "UPDATE users SET state = ?, deadline = ?, failures = ?, last_step = ?, lock_reason = ?,"
-    " confirmed = ?, updated = ?, version = version + 1 WHERE username = ? AND version = ?"
+    "UPDATE users SET username = ?, name_key = ?, state = ?, deadline = ?, failures = ?,"
+    " last_step = ?, lock_reason = ?, confirmed = ?, updated = ?, version = version + 1"
+    " WHERE entry_id = ? AND version = ?"
 )
-_DELETE_SEEN = "DELETE FROM users WHERE username = ? AND version = ?"
-# Bulk import: a row that exists keeps its creation time and its replay guard.
-_IMPORT = (
-    f"INSERT INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
-    " ON CONFLICT (username) DO UPDATE SET state = excluded.state, version = users.version + 1,"
-    " deadline = excluded.deadline, failures = excluded.failures, secret = excluded.secret,"
-    " lock_reason = excluded.lock_reason, confirmed = excluded.confirmed,"
-    " updated = excluded.updated,"
-    " last_step = CASE WHEN excluded.last_step IS NULL THEN users.last_step"
-    " WHEN users.last_step IS NULL THEN excluded.last_step"
-    " ELSE max(users.last_step, excluded.last_step) END"
+_DELETE_SEEN = "DELETE FROM users WHERE entry_id = ? AND version = ?"
+_LEGACY_COLUMNS = (
+    "username, state, deadline, failures, last_step, secret, lock_reason, confirmed,"
+    " created, updated"
 )
+_SELECT_LEGACY = f"SELECT {_LEGACY_COLUMNS} FROM legacy_users WHERE username = ?"  # noqa: S608
 
 SeenChange = tuple[
     str, UserRecord | None, Callable[[UserRecord | None], tuple[UserRecord | None, T]]
 ]
-Row = tuple[str, str, int | None, int, int | None, bytes | None, str | None, int, int, int, int]
+Row = tuple[
+    str, str, str, str, int | None, int, int | None, bytes | None, str | None, int, int, int, int
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    """Records from before SPEC section 8 that turned out to be one entry's, and the result."""
+
+    record: UserRecord  # what the entry's record is now
+    merged: tuple[UserRecord, ...]  # every record that went into it (old ones included)
+
+    def summary(self) -> str:
+        """One line for the log: which records met, and which one was kept."""
+        met = ", ".join(f"{r.username!r} ({r.state.value})" for r in self.merged)
+        kept = self.record
+        return (
+            f"records {met} belong to one directory entry ({kept.username}, id"
+            f" {kept.entry_id}): kept {kept.state.value}, the strictest"
+        )
 
 
 class StoreError(Exception):
@@ -78,9 +117,16 @@ class StoreError(Exception):
 
 
 class SqliteStore:
-    """Users' MFA records in one SQLite file."""
+    """Users' MFA records in one SQLite file, one row per directory entry."""
 
-    def __init__(self, path: Path, sealer: Sealer, *, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        sealer: Sealer,
+        *,
+        id_attribute: str = "entryUUID",
+        busy_timeout: float = 5.0,
+    ) -> None:
         self.path = path
         self._sealer = sealer
         try:
@@ -91,18 +137,20 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+            self._check_id_attribute(id_attribute)
+            self._legacy = self._legacy_index()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{path}: cannot open the store: {exc}") from exc
 
     @classmethod
-    def open(cls, path: Path, key_file: Path) -> SqliteStore:
+    def open(cls, path: Path, key_file: Path, id_attribute: str = "entryUUID") -> SqliteStore:
         """Open (or create) the database and its key file."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             sealer = Sealer(load_or_create_key(key_file))
         except (KeyFileError, OSError) as exc:
             raise StoreError(str(exc)) from exc
-        return cls(path, sealer)
+        return cls(path, sealer, id_attribute=id_attribute)
 
     def close(self) -> None:
         """Close the database (WAL is checkpointed by SQLite)."""
@@ -117,12 +165,52 @@ class SqliteStore:
             )
         if version < SCHEMA_VERSION:
             with self._transaction():
+                # Read again under the write lock: another process may have just upgraded.
+                (version,) = self._db.execute("PRAGMA user_version").fetchone()
                 if version == 0:
-                    self._db.execute(_SCHEMA)
+                    self._script(_USERS + _LEGACY)
                 else:
                     for step in range(version, SCHEMA_VERSION):
-                        self._db.execute(_MIGRATIONS[step])
+                        self._script(_MIGRATIONS[step])
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _script(self, sql: str) -> None:
+        """Several statements, inside the caller's transaction (executescript commits)."""
+        for statement in sql.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
+    def _check_id_attribute(self, attribute: str) -> None:
+        """Refuse a store whose records are keyed by another id attribute than configured.
+
+        Changing `directory.id_attribute` would give every user a record that no login
+        finds again: a fresh enrollment period for everyone, that is MFA switched off.
+        """
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'id_attribute'").fetchone()
+        if row is None:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('id_attribute', ?)",
+                    (attribute,),
+                )
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'id_attribute'"
+            ).fetchone()
+        stored = str(row[0])
+        if stored.lower() == attribute.lower():
+            return
+        (count,) = self._db.execute("SELECT count(*) FROM users").fetchone()
+        if count == 0:
+            with self._transaction():
+                self._db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'id_attribute'", (attribute,)
+                )
+            return
+        raise StoreError(
+            f"{self.path}: its {count} records are keyed by directory.id_attribute {stored!r},"
+            f" the config says {attribute!r}; set it back to {stored!r} (changing it would"
+            " give every user a new enrollment period)"
+        )
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -134,44 +222,62 @@ class SqliteStore:
             raise
         self._db.execute("COMMIT")
 
-    def get(self, username: str) -> UserRecord | None:
-        """The user's record, or None when the bridge has never seen them."""
-        row = self._db.execute(_SELECT_ONE, (username,)).fetchone()
+    def get(self, entry_id: str) -> UserRecord | None:
+        """The entry's record, or None when the bridge has never seen it."""
+        row = self._db.execute(_SELECT_ONE, (entry_id,)).fetchone()
         return self._record(row) if row else None
+
+    def named(self, name: str) -> builtins.list[UserRecord]:
+        """Records whose stored name is `name` (as the directory compares names).
+
+        For the admin while the directory cannot be asked; logins never use this.
+        """
+        key = name_key(name)
+        if key is None:
+            return []
+        return [self._record(row) for row in self._db.execute(_SELECT_NAMED, (key,))]
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> builtins.list[tuple[Any, ...]]:
         """Rows of a read-only statement (counts for the metrics)."""
         return self._db.execute(sql, params).fetchall()
 
-    def list(self) -> list[UserRecord]:
+    def list(self) -> builtins.list[UserRecord]:
         """Every record, by user name."""
         rows = self._db.execute(_SELECT_ALL).fetchall()
         return [self._record(row) for row in rows]
 
     def update(
-        self, username: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
+        self, entry_id: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
     ) -> T:
-        """Read, decide and write one user's record atomically; returns change's result.
+        """Read, decide and write one entry's record atomically; returns change's result.
 
         `change` gets the current record and returns the new one (None removes it) and a
         result; nothing is written when the record is unchanged.
         """
         with self._transaction():
-            return self._read_modify_write(username, change)
+            return self._read_modify_write(entry_id, change)
+
+    def update_many(
+        self,
+        changes: Sequence[tuple[str, Callable[[UserRecord | None], tuple[UserRecord | None, T]]]],
+    ) -> builtins.list[T]:
+        """Several `update` in one transaction: all of them or, if one raises, none."""
+        with self._transaction():
+            return [self._read_modify_write(entry_id, change) for entry_id, change in changes]
 
     def _read_modify_write(
-        self, username: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
+        self, entry_id: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
     ) -> T:
         """`change` on the current record, written if it changed (inside a transaction)."""
-        before = self.get(username)
+        before = self.get(entry_id)
         after, result = change(before)
         if after != before:
-            self._write(username, after, before)
+            self._write(entry_id, after, before)
         return result
 
     def update_seen(
         self,
-        username: str,
+        entry_id: str,
         seen: UserRecord | None,
         change: Callable[[UserRecord | None], tuple[UserRecord | None, T]],
     ) -> T:
@@ -183,9 +289,9 @@ class SqliteStore:
         before the bind is decided on after it, without reading it again.
         """
         after, result = change(seen)
-        if after == seen or self._set_seen(username, seen, after):
+        if after == seen or self._set_seen(entry_id, seen, after):
             return result
-        return self.update(username, change)
+        return self.update(entry_id, change)
 
     def update_seen_many(self, changes: Sequence[SeenChange[T]]) -> builtins.list[T | Exception]:
         """Several `update_seen` in one transaction: one commit for a burst of logins.
@@ -196,11 +302,11 @@ class SqliteStore:
         """
         results: builtins.list[T | Exception] = []
         with self._transaction():
-            for username, seen, change in changes:
+            for entry_id, seen, change in changes:
                 try:
                     after, result = change(seen)
-                    if after != seen and not self._set_seen(username, seen, after):
-                        result = self._read_modify_write(username, change)
+                    if after != seen and not self._set_seen(entry_id, seen, after):
+                        result = self._read_modify_write(entry_id, change)
                 except sqlite3.Error:
                     raise  # the store itself failed: nothing of the batch is committed
                 except Exception as exc:  # a bug in one decision must not lose the others
@@ -209,7 +315,7 @@ class SqliteStore:
                 results.append(result)
         return results
 
-    def _set_seen(self, username: str, seen: UserRecord | None, after: UserRecord | None) -> bool:
+    def _set_seen(self, entry_id: str, seen: UserRecord | None, after: UserRecord | None) -> bool:
         """Write `after` over `seen` if the row is still at `seen`'s version."""
         try:
             if seen is None:
@@ -217,7 +323,7 @@ class SqliteStore:
                 self._db.execute(_INSERT, self._row(after, 1))
                 return True
             if after is None:
-                written = self._db.execute(_DELETE_SEEN, (username, seen.version)).rowcount
+                written = self._db.execute(_DELETE_SEEN, (entry_id, seen.version)).rowcount
             elif after.secret == seen.secret and after.created == seen.created:
                 written = self._db.execute(_UPDATE_SEEN, self._changes(after, seen)).rowcount
             else:
@@ -226,22 +332,89 @@ class SqliteStore:
             written = 0
         return bool(written == 1)
 
-    def put_many(self, records: Iterable[UserRecord]) -> int:
-        """Insert or update many records in one transaction (bulk import)."""
-        rows = [self._row(record) for record in records]
-        with self._transaction():
-            self._db.executemany(_IMPORT, rows)
-        return len(rows)
-
-    def _write(self, username: str, record: UserRecord | None, before: UserRecord | None) -> None:
+    def _write(self, entry_id: str, record: UserRecord | None, before: UserRecord | None) -> None:
         if record is None:
-            self._db.execute("DELETE FROM users WHERE username = ?", (username,))
+            self._db.execute("DELETE FROM users WHERE entry_id = ?", (entry_id,))
             return
+        if record.entry_id != entry_id:
+            raise ValueError("a record is written under its own entry only")
         self._db.execute(_UPSERT, self._row(record, before.version + 1 if before else 1))
+
+    # Records from before SPEC section 8 (schema 2), keyed by the name typed.
+
+    @property
+    def has_legacy(self) -> bool:
+        """Whether records keyed by typed names may still wait to be attached."""
+        return bool(self._legacy)
+
+    def legacy_names(self) -> builtins.list[str]:
+        """The names of the records still waiting for their directory entry."""
+        self._legacy = self._legacy_index()
+        return sorted(name for names in self._legacy.values() for name in names)
+
+    def _legacy_index(self) -> dict[str, builtins.list[str]]:
+        """Old records' names by `name_key`, so any spelling of a name finds them."""
+        index: dict[str, builtins.list[str]] = {}
+        for (name,) in self._db.execute("SELECT username FROM legacy_users"):
+            index.setdefault(name_key(name) or name, []).append(name)
+        return index
+
+    def attach(self, owner: Identity, names: Iterable[str], now: int) -> Attached | None:
+        """Move old records under any of `names` to `owner`'s record, merging them.
+
+        `names` are what resolved to the entry (the name typed, the entry's name). When
+        several records meet, the strictest wins (`merge`); the caller logs the result.
+        None when there was nothing to attach.
+        """
+        keys = {key for key in map(name_key, names) if key}
+        candidates = [name for key in keys for name in self._legacy.get(key, ())]
+        if not candidates:
+            return None
+        with self._transaction():
+            old = []
+            for name in candidates:
+                row = self._db.execute(_SELECT_LEGACY, (name,)).fetchone()
+                if row is not None:
+                    old.append(self._legacy_record(row, owner.entry_id))
+            current = self.get(owner.entry_id)
+            for record in old:
+                self._db.execute("DELETE FROM legacy_users WHERE username = ?", (record.username,))
+            for key in keys:
+                self._legacy.pop(key, None)
+            if not old:
+                return None
+            pool = [*old, *([current] if current is not None else [])]
+            merged = merge(pool, owner, now)
+            self._write(owner.entry_id, merged, current)
+        return Attached(merged, tuple(pool))
+
+    def _legacy_record(self, row: tuple[Any, ...], entry_id: str) -> UserRecord:
+        name, state, deadline, failures, last_step, sealed, lock, confirmed, created, updated = row
+        try:
+            secret = self._sealer.open(name, sealed) if sealed is not None else None
+        except KeyFileError as exc:
+            raise StoreError(f"{self.path}: user {name!r}: {exc}") from exc
+        return UserRecord(
+            username=name,
+            state=State(state),
+            deadline=deadline,
+            failures=failures,
+            last_step=last_step,
+            secret=secret,
+            lock_reason=LockReason(lock) if lock else None,
+            confirmed=bool(confirmed),
+            created=created,
+            updated=updated,
+            entry_id=entry_id,
+        )
+
+    # Rows.
 
     @staticmethod
     def _changes(after: UserRecord, seen: UserRecord) -> tuple[object, ...]:
         return (
+            after.username,
+            name_key(after.username) or after.username,
             after.state.value,
             after.deadline,
             after.failures,
@@ -249,18 +422,24 @@ class SqliteStore:
             after.lock_reason.value if after.lock_reason else None,
             int(after.confirmed),
             after.updated,
-            seen.username,
+            seen.entry_id,
             seen.version,
         )
 
     def _row(self, record: UserRecord, version: int = 1) -> Row:
         if record.state is State.EXEMPT:
             raise ValueError("exempt is derived from the config, never stored")
+        if not record.entry_id:
+            raise ValueError("a record belongs to a directory entry")
         sealed = (
-            self._sealer.seal(record.username, record.secret) if record.secret is not None else None
+            self._sealer.seal(record.entry_id, record.secret)
+            if record.secret is not None
+            else None
         )
         return (
+            record.entry_id,
             record.username,
+            name_key(record.username) or record.username,
             record.state.value,
             record.deadline,
             record.failures,
@@ -275,7 +454,9 @@ class SqliteStore:
 
     def _record(self, row: Row) -> UserRecord:
         (
+            entry_id,
             username,
+            _name_key,
             state,
             deadline,
             failures,
@@ -288,7 +469,7 @@ class SqliteStore:
             version,
         ) = row
         try:
-            secret = self._sealer.open(username, sealed) if sealed is not None else None
+            secret = self._sealer.open(entry_id, sealed) if sealed is not None else None
         except KeyFileError as exc:
             raise StoreError(f"{self.path}: user {username!r}: {exc}") from exc
         return UserRecord(
@@ -303,4 +484,5 @@ class SqliteStore:
             created=created,
             updated=updated,
             version=version,
+            entry_id=entry_id,
         )

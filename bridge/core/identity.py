@@ -1,0 +1,88 @@
+"""Who a record belongs to: directory identifiers as text, names as lookup keys, merges.
+
+Records are keyed by the directory entry, never by the name typed (SPEC section 8). The
+functions here are pure: the directory adapter hands over raw attribute values, the store
+hands over records, and what to keep is decided here.
+"""
+
+from __future__ import annotations
+
+import base64
+import unicodedata
+import uuid
+from collections.abc import Iterable
+
+from bridge.core.credentials import normalize_username
+from bridge.core.policy import effective
+from bridge.core.types import Identity, State, UserRecord
+
+# Attributes holding a Microsoft GUID (16 bytes, the first three groups little-endian).
+_GUID_ATTRIBUTES = frozenset({"objectguid", "msds-consistencyguid"})
+
+# Which record survives when several turn out to be one person: the strictest.
+_STRICTNESS = {State.GRACE: 0, State.PENDING: 1, State.ACTIVE: 2, State.LOCKED: 3}
+
+
+def id_text(attribute: str, raw: bytes) -> str | None:
+    """A stable text form of an entry identifier as the directory sent it; None if empty.
+
+    Active Directory's objectGUID is binary: it becomes the GUID as AD's own tools show
+    it (`uuid.UUID(bytes_le=...)`). Text identifiers (entryUUID, nsUniqueId, ipaUniqueID)
+    are kept as sent; any other binary value is base64 with a `b64:` prefix.
+    """
+    if not raw:
+        return None
+    if attribute.lower() in _GUID_ATTRIBUTES and len(raw) == 16:
+        return str(uuid.UUID(bytes_le=raw))
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = ""
+    if text and text.isprintable():
+        return text
+    return "b64:" + base64.b64encode(raw).decode("ascii")
+
+
+def name_key(name: str) -> str | None:
+    """A name as the directory would compare it: case folded, runs of spaces as one.
+
+    RFC 4518 treats inner runs of spaces (and no-break spaces) as one; this is the key an
+    admin's lookup by a stored name uses when the directory cannot be asked.
+    """
+    folded = normalize_username(name)
+    if folded is None:
+        return None
+    return " ".join(unicodedata.normalize("NFKC", folded).split())
+
+
+def name_keys(names: Iterable[str]) -> frozenset[str]:
+    """Names as keys (`mfa.exempt_users`), to compare an entry's name with."""
+    return frozenset(key for key in map(name_key, names) if key)
+
+
+def merge(records: Iterable[UserRecord], owner: Identity, now: int) -> UserRecord:
+    """One record from several that belong to one entry: the strictest wins.
+
+    locked > active > pending > grace, judged as they stand at `now` (an expired period
+    is a lock). Among equals, the record under the entry's own name, then the newest.
+    The winner's replay guard takes the highest step used with the same secret.
+    """
+    pool = list(records)
+    if not pool:
+        raise ValueError("nothing to merge")
+    own = name_key(owner.name)
+
+    def rank(record: UserRecord) -> tuple[int, bool, int]:
+        state = effective(record, now).state
+        return _STRICTNESS.get(state, 0), name_key(record.username) == own, record.updated
+
+    winner = max(pool, key=rank)
+    steps = [
+        r.last_step for r in pool if r.last_step is not None and r.secret == winner.secret
+    ]
+    return winner.evolve(
+        entry_id=owner.entry_id,
+        username=owner.name,
+        last_step=max(steps) if steps and winner.secret is not None else winner.last_step,
+        created=min(r.created for r in pool),
+    )
