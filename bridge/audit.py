@@ -3,8 +3,9 @@
 Written straight to its stream rather than through `twisted.logger`: a login's audit
 line is the product's record of who got in, so it is never filtered by the log level,
 and building it directly costs a fraction of a logger event (it is on every login's
-path). Fields: time, event, protocol, client, user, outcome, reason, state before and
-after, lock reason, latency. Never a password, a code or a secret: none of them reaches this module.
+path). Fields: time, event, protocol, client, user (the directory entry's name), login
+(the name typed, when it was another), outcome, reason, state before and after, lock
+reason, latency. Never a password, a code or a secret: none of them reaches this module.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class AuditLog:
             "lock_reason": decision.lock_reason.value if decision.lock_reason else None,
             "latency_ms": round(latency * 1000, 2),
         }
+        if decision.login is not None:  # another of the entry's names was typed
+            fields["login"] = decision.login
         if decision.days_left is not None:
             fields["days_left"] = decision.days_left
             if self.setup_url:

@@ -168,7 +168,8 @@ class Authenticator:
                 chosen = planned[-1] if planned else None
                 name = _typed(username, result.identity)
                 decision = rejected(
-                    name, _BIND_REJECTS.get(result.status, Reason.INTERNAL_ERROR),
+                    name,
+                    _BIND_REJECTS.get(result.status, Reason.INTERNAL_ERROR),
                     chosen.record if chosen else None,
                 )
                 return LoginOutcome(self._audit(decision, caller, started, username))

@@ -690,9 +690,9 @@ class DirectoryLookup:
         """Whether the entry is a member of one of the exempt groups."""
         if not self._exempt_groups:
             return False
-        query = self._config.group_filter.replace(
-            "{dn}", escape_filter_chars(identity.dn)
-        ).replace("{username}", escape_filter_chars(identity.name))
+        query = self._config.group_filter.replace("{dn}", escape_filter_chars(identity.dn)).replace(
+            "{username}", escape_filter_chars(identity.name)
+        )
 
         def member(conn: Any) -> bool:
             for group in self._exempt_groups:

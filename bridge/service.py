@@ -30,6 +30,7 @@ from bridge.portal.web import make_site
 from bridge.radius.server import RadiusProtocol
 from bridge.store import SqliteStore
 from bridge.store.batching import WriteBatcher
+from bridge.upgrade import attach_all
 
 log = Logger(namespace="bridge.service")
 
@@ -46,9 +47,7 @@ def policy_from(config: Config) -> Policy:
 
 def open_store(config: Config) -> SqliteStore:
     """The store named by the `store` section (created on first use)."""
-    return SqliteStore.open(
-        config.store.path, config.store.key_file, config.directory.id_attribute
-    )
+    return SqliteStore.open(config.store.path, config.store.key_file, config.directory.id_attribute)
 
 
 PROBE_RETRY_SECONDS = 5.0
@@ -156,6 +155,8 @@ class Daemon:
         self.directory = Directory(config.directory, config.mfa.exempt_groups, reactor)
         self.directory_service = DirectoryService(self.directory, reactor)
         self.service.addService(self.directory_service)
+        if self.store.has_legacy:  # records of an earlier release: attach once it answers
+            self.directory_service.reached.addCallback(self._upgrade, reactor)
         self.authenticator = Authenticator(
             self.store,
             self.directory.authenticate,
@@ -200,6 +201,10 @@ class Daemon:
         if config.portal is not None:
             self.portal = make_portal(config, self.authenticator, self.store, self.audit, reactor)
             self.service.addService(portal_service(config.portal, self.portal, reactor))
+
+    def _upgrade(self, server: str, reactor: Any) -> str:
+        attach_all(self.store, self.directory, reactor)
+        return server
 
     def reload(self, new: Config) -> list[str]:
         """Apply what can change while running; returns the changed settings that cannot.

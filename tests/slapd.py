@@ -60,6 +60,8 @@ class SlapdUser:
     uid: str
     password: str
     cn: str | None = None
+    mail: str | None = None
+    aliases: tuple[str, ...] = ()  # more `uid` values for the same entry
 
 
 # --------------------------------------------------------------------------- helpers
@@ -245,6 +247,8 @@ class Slapd:
             [
                 ("objectClass", "inetOrgPerson"),
                 ("uid", user.uid),
+                *(("uid", alias) for alias in user.aliases),
+                *((("mail", user.mail),) if user.mail else ()),
                 ("cn", cn),
                 ("sn", cn),
                 ("userPassword", ssha(user.password)),

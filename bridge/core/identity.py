@@ -77,9 +77,7 @@ def merge(records: Iterable[UserRecord], owner: Identity, now: int) -> UserRecor
         return _STRICTNESS.get(state, 0), name_key(record.username) == own, record.updated
 
     winner = max(pool, key=rank)
-    steps = [
-        r.last_step for r in pool if r.last_step is not None and r.secret == winner.secret
-    ]
+    steps = [r.last_step for r in pool if r.last_step is not None and r.secret == winner.secret]
     return winner.evolve(
         entry_id=owner.entry_id,
         username=owner.name,

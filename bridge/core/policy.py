@@ -274,9 +274,7 @@ def admin_enroll(
     )
 
 
-def admin_import(
-    record: UserRecord | None, owner: Identity, secret: bytes, now: int
-) -> UserRecord:
+def admin_import(record: UserRecord | None, owner: Identity, secret: bytes, now: int) -> UserRecord:
     """Take a secret the user already has in an app: `active` at once."""
     return UserRecord(
         owner.name,

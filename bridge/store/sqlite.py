@@ -193,9 +193,7 @@ class SqliteStore:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('id_attribute', ?)",
                     (attribute,),
                 )
-            row = self._db.execute(
-                "SELECT value FROM meta WHERE key = 'id_attribute'"
-            ).fetchone()
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'id_attribute'").fetchone()
         stored = str(row[0])
         if stored.lower() == attribute.lower():
             return
@@ -432,9 +430,7 @@ class SqliteStore:
         if not record.entry_id:
             raise ValueError("a record belongs to a directory entry")
         sealed = (
-            self._sealer.seal(record.entry_id, record.secret)
-            if record.secret is not None
-            else None
+            self._sealer.seal(record.entry_id, record.secret) if record.secret is not None else None
         )
         return (
             record.entry_id,

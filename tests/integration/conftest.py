@@ -34,6 +34,12 @@ USERS = [
     SlapdUser("u", "u-pw"),
     SlapdUser("u1", "u1-pw"),
     SlapdUser("digits", "pass123456"),  # a password that ends in six digits
+    # Users with several login names (SPEC section 8): a mail address, a second uid.
+    SlapdUser("kim", "kim-pw", mail="kim@example.org", aliases=("kim.lee",)),
+    SlapdUser("jo smith", "pw-jo smith", mail="jo.smith@example.org"),
+    SlapdUser("olga", "olga-pw", mail="olga@example.org"),
+    SlapdUser("pia", "pia-pw", mail="pia@example.org"),
+    SlapdUser("quinn", "quinn-pw", mail="quinn@example.org"),
     *(SlapdUser(f"load{i:03d}", f"load{i:03d}-pw") for i in range(200)),
     *(SlapdUser(f"web{i:02d}", f"web{i:02d}-pw") for i in range(40)),  # the portal's tests
 ]
