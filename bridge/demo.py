@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ldaptor import interfaces
+from ldaptor.entry import BaseLDAPEntry
 from ldaptor.inmemory import InMemoryLDIFProtocol
 from ldaptor.protocols import pureldap
 from ldaptor.protocols.ldap import ldaperrors, ldifprotocol
@@ -70,9 +71,11 @@ class _Loader(InMemoryLDIFProtocol):  # type: ignore[misc]  # ldaptor is untyped
 
     def gotEntry(self, entry: Any) -> None:  # noqa: N802 - ldaptor's name
         """Add `entryUUID` unless the LDIF sets one, then load the entry."""
-        if not any(str(name).lower() == "entryuuid" for name in entry):
+        if not any(_name(name).lower() == "entryuuid" for name in entry):
             dn = entry.dn.getText().lower()
-            entry["entryUUID"] = [str(uuid.uuid5(uuid.NAMESPACE_URL, "ldap:///" + dn))]
+            attributes = {_name(name): list(values) for name, values in entry.items()}
+            attributes["entryUUID"] = [str(uuid.uuid5(uuid.NAMESPACE_URL, "ldap:///" + dn))]
+            entry = BaseLDAPEntry(dn=entry.dn, attributes=attributes)
         super().gotEntry(entry)
 
     def addFailed(self, reason: Failure, entry: Any) -> None:  # noqa: N802 - ldaptor's name

@@ -33,8 +33,8 @@ from bridge.audit import AuditLog
 from bridge.auth import Authenticator, Caller
 from bridge.config import ConfigError, LdapProxyTls, parse_config
 from bridge.core.totp import code_at_step
-from bridge.core.types import LockReason, State, UserRecord
-from bridge.directory import Binder, BindResult, BindStatus, UnavailableError
+from bridge.core.types import Identity, LockReason, State, UserRecord
+from bridge.directory import Binder, BindResult, BindStatus, Plan, UnavailableError
 from bridge.ldap_proxy.framing import FramingError, complete_prefix, pdu_size
 from bridge.ldap_proxy.login import LdapLogin, LoginResult
 from bridge.ldap_proxy.names import UserMapper, same_dn
@@ -49,8 +49,10 @@ from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailable
 from bridge.service import ldap_proxy_service, open_store, policy_from
 from bridge.store import SqliteStore
 from tests.certs import make_ca, make_server_cert
+from tests.protocol.entries import alias, entries, entry_id
 
 NOW = 1_700_000_000
+DAY = 86_400
 TOTP_SECRET = bytes(range(1, 21))
 BASE = "ou=people,dc=example,dc=org"
 SERVICE_DN = "cn=app,ou=services,dc=example,dc=org"
@@ -66,47 +68,65 @@ def dn(user: str) -> str:
     return f"uid={user},{BASE}"
 
 
+ENTRIES = entries(PASSWORDS, dn)
+
+
 # --- fakes --------------------------------------------------------------------------------
 
 
 @dataclass
 class FakeDirectory:
-    """`Directory.authenticate`: answers from PASSWORDS; `answer`/`error` force an outcome."""
+    """`Directory.authenticate`: finds the entry by any of its names (uid, or the alias
+    <uid>@example.org), asks `plan` for the password once, checks it against PASSWORDS,
+    then, given `bind`, lets the caller's bind as the entry's DN decide.
 
-    calls: list[tuple[str, str]] = field(default_factory=list)
+    `calls` records (name, password chosen by `plan`; None when no entry was found);
+    `answer`/`error` force an outcome before any entry is found; `found_dn` gives a uid's
+    entry another DN than `dn(uid)`.
+    """
+
+    calls: list[tuple[str, str | None]] = field(default_factory=list)
     answer: BindResult | None = None
     error: Exception | None = None
     found_dn: dict[str, str] = field(default_factory=dict)
 
     def __call__(
-        self, username: str, password: str, bind: Binder | None = None
+        self, username: str, plan: Plan, bind: Binder | None = None
     ) -> Deferred[BindResult]:
+        found = None if self.answer is not None or self.error is not None else self._find(username)
+        password = plan(found) if found is not None else None
         self.calls.append((username, password))
         if self.error is not None:
             return fail(self.error)
-        result = self.answer or self._check(username, password)
-        if result.status is not BindStatus.OK or bind is None or result.dn is None:
+        result = self.answer or self._check(found, password)
+        if result.status is not BindStatus.OK or bind is None:
             return succeed(result)
+        assert password is not None
         return Deferred.fromCoroutine(self._bind(bind, result, password))
 
-    def _check(self, username: str, password: str) -> BindResult:
-        expected = PASSWORDS.get(username)
-        if expected is None:
+    def _find(self, username: str) -> Identity | None:
+        entry = ENTRIES.get(username)
+        if entry is None or entry.name not in self.found_dn:
+            return entry
+        return Identity(entry.entry_id, entry.name, self.found_dn[entry.name])
+
+    @staticmethod
+    def _check(found: Identity | None, password: str | None) -> BindResult:
+        if found is None:
             return BindResult(BindStatus.UNKNOWN_USER)
-        if password != expected:
-            return BindResult(BindStatus.BAD_PASSWORD)
-        found = self.found_dn.get(username, dn(username))
+        if password != PASSWORDS[found.name]:  # an empty one included, as Directory: no bind
+            return BindResult(BindStatus.BAD_PASSWORD, found)
         return BindResult(BindStatus.OK, found, server="ldap://dir-b")
 
     @staticmethod
     async def _bind(bind: Binder, result: BindResult, password: str) -> BindResult:
         """As Directory does: the caller's bind decides; a server that cannot answer fails."""
-        assert result.dn is not None and result.server is not None
+        assert result.identity is not None and result.server is not None
         try:
-            ok = await bind(result.server, result.dn, password)
+            ok = await bind(result.server, result.identity.dn, password)
         except UnavailableError:
             return BindResult(BindStatus.UNAVAILABLE)
-        return result if ok else BindResult(BindStatus.BAD_PASSWORD, result.dn)
+        return result if ok else BindResult(BindStatus.BAD_PASSWORD, result.identity)
 
 
 @dataclass
@@ -265,6 +285,11 @@ def search(base: str = BASE, scope: int = 2) -> Any:
     return pureldap.LDAPSearchRequest(baseObject=base, scope=scope, attributes=["1.1"])
 
 
+def seed(store: SqliteStore, record: UserRecord) -> None:
+    """Put a user's record in the store (under its entry's id) as the admin CLI would."""
+    store.update(record.entry_id, lambda _: (record, None))
+
+
 MakeProxy = Callable[..., Proxy]
 
 
@@ -281,7 +306,8 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture
 def make_proxy(tmp_path: Path) -> Iterator[MakeProxy]:
     """Proxies configured through the config parser. bob is active with TOTP_SECRET,
-    carol is locked, alice is new (grace at her first login). `ldaps=True` makes the
+    carol is locked, alice is new (grace at her first login); each is also found by the
+    alias <uid>@example.org. `ldaps=True` makes the
     connection look like one accepted by the LDAPS listener."""
     stores: list[SqliteStore] = []
 
@@ -294,7 +320,7 @@ def make_proxy(tmp_path: Path) -> Iterator[MakeProxy]:
                     "bind_dn": "cn=bridge,ou=services,dc=example,dc=org",
                     "bind_password": "service-account-password",
                     "user_base": BASE,
-                    "user_filter": "(&(objectClass=person)(uid={username}))",
+                    "user_filter": "(&(objectClass=person)(|(uid={username})(mail={username})))",
                 },
                 "store": {"path": str(where / "state.db")},
                 "mfa": {"enrollment_days": 14, "max_failures": 5, "window": 1},
@@ -309,17 +335,14 @@ def make_proxy(tmp_path: Path) -> Iterator[MakeProxy]:
         assert config.ldap_proxy is not None
         store = open_store(config)
         stores.append(store)
-        store.update(
-            "bob",
-            lambda _: (
-                UserRecord("bob", State.ACTIVE, secret=TOTP_SECRET, confirmed=True),
-                None,
-            ),
+        bob = UserRecord(
+            "bob", State.ACTIVE, secret=TOTP_SECRET, confirmed=True, entry_id=entry_id("bob")
         )
-        store.update(
-            "carol",
-            lambda _: (UserRecord("carol", State.LOCKED, lock_reason=LockReason.ADMIN), None),
+        carol = UserRecord(
+            "carol", State.LOCKED, lock_reason=LockReason.ADMIN, entry_id=entry_id("carol")
         )
+        for record in (bob, carol):
+            seed(store, record)
         clock = MemoryReactorClock()
         clock.advance(NOW)
         directory = FakeDirectory()
@@ -370,7 +393,7 @@ def test_grace_user_binds_upstream_with_the_whole_field(make_proxy: MakeProxy) -
     assert proxy.bind(dn("alice"), "alice-pass") == SUCCESS
     assert proxy.directory.calls == [("alice", "alice-pass")]
     assert proxy.opener.calls == [(("ldap://dir-b",), dn("alice"), "alice-pass")]
-    record = proxy.store.get("alice")
+    record = proxy.store.get(entry_id("alice"))
     assert record is not None and record.state is State.GRACE
 
 
@@ -388,6 +411,42 @@ def test_bare_user_name_and_case_of_the_dn(make_proxy: MakeProxy) -> None:
     assert proxy.bind("alice", "alice-pass") == SUCCESS
     assert proxy.bind("UID=Alice, OU=People,DC=Example,DC=org", "alice-pass", 2) == SUCCESS
     assert [c[0] for c in proxy.directory.calls] == ["alice", "alice"]
+
+
+BOB_ALIAS = alias("bob")
+
+
+def test_active_user_binding_by_alias_needs_the_code(make_proxy: MakeProxy) -> None:
+    """A bare-name bind by an active user's alias needs the code, spent on the entry's record."""
+    proxy = make_proxy()
+    assert proxy.bind(BOB_ALIAS, "bob-pass") == INVALID
+    code = proxy.code()
+    assert proxy.bind(BOB_ALIAS, "bob-pass" + code, 2) == SUCCESS
+    assert proxy.directory.calls == [(BOB_ALIAS, "bob-pass"), (BOB_ALIAS, "bob-pass")]
+    assert proxy.opener.calls[-1] == (("ldap://dir-b",), dn("bob"), "bob-pass")
+    record = proxy.store.get(entry_id("bob"))
+    assert record is not None
+    assert (record.state, record.last_step, record.failures) == (State.ACTIVE, NOW // 30, 0)
+    assert {r.entry_id for r in proxy.store.list()} == {entry_id("bob"), entry_id("carol")}
+    assert proxy.bind(dn("bob"), "bob-pass" + code, 3) == INVALID  # a replay by the uid's DN
+
+
+def test_new_user_binding_by_alias_starts_the_entrys_one_grace_period(
+    make_proxy: MakeProxy,
+) -> None:
+    """A new user's first bind by the alias starts the entry's one grace period, under its name."""
+    proxy = make_proxy()
+    assert proxy.bind(alias("alice"), "alice-pass") == SUCCESS
+    assert proxy.opener.calls == [(("ldap://dir-b",), dn("alice"), "alice-pass")]
+    first = proxy.store.get(entry_id("alice"))
+    assert first is not None
+    assert (first.username, first.state, first.deadline) == ("alice", State.GRACE, NOW + 14 * DAY)
+    proxy.clock.advance(DAY)
+    later = proxy.connect()
+    assert later is not None
+    assert later.bind(dn("alice"), "alice-pass") == SUCCESS
+    assert proxy.store.get(entry_id("alice")) == first
+    assert len(proxy.store.list()) == 3  # alice, bob, carol: one record each
 
 
 def test_passthrough_dn_binds_upstream_without_a_code(make_proxy: MakeProxy) -> None:

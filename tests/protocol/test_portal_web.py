@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -25,21 +26,37 @@ from bridge.core.policy import Policy
 from bridge.core.selfservice import SetupResult
 from bridge.core.totp import code_at_step
 from bridge.core.types import State, UserRecord
-from bridge.directory import BindResult, BindStatus
-from bridge.portal.flows import NewSecret, Portal
+from bridge.directory import Binder, BindResult, BindStatus, Plan
+from bridge.portal.flows import NewSecret, Portal, SignInResult
 from bridge.portal.sessions import AttemptLimiter, Sessions
 from bridge.portal.web import make_site
 from bridge.store import SqliteStore
+from tests.protocol.entries import DOMAIN, alias, entry_id, identity
 
 NOW = 1_700_000_000
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
-def directory(username: str, password: str, bind: Any = None) -> Deferred[BindResult]:
-    """Every user's password is "<name>-pw"."""
-    if password != f"{username}-pw":
-        return succeed(BindResult(BindStatus.BAD_PASSWORD))
-    return succeed(BindResult(BindStatus.OK, f"uid={username},o=x", server="ldap://x"))
+def uid_of(user: str) -> str:
+    """The uid a name stands for: the name itself, or the uid of an alias <uid>@example.org."""
+    return user.removesuffix(f"@{DOMAIN}")
+
+
+def password_of(user: str) -> str:
+    """Every entry's password is "<uid>-pw", whichever of its names is typed."""
+    return f"{uid_of(user)}-pw"
+
+
+def directory(username: str, plan: Plan, bind: Binder | None = None) -> Deferred[BindResult]:
+    """Every name without "@" is a uid, found by it and by its alias <uid>@example.org;
+    `plan` chooses the password, once, after the entry is found."""
+    uid = uid_of(username)
+    if "@" in uid:
+        return succeed(BindResult(BindStatus.UNKNOWN_USER))
+    found = identity(uid, lambda name: f"uid={name},o=x")
+    if plan(found) != password_of(uid):
+        return succeed(BindResult(BindStatus.BAD_PASSWORD, found))
+    return succeed(BindResult(BindStatus.OK, found, server="ldap://x"))
 
 
 @dataclass
@@ -81,45 +98,63 @@ class Browser:
         found = _CSRF.search(text)
         return {"status": status, "headers": headers, "body": text, "csrf": found and found[1]}
 
-    def sign_in(self, user: str) -> dict[str, Any]:
+    def sign_in(self, user: str, code: str = "") -> dict[str, Any]:
         token = self.request("GET", "/")["csrf"]
-        return self.request(
-            "POST", "/sign-in", {"csrf": token, "username": user, "password": f"{user}-pw"}
-        )
+        form = {"csrf": token, "username": user, "password": password_of(user), "code": code}
+        return self.request("POST", "/sign-in", form)
+
+
+MakePortal = Callable[..., Any]
 
 
 @pytest.fixture
-def portal(tmp_path: Path) -> Any:
+def make_portal(tmp_path: Path) -> Iterator[MakePortal]:
+    """Portals over a real store, a fake directory and a MemoryReactorClock; `exempt_users`
+    is mfa.exempt_users (given to the Authenticator and the portal, as the daemon does)."""
+    stores: list[SqliteStore] = []
+
+    def make(*, exempt_users: frozenset[str] = frozenset()) -> Any:
+        clock = MemoryReactorClock()
+        clock.advance(NOW)
+        where = tmp_path / f"portal-{len(stores)}"
+        store = SqliteStore.open(where / "s.db", where / "s.key")
+        stores.append(store)
+        audit_out = io.StringIO()
+        audit = AuditLog(audit_out, clock.seconds)
+        authenticator = Authenticator(store, directory, Policy(), exempt_users, clock, audit=audit)
+        portal = Portal(
+            authenticator,
+            store,
+            policy=Policy(),
+            issuer="Example",
+            exempt_users=exempt_users,
+            audit=audit,
+            clock=clock.seconds,
+            sessions=Sessions(clock.seconds, idle=300, lifetime=3600),
+            per_user=AttemptLimiter(clock.seconds, 10, 300),
+            per_address=AttemptLimiter(clock.seconds, 30, 300),
+        )
+        portal.test_clock = clock  # type: ignore[attr-defined]
+        portal.test_store = store  # type: ignore[attr-defined]
+        portal.test_audit_out = audit_out  # type: ignore[attr-defined]
+        return portal
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def portal(make_portal: MakePortal) -> Any:
     """The portal's logic over a real store, a fake directory and a MemoryReactorClock."""
-    clock = MemoryReactorClock()
-    clock.advance(NOW)
-    store = SqliteStore.open(tmp_path / "s.db", tmp_path / "s.key")
-    audit_out = io.StringIO()
-    audit = AuditLog(audit_out, clock.seconds)
-    authenticator = Authenticator(store, directory, Policy(), frozenset(), clock, audit=audit)
-    portal = Portal(
-        authenticator,
-        store,
-        policy=Policy(),
-        issuer="Example",
-        exempt_users=frozenset(),
-        audit=audit,
-        clock=clock.seconds,
-        sessions=Sessions(clock.seconds, idle=300, lifetime=3600),
-        per_user=AttemptLimiter(clock.seconds, 10, 300),
-        per_address=AttemptLimiter(clock.seconds, 30, 300),
-    )
-    portal.test_clock = clock  # type: ignore[attr-defined]
-    portal.test_store = store  # type: ignore[attr-defined]
-    portal.test_audit_out = audit_out  # type: ignore[attr-defined]
-    yield portal
-    store.close()
+    return make_portal()
 
 
 @pytest.fixture
 def site(portal: Portal) -> Any:
     built = make_site(portal, secure=True)
     built.clock = portal.test_clock  # type: ignore[attr-defined]
+    built.store = portal.test_store  # type: ignore[attr-defined]
     return built
 
 
@@ -238,21 +273,27 @@ def test_set_up_page_is_not_cached_and_needs_a_session(site: Any) -> None:
     assert page["headers"]["cache-control"] == ["no-store"]
 
 
-def signed_in(portal: Portal, user: str) -> Any:
+def sign_in(portal: Portal, user: str, code: str = "") -> Any:
+    """The portal's answer to `user`'s password (and `code`)."""
     results: list[Any] = []
-    portal.sign_in(user, f"{user}-pw", "", "192.0.2.9").addCallback(results.append)
+    portal.sign_in(user, password_of(user), code, "192.0.2.9").addCallback(results.append)
     (result,) = results
-    return result.session
+    return result
+
+
+def signed_in(portal: Portal, user: str, code: str = "") -> Any:
+    """The session `user` signing in gets; None when not signed in."""
+    return sign_in(portal, user, code).session
 
 
 def test_a_proof_of_the_old_device_expires_and_binds_to_its_secret(portal: Any) -> None:
     """A reset may go on for 5 minutes after the proof, and not after the secret changed."""
     store, clock = portal.test_store, portal.test_clock
     secret = bytes(range(20))
-    store.update(
-        "gina",
-        lambda _r: (UserRecord("gina", State.ACTIVE, secret=secret, confirmed=True), None),
+    gina = UserRecord(
+        "gina", State.ACTIVE, secret=secret, confirmed=True, entry_id=entry_id("gina")
     )
+    store.update(gina.entry_id, lambda _r: (gina, None))
     session = signed_in(portal, "gina")
     assert session is None  # active: the password alone does not sign in
     results: list[Any] = []
@@ -302,3 +343,92 @@ def test_forwarded_address_is_believed_only_from_a_trusted_proxy(portal: Any) ->
     browser.request("POST", "/sign-in", {"csrf": token, "username": "ivy", "password": "x"})
     clients = [line.split('"client":"')[1].split('"')[0] for line in audit.getvalue().splitlines()]
     assert clients == ["198.51.100.7", "192.0.2.5"]
+
+
+# --- one record per directory entry (SPEC 8): signing in by the alias -------------------
+
+DAY = 86_400
+
+
+def seed_active(store: SqliteStore, uid: str) -> bytes:
+    """Make `uid` an active user; the secret."""
+    secret = bytes(range(20))
+    record = UserRecord(uid, State.ACTIVE, secret=secret, confirmed=True, entry_id=entry_id(uid))
+    store.update(record.entry_id, lambda _r: (record, None))
+    return secret
+
+
+def state_shown(page: dict[str, Any]) -> tuple[str, str]:
+    """The user name and the MFA state the status page shows."""
+    body = page["body"]
+    user = re.search(r'<dd id="user">([^<]*)</dd>', body)
+    state = re.search(r'data-state="([^"]*)"', body)
+    assert user is not None and state is not None, body
+    return user[1], state[1]
+
+
+def test_signing_in_by_alias_shows_the_entrys_grace_period(site: Any) -> None:
+    """Signing in by the alias shows the entry's state: its grace period, not a new one."""
+    assert Browser(site).sign_in("erin")["status"] == 303
+    site.clock.advance(10 * DAY)
+    browser = Browser(site)
+    assert browser.sign_in(alias("erin"))["status"] == 303
+    page = browser.request("GET", "/")
+    assert state_shown(page) == ("erin", "grace")
+    assert "You have 4 days left" in page["body"]
+    assert len(site.store.list()) == 1
+
+
+def test_active_user_signing_in_by_alias_needs_the_code(site: Any) -> None:
+    """An active user signing in by the alias is asked for the code, then shown as active."""
+    store, clock = site.store, site.clock
+    secret = seed_active(store, "olga")
+    browser = Browser(site)
+    asked = browser.sign_in(alias("olga"))
+    assert asked["status"] == 200 and "enter the 6-digit code too" in asked["body"]
+    code = code_at_step(secret, int(clock.seconds()) // 30)
+    assert browser.sign_in(alias("olga"), code)["status"] == 303
+    assert state_shown(browser.request("GET", "/")) == ("olga", "active")
+    stored = store.get(entry_id("olga"))
+    assert stored is not None and stored.last_step == NOW // 30
+    assert len(store.list()) == 1
+
+
+def test_set_up_by_alias_writes_the_entrys_record(portal: Any) -> None:
+    """Set-up in a session signed in by the alias writes the entry's record, under its name."""
+    store, clock = portal.test_store, portal.test_clock
+    session = signed_in(portal, alias("frank"))
+    assert session is not None
+    assert (session.owner.entry_id, session.username) == (entry_id("frank"), "frank")
+    assert isinstance(portal.new_secret(session), NewSecret)
+    secret = session.new_secret
+    code = code_at_step(secret, int(clock.seconds()) // 30)
+    assert portal.confirm(session, code, "192.0.2.9") is SetupResult.CONFIRMED
+    (record,) = store.list()
+    assert (record.entry_id, record.username) == (entry_id("frank"), "frank")
+    assert (record.state, record.secret) == (State.ACTIVE, secret)
+    assert sign_in(portal, "frank").result is SignInResult.CODE_REQUIRED
+    clock.advance(30)
+    later = signed_in(portal, "frank", code_at_step(secret, int(clock.seconds()) // 30))
+    assert later is not None and later.owner == session.owner
+
+
+def test_exempt_user_is_exempt_by_alias_too(make_portal: MakePortal) -> None:
+    """exempt_users: ["dave"] signs dave in by his alias with the password alone, as exempt."""
+    portal = make_portal(exempt_users=frozenset({"dave"}))
+    seed_active(portal.test_store, "dave")
+    session = signed_in(portal, alias("dave"))
+    assert session is not None and session.username == "dave"
+    assert portal.status(session)["state"] == "exempt"
+
+
+def test_an_alias_in_exempt_users_exempts_nobody(make_portal: MakePortal) -> None:
+    """exempt_users: ["dave@example.org"] (an alias) does not exempt dave: he needs the code."""
+    portal = make_portal(exempt_users=frozenset({alias("dave")}))
+    secret = seed_active(portal.test_store, "dave")
+    for user in (alias("dave"), "dave"):
+        assert sign_in(portal, user).result is SignInResult.CODE_REQUIRED
+    code = code_at_step(secret, int(portal.test_clock.seconds()) // 30)
+    session = signed_in(portal, alias("dave"), code)
+    assert session is not None
+    assert portal.status(session)["state"] == "active"

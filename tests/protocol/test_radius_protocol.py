@@ -32,13 +32,14 @@ from bridge.audit import AuditLog
 from bridge.auth import Authenticator
 from bridge.config import parse_config
 from bridge.core.totp import code_at_step
-from bridge.core.types import LockReason, State, UserRecord
-from bridge.directory import BindResult, BindStatus
+from bridge.core.types import Identity, LockReason, State, UserRecord
+from bridge.directory import Binder, BindResult, BindStatus, Plan
 from bridge.radius import codec, server
 from bridge.radius.codec import DICTIONARY
 from bridge.radius.server import PROMPT, RadiusProtocol
 from bridge.service import open_store, policy_from
 from bridge.store import SqliteStore
+from tests.protocol.entries import alias, entries, entry_id
 
 NOW = 1_700_000_000  # the clock starts here: a fixed Unix time, so codes are reproducible
 SECRET = b"protocol-test-secret-0123"
@@ -51,7 +52,8 @@ NEIGHBOUR: Address = ("127.0.0.2", 40001)  # also client "vpn", but another addr
 LEGACY: Address = ("10.1.2.3", 40002)  # client "pam": require_message_authenticator false
 STRANGER: Address = ("192.0.2.7", 40003)  # not a client
 
-PASSWORDS = {"alice": "alice-pass", "bob": "bob-pass", "carol": "carol-pass"}
+PASSWORDS = {"alice": "alice-pass", "bob": "bob-pass", "carol": "carol-pass", "dave": "dave-pass"}
+ENTRIES = entries(PASSWORDS, lambda uid: f"uid={uid},ou=people,dc=example,dc=org")
 
 ACCESS_REQUEST = pyrad_packet.AccessRequest
 STATUS_SERVER = pyrad_packet.StatusServer
@@ -69,43 +71,51 @@ MESSAGE_AUTHENTICATOR, REPLY_MESSAGE, STATE, PROXY_STATE = 80, 18, 24, 33
 
 @dataclass
 class FakeDirectory:
-    """`(username, password) -> Deferred[BindResult]`, answering from `PASSWORDS`.
+    """`Directory.authenticate`: finds the entry by any of its names (ENTRIES), asks `plan`
+    for the password once, and checks it against the entry's in `PASSWORDS`.
 
-    `hold` keeps each call's Deferred unfired (in `held`) until `release()`; `answer`
-    forces one result for everyone; `error` makes every call errback.
+    `calls` records (name, password chosen by `plan`; None when no entry was found).
+    `hold` keeps each call's Deferred unfired (in `held`: the entry found and the password
+    chosen, the bind in flight) until `release()`; `answer` forces one result for everyone
+    and `error` makes every call errback, both before any entry is found.
     """
 
-    calls: list[tuple[str, str]] = field(default_factory=list)
+    calls: list[tuple[str, str | None]] = field(default_factory=list)
     hold: bool = False
-    held: list[tuple[Deferred[BindResult], str, str]] = field(default_factory=list)
+    held: list[tuple[Deferred[BindResult], Identity | None, str | None]] = field(
+        default_factory=list
+    )
     answer: BindResult | None = None
     error: Exception | None = None
 
-    def __call__(self, username: str, password: str) -> Deferred[BindResult]:
+    def __call__(
+        self, username: str, plan: Plan, bind: Binder | None = None
+    ) -> Deferred[BindResult]:
+        found = None if self.answer is not None or self.error is not None else ENTRIES.get(username)
+        password = plan(found) if found is not None else None
         self.calls.append((username, password))
         if self.hold:
             d: Deferred[BindResult] = Deferred()
-            self.held.append((d, username, password))
+            self.held.append((d, found, password))
             return d
         if self.error is not None:
             return fail(self.error)
-        return succeed(self.result(username, password))
+        return succeed(self.result(found, password))
 
-    def result(self, username: str, password: str) -> BindResult:
+    def result(self, found: Identity | None, password: str | None) -> BindResult:
         if self.answer is not None:
             return self.answer
-        expected = PASSWORDS.get(username)
-        if expected is None:
+        if found is None:
             return BindResult(BindStatus.UNKNOWN_USER)
-        if password != expected:
-            return BindResult(BindStatus.BAD_PASSWORD)
-        return BindResult(BindStatus.OK, dn=f"uid={username},ou=people,dc=example,dc=org")
+        if password != PASSWORDS[found.name]:  # an empty one included, as Directory: no bind
+            return BindResult(BindStatus.BAD_PASSWORD, found)
+        return BindResult(BindStatus.OK, found, server="ldap://127.0.0.1:1")
 
     def release(self) -> None:
         """Fire every held Deferred with the answer it would have had."""
         held, self.held = self.held, []
-        for d, username, password in held:
-            d.callback(self.result(username, password))
+        for d, found, password in held:
+            d.callback(self.result(found, password))
 
 
 class FakeTransport:
@@ -289,15 +299,33 @@ class Bridge:
 
     def challenge(self, user: str = "bob", addr: Address = NAS) -> bytes:
         """Log in with the password only and return the State of the Access-Challenge."""
-        reply = self.exchange(request(user, PASSWORDS[user]), addr)
+        reply = self.exchange(request(user, password_of(user)), addr)
         assert reply.code == CHALLENGE
         assert reply.state is not None
         return reply.state
 
 
+def password_of(user: str) -> str:
+    """The password of the entry `user` (a uid or an alias) names."""
+    return PASSWORDS[ENTRIES[user].name]
+
+
 def seed(store: SqliteStore, record: UserRecord) -> None:
-    """Put a user's record in the store as the admin CLI would."""
-    store.update(record.username, lambda _: (record, None))
+    """Put a user's record in the store as the admin CLI would (under its entry's id)."""
+    store.update(record.entry_id, lambda _: (record, None))
+
+
+def active_record(uid: str) -> UserRecord:
+    """An active user's record with TOTP_SECRET, as imported at NOW."""
+    return UserRecord(
+        uid,
+        State.ACTIVE,
+        secret=TOTP_SECRET,
+        confirmed=True,
+        created=NOW,
+        updated=NOW,
+        entry_id=entry_id(uid),
+    )
 
 
 MakeBridge = Callable[..., Bridge]
@@ -307,9 +335,10 @@ MakeBridge = Callable[..., Bridge]
 def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
     """A factory of bridges, configured through the config parser like the daemon.
 
-    Users: alice is new (grace at her first login), bob is active with TOTP_SECRET,
-    carol is locked by an admin. Clients: "vpn" 127.0.0.0/24 with SECRET, "pam"
-    10.1.2.0/24 with LEGACY_SECRET and require_message_authenticator: false.
+    Users (each also found by the alias <uid>@example.org): alice is new (grace at her
+    first login), bob and dave are active with TOTP_SECRET, carol is locked by an admin.
+    Clients: "vpn" 127.0.0.0/24 with SECRET, "pam" 10.1.2.0/24 with LEGACY_SECRET and
+    require_message_authenticator: false. `exempt_users` is mfa.exempt_users.
     """
     made: list[Bridge] = []
 
@@ -319,6 +348,7 @@ def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
         reject_delay: float = 0.0,
         require_message_authenticator: bool = True,
         state_ttl: int = 120,
+        exempt_users: tuple[str, ...] = (),
     ) -> Bridge:
         where = tmp_path / f"bridge-{len(made)}"
         config = parse_config(
@@ -330,7 +360,12 @@ def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
                     "user_base": "ou=people,dc=example,dc=org",
                 },
                 "store": {"path": str(where / "state.db")},
-                "mfa": {"enrollment_days": 14, "max_failures": 5, "window": 1},
+                "mfa": {
+                    "enrollment_days": 14,
+                    "max_failures": 5,
+                    "window": 1,
+                    "exempt_users": list(exempt_users),
+                },
                 "radius": {
                     "mode": mode,
                     "reject_delay": reject_delay,
@@ -352,12 +387,8 @@ def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
         clock = MemoryReactorClock()
         clock.advance(NOW)
         store = open_store(config)
-        seed(
-            store,
-            UserRecord(
-                "bob", State.ACTIVE, secret=TOTP_SECRET, confirmed=True, created=NOW, updated=NOW
-            ),
-        )
+        for uid in ("bob", "dave"):
+            seed(store, active_record(uid))
         seed(
             store,
             UserRecord(
@@ -368,6 +399,7 @@ def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
                 lock_reason=LockReason.ADMIN,
                 created=NOW,
                 updated=NOW,
+                entry_id=entry_id("carol"),
             ),
         )
         directory = FakeDirectory()
@@ -376,7 +408,7 @@ def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
             store,
             directory,
             policy_from(config),
-            frozenset(),
+            frozenset(config.mfa.exempt_users),
             clock,
             audit=AuditLog(audit_out, clock.seconds),
         )
@@ -687,6 +719,7 @@ def test_state_is_single_use(make_bridge: MakeBridge) -> None:
     [
         pytest.param("bob", NEIGHBOUR, 0, False, id="another-client-address"),
         pytest.param("alice", NAS, 0, False, id="another-user-name"),
+        pytest.param(alias("bob"), NAS, 0, False, id="another-name-of-the-entry"),
         pytest.param("bob", NAS, 121, False, id="after-state-ttl"),
         pytest.param("bob", NAS, 0, True, id="made-up"),
     ],
@@ -694,7 +727,7 @@ def test_state_is_single_use(make_bridge: MakeBridge) -> None:
 def test_misbound_or_stale_state_is_rejected_without_a_bind(
     make_bridge: MakeBridge, user: str, addr: Address, wait: int, made_up: bool
 ) -> None:
-    """A State from another address, for another user, past state_ttl or never issued: reject."""
+    """A State from another address, for another name, past state_ttl or never issued: reject."""
     bridge = make_bridge(mode="challenge")
     state = bridge.challenge("bob", NAS)
     if made_up:
@@ -704,11 +737,9 @@ def test_misbound_or_stale_state_is_rejected_without_a_bind(
     assert reply.code == REJECT
     assert not reply.has_message  # the caller learns nothing
     assert bridge.directory.calls == [("bob", "bob-pass")]  # the challenge's bind only
-    stored = bridge.store.get("bob")
+    stored = bridge.store.get(entry_id("bob"))
     assert stored is not None
-    assert stored.evolve(version=0) == UserRecord(  # unchanged since the import
-        "bob", State.ACTIVE, secret=TOTP_SECRET, confirmed=True, created=NOW, updated=NOW
-    )
+    assert stored.evolve(version=0) == active_record("bob")  # unchanged since the import
     assert stored.version == 1
 
 
@@ -728,6 +759,182 @@ def test_state_answer_is_deduplicated(make_bridge: MakeBridge) -> None:
     first = bridge.send(req.raw)
     assert bridge.send(req.raw) == first
     assert decode(req, first[0]).code == ACCEPT
+
+
+# --- one record per directory entry (SPEC 8): the uid and the alias are one user ----------
+
+BOB_ALIAS = alias("bob")
+
+
+def wrong_code(bridge: Bridge) -> str:
+    """A well-formed code that is valid at no step of the window."""
+    valid = {bridge.code(steps) for steps in (-1, 0, 1)}
+    return next(c for c in (f"{n:06d}" for n in range(1_000_000)) if c not in valid)
+
+
+def send_code(bridge: Bridge, how: str, user: str, code: str) -> Reply:
+    """Password and code for `user`: appended to the password, or answering a challenge."""
+    if how == "appended":
+        return bridge.exchange(request(user, password_of(user) + code))
+    state = bridge.challenge(user)
+    return bridge.exchange(request(user, code, state=state))
+
+
+def entry_ids(store: SqliteStore) -> set[str]:
+    """The entries the store holds a record for."""
+    return {record.entry_id for record in store.list()}
+
+
+SEEDED = {entry_id(uid) for uid in ("bob", "carol", "dave")}
+
+
+@pytest.mark.parametrize("mode", ["append", "challenge", "auto"])
+def test_active_user_by_alias_is_asked_for_the_code_not_given_grace(
+    make_bridge: MakeBridge, mode: str
+) -> None:
+    """By the alias, an active user's password alone draws a request for the code, never grace."""
+    bridge = make_bridge(mode=mode)
+    reply = bridge.exchange(request(BOB_ALIAS, "bob-pass"))
+    if mode == "append":
+        assert (reply.code, reply.message) == (REJECT, server.CODE_REQUIRED)
+    else:
+        assert (reply.code, reply.message) == (CHALLENGE, PROMPT)
+    assert "days left" not in reply.message
+    assert bridge.directory.calls == [(BOB_ALIAS, "bob-pass")]
+    (line,) = bridge.audit_lines()
+    assert line["reason"] == ("code-required" if mode == "append" else "challenged")
+    assert (line["state_before"], line["state_after"]) == ("active", "active")
+    assert entry_ids(bridge.store) == SEEDED
+    stored = bridge.store.get(entry_id("bob"))
+    assert stored is not None and stored.evolve(version=0) == active_record("bob")
+
+
+@pytest.mark.parametrize(
+    ("mode", "how"),
+    [("append", "appended"), ("challenge", "answered"), ("auto", "appended")],
+)
+def test_code_accepted_by_alias_is_a_replay_by_uid(
+    make_bridge: MakeBridge, mode: str, how: str
+) -> None:
+    """Password and code by the alias is accepted; the same code then by the uid is a replay."""
+    bridge = make_bridge(mode=mode)
+    code = bridge.code()
+    assert send_code(bridge, how, BOB_ALIAS, code).code == ACCEPT
+    assert send_code(bridge, how, "bob", code).code == REJECT
+    decided = [x["reason"] for x in bridge.audit_lines() if x["event"] != "auth.challenge"]
+    assert decided == ["accepted", "replay"]
+    stored = bridge.store.get(entry_id("bob"))
+    assert stored is not None
+    assert (stored.last_step, stored.failures) == (NOW // 30, 1)
+    assert entry_ids(bridge.store) == SEEDED
+
+
+@pytest.mark.parametrize(
+    ("mode", "how"),
+    [("append", "appended"), ("challenge", "answered"), ("auto", "answered")],
+)
+def test_wrong_codes_under_both_names_add_up_to_one_lock(
+    make_bridge: MakeBridge, mode: str, how: str
+) -> None:
+    """Wrong codes by the alias and by the uid add up on one record to one lock (max_failures)."""
+    bridge = make_bridge(mode=mode)
+    wrong = wrong_code(bridge)
+    for user in (BOB_ALIAS, "bob", BOB_ALIAS, "bob"):
+        reply = send_code(bridge, how, user, wrong)
+        assert reply.code == REJECT and reply.message != server.LOCKED
+    assert send_code(bridge, how, BOB_ALIAS, wrong).message == server.LOCKED
+    stored = bridge.store.get(entry_id("bob"))
+    assert stored is not None
+    assert (stored.state, stored.failures) == (State.LOCKED, 5)
+    assert stored.lock_reason is LockReason.FAILURES
+    for user in ("bob", BOB_ALIAS):
+        reply = bridge.exchange(request(user, "bob-pass"))
+        assert (reply.code, reply.message) == (REJECT, server.LOCKED)
+    assert entry_ids(bridge.store) == SEEDED
+
+
+def test_one_code_in_flight_under_both_names_is_accepted_once(bridge: Bridge) -> None:
+    """One code in flight by the alias and by the uid at once is accepted once, then a replay."""
+    bridge.directory.hold = True
+    code = bridge.code()
+    by_alias = request(BOB_ALIAS, "bob-pass" + code)
+    by_uid = request("bob", "bob-pass" + code)
+    assert bridge.send(by_alias.raw) == [] and bridge.send(by_uid.raw) == []
+    before = len(bridge.transport.sent)
+    bridge.directory.release()
+    first, second = bridge.written_since(before, NAS)
+    assert (decode(by_alias, first).code, decode(by_uid, second).code) == (ACCEPT, REJECT)
+    assert [x["reason"] for x in bridge.audit_lines()] == ["accepted", "replay"]
+    stored = bridge.store.get(entry_id("bob"))
+    assert stored is not None and (stored.last_step, stored.failures) == (NOW // 30, 1)
+
+
+@pytest.mark.parametrize("mode", ["challenge", "auto"])
+def test_challenge_for_the_alias_is_answered_with_the_alias(
+    make_bridge: MakeBridge, mode: str
+) -> None:
+    """A challenge issued to the alias is answered with the alias and checks the entry's record."""
+    bridge = make_bridge(mode=mode)
+    state = bridge.challenge(BOB_ALIAS)
+    assert bridge.exchange(request(BOB_ALIAS, bridge.code(), state=state)).code == ACCEPT
+    stored = bridge.store.get(entry_id("bob"))
+    assert stored is not None
+    assert (stored.state, stored.last_step, stored.failures) == (State.ACTIVE, NOW // 30, 0)
+    assert entry_ids(bridge.store) == SEEDED
+    again = bridge.challenge("bob")  # the code is spent for the uid too
+    assert bridge.exchange(request("bob", bridge.code(), state=again)).code == REJECT
+    assert bridge.audit_lines()[-1]["reason"] == "replay"
+
+
+def test_audit_line_names_the_entry_and_the_name_typed(bridge: Bridge) -> None:
+    """A login by the alias is audited with user = the entry's name and login = the alias."""
+    bridge.exchange(request(BOB_ALIAS, "bob-pass" + bridge.code()))
+    bridge.exchange(request(BOB_ALIAS, "wrong-pass"))
+    bridge.exchange(request(BOB_ALIAS, "bob-pass"))
+    bridge.exchange(request("bob", "bob-pass"))
+    lines = bridge.audit_lines()
+    assert [(x["reason"], x["user"], x.get("login")) for x in lines] == [
+        ("accepted", "bob", BOB_ALIAS),
+        ("bad-password", "bob", BOB_ALIAS),
+        ("challenged", "bob", BOB_ALIAS),
+        ("challenged", "bob", None),  # typed as the entry's name: no login field
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="suspected bug: Authenticator.answer_challenge (bridge/auth.py) audits without"
+    " the name typed, so the answer's line has no login field",
+)
+def test_challenge_answer_by_alias_is_audited_with_the_alias(make_bridge: MakeBridge) -> None:
+    """The answer to a challenge issued to the alias is audited with login = the alias too."""
+    bridge = make_bridge(mode="challenge")
+    state = bridge.challenge(BOB_ALIAS)
+    assert bridge.exchange(request(BOB_ALIAS, bridge.code(), state=state)).code == ACCEPT
+    challenged, accepted = bridge.audit_lines()
+    assert (challenged["user"], challenged.get("login")) == ("bob", BOB_ALIAS)
+    assert (accepted["reason"], accepted["user"]) == ("accepted", "bob")
+    assert accepted.get("login") == BOB_ALIAS
+
+
+@pytest.mark.parametrize("typed", ["dave", alias("dave")])
+def test_exempt_user_is_exempt_by_alias_too(make_bridge: MakeBridge, typed: str) -> None:
+    """exempt_users: ["dave"] lets dave in with the password alone by his uid and his alias."""
+    bridge = make_bridge(exempt_users=("dave",))
+    reply = bridge.exchange(request(typed, "dave-pass"))
+    assert reply.code == ACCEPT and not reply.has_message
+    (line,) = bridge.audit_lines()
+    assert (line["reason"], line["user"], line["state_after"]) == ("exempt", "dave", "exempt")
+
+
+@pytest.mark.parametrize("typed", ["dave", alias("dave")])
+def test_an_alias_in_exempt_users_exempts_nobody(make_bridge: MakeBridge, typed: str) -> None:
+    """exempt_users: ["dave@example.org"] (an alias) exempts dave under neither of his names."""
+    bridge = make_bridge(exempt_users=(alias("dave"),))
+    reply = bridge.exchange(request(typed, "dave-pass"))
+    assert reply.code == CHALLENGE
+    (line,) = bridge.audit_lines()
+    assert (line["reason"], line["user"]) == ("challenged", "dave")
 
 
 # --- Message-Authenticator ----------------------------------------------------------------
@@ -946,7 +1153,7 @@ def test_directory_errback_rejects(bridge: Bridge) -> None:
     assert not reply.has_message
     assert bridge.counters["rejects"] == 1
     assert bridge.counters.get("dropped.internal-error", 0) == 0
-    assert bridge.store.get("alice") is None
+    assert bridge.store.get(entry_id("alice")) is None
 
 
 def test_late_directory_errback_rejects(bridge: Bridge) -> None:
@@ -962,7 +1169,7 @@ def test_late_directory_errback_rejects(bridge: Bridge) -> None:
     assert decode(req, replies[0]).code == REJECT
     assert bridge.counters["rejects"] == 1
     assert bridge.send(req.raw) == replies
-    assert bridge.store.get("alice") is None
+    assert bridge.store.get(entry_id("alice")) is None
 
 
 # --- what users are told ------------------------------------------------------------------

@@ -11,7 +11,7 @@ import sys
 import tomllib
 from base64 import b32decode
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import yaml
 
+import bridge.directory
 import bridge.service
 from bridge.cli import main
 from bridge.config import CONFIG_ENV, Config
-from bridge.core.types import UserRecord
+from bridge.core.types import Identity
+from bridge.directory import UnavailableError
 from bridge.store import SqliteStore
 from bridge.store.sealing import Sealer, load_or_create_key
 from tests.conftest import require_binary
@@ -37,6 +39,16 @@ SECRET_160 = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # 20 bytes
 SECRET_160_B = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"  # another 20 bytes
 SECRET_80 = "JBSWY3DPEHPK3PXP"  # 10 bytes: too short to import
 QR_CHARS = frozenset("█▀▄ ")
+EXEMPT_GROUP = "cn=mfa-exempt,ou=groups,dc=example,dc=org"
+DOWN = "ldap://127.0.0.1:1: Can't contact LDAP server"  # the fake directory's failure
+
+
+def entry(name: str) -> Identity:
+    """The directory entry whose name_attribute is `name`."""
+    return Identity(entry_id=f"id-{name}", name=name, dn=f"uid={name},ou=people,dc=example,dc=org")
+
+
+ALICE, BOB, CAROL, DAVE, SVC = map(entry, ["alice", "bob", "carol", "dave", "svc-backup"])
 
 
 def iso(timestamp: int) -> str:
@@ -112,6 +124,76 @@ def assert_one_line_error(result: Result, code: int = 1) -> str:
     return result.err.strip()
 
 
+@dataclass
+class FakeDirectory:
+    """The directory the `user` commands ask, in memory: login names to entries."""
+
+    names: dict[str, Identity]  # every login name a user_filter matches -> its entry
+    groups: dict[str, set[str]]  # group DN -> entry ids of its members
+    down: bool = False  # True: every question raises UnavailableError, as with no server
+    lookups: list[FakeLookup] = field(default_factory=list)
+
+    def lookup(self, config: object, exempt_groups: tuple[str, ...] = ()) -> FakeLookup:
+        """What `bridge.directory.DirectoryLookup(config, exempt_groups)` builds here."""
+        made = FakeLookup(self, exempt_groups)
+        self.lookups.append(made)
+        return made
+
+
+class FakeLookup:
+    """An in-memory `DirectoryLookup`: resolve, resolve_many, is_exempt, close."""
+
+    def __init__(self, directory: FakeDirectory, exempt_groups: tuple[str, ...]) -> None:
+        self.directory = directory
+        self.exempt_groups = exempt_groups
+        self.asked: list[str] = []
+        self.closed = False
+
+    def _answer(self) -> None:
+        if self.closed:
+            raise AssertionError("asked after close()")
+        if self.directory.down:
+            raise UnavailableError(DOWN)
+
+    def resolve(self, name: str) -> Identity | None:
+        """The entry `name` is a login name of (exact match: the CLI normalises first)."""
+        return self.resolve_many([name])[name]
+
+    def resolve_many(self, names: list[str]) -> dict[str, Identity | None]:
+        """Each name's entry, None for a name the directory does not know."""
+        self._answer()
+        self.asked.extend(names)
+        return {name: self.directory.names.get(name) for name in names}
+
+    def is_exempt(self, identity: Identity) -> bool:
+        """Whether the entry is a member of one of the configured exempt groups."""
+        self._answer()
+        groups = self.directory.groups
+        return any(identity.entry_id in groups.get(dn, set()) for dn in self.exempt_groups)
+
+    def close(self) -> None:
+        """Forget the (imaginary) connection."""
+        self.closed = True
+
+
+@pytest.fixture(autouse=True)
+def directory(monkeypatch: pytest.MonkeyPatch) -> FakeDirectory:
+    """A reachable fake directory where alice, bob and svc-backup also log in by mail."""
+    names = {
+        "alice": ALICE,
+        "alice@example.org": ALICE,
+        "bob": BOB,
+        "bob@example.org": BOB,
+        "carol": CAROL,
+        "dave": DAVE,
+        "svc-backup": SVC,
+        "backup@example.org": SVC,
+    }
+    fake = FakeDirectory(names, {EXEMPT_GROUP: {DAVE.entry_id}})
+    monkeypatch.setattr(bridge.directory, "DirectoryLookup", fake.lookup)
+    return fake
+
+
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     """The minimal valid config file."""
@@ -150,16 +232,16 @@ def cli(config_path: Path, clock: Clock, capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.fixture
-def store(config_path: Path) -> Iterator[Callable[[str], UserRecord | None]]:
-    """Read a user's stored record straight from the store the CLI uses."""
+def store(config_path: Path) -> Iterator[Callable[[], SqliteStore]]:
+    """The store the CLI uses, opened (on first call) beside it in this process."""
     data = config_data(config_path.parent.parent)
     db = Path(data["store"]["path"])
     opened: list[SqliteStore] = []
 
-    def get(username: str) -> UserRecord | None:
+    def get() -> SqliteStore:
         if not opened:
             opened.append(SqliteStore.open(db, db.with_suffix(".key")))
-        return opened[0].get(username)
+        return opened[0]
 
     yield get
     for each in opened:
@@ -402,12 +484,13 @@ def test_status_unknown_user(cli: Run) -> None:
 @pytest.mark.parametrize(
     "spelling", ["ALICE", "Alice", " alice ", "\uff41\uff4c\uff49\uff43\uff45"]
 )
-def test_user_names_are_normalised(cli: Run, spelling: str) -> None:
-    """`status ALICE` (or full-width, or padded) finds the user enrolled as alice."""
+def test_user_names_are_normalised(cli: Run, directory: FakeDirectory, spelling: str) -> None:
+    """`status ALICE` (or full-width, or padded) asks the directory for alice and finds her."""
     cli("user", "enroll", "alice")
     result = cli("user", "status", spelling, "--json")
     assert result.code == 0, result
     assert result.json()["username"] == "alice"
+    assert directory.lookups[-1].asked == ["alice"]
 
 
 def test_enroll_stores_the_normalised_name(cli: Run) -> None:
@@ -425,6 +508,36 @@ def test_unusable_user_name(cli: Run) -> None:
 def test_status_of_an_exempt_user(cli: Run) -> None:
     """A user exempt in the config is known even without a record."""
     view = cli("user", "status", "SVC-backup", "--json").json()
+    assert (view["username"], view["state"]) == ("svc-backup", "exempt")
+
+
+def test_exempt_users_match_the_entry_name_not_the_typed_one(cli: Run) -> None:
+    """`status` by another login name of an exempt_users entry shows exempt, by its name."""
+    result = cli("user", "status", "backup@example.org", "--json")
+    assert (result.code, result.err) == (0, "")
+    assert (result.json()["username"], result.json()["state"]) == ("svc-backup", "exempt")
+    assert cli("user", "status", "backup@example.org").out == "svc-backup: exempt\n"
+
+
+def test_status_of_an_exempt_group_member(
+    cli: Run, tmp_path: Path, directory: FakeDirectory
+) -> None:
+    """A member of an mfa.exempt_groups group shows as exempt, not as an unknown user."""
+    data = config_data(tmp_path)
+    data["mfa"]["exempt_groups"] = [EXEMPT_GROUP]
+    config = write_config(tmp_path / "groups.yaml", data)
+    result = cli("user", "status", "dave", "--json", config=config)
+    assert (result.code, result.err) == (0, "")
+    assert (result.json()["username"], result.json()["state"]) == ("dave", "exempt")
+    assert directory.lookups[-1].exempt_groups == (EXEMPT_GROUP,)
+    line = assert_one_line_error(cli("user", "status", "dave"))  # no exempt_groups configured
+    assert "unknown user: dave" in line
+
+
+def test_exempt_state_wins_over_a_stored_record(cli: Run) -> None:
+    """An exempt user who has a record (enrolled before the exemption) still shows exempt."""
+    cli("user", "enroll", "svc-backup")
+    view = cli("user", "status", "svc-backup", "--json").json()
     assert (view["username"], view["state"]) == ("svc-backup", "exempt")
 
 
@@ -522,7 +635,7 @@ def test_unlock_days_zero_forgets_an_unconfirmed_user(cli: Run) -> None:
 
 
 def test_reset_forgets_the_secret(
-    cli: Run, tmp_path: Path, clock: Clock, store: Callable[[str], UserRecord | None]
+    cli: Run, tmp_path: Path, clock: Clock, store: Callable[[], SqliteStore]
 ) -> None:
     """`reset`: back to grace with a fresh period, and the stored secret is gone."""
     import_users(cli, tmp_path, f"alice,{SECRET_160}")
@@ -534,16 +647,17 @@ def test_reset_forgets_the_secret(
     assert (view["state"], view["days_left"]) == ("grace", DAYS)
     assert view["deadline"] == iso(NOW + 100 + DAYS * DAY)
     assert view["enrolled"] is False
-    record = store("alice")
+    record = store().get(ALICE.entry_id)
     assert record is not None
     assert (record.secret, record.confirmed) == (None, False)
 
 
 @pytest.mark.parametrize("action", ["lock", "unlock", "reset"])
-def test_change_of_an_unknown_user(cli: Run, action: str) -> None:
-    """lock, unlock and reset of an unknown user: exit 1, one line, nothing created."""
-    line = assert_one_line_error(cli("user", action, "nobody"))
-    assert "nobody" in line
+@pytest.mark.parametrize("name", ["nobody", "carol"])
+def test_change_of_an_unknown_user(cli: Run, action: str, name: str) -> None:
+    """lock/unlock/reset of a name not in the directory or with no record: exit 1, none made."""
+    line = assert_one_line_error(cli("user", action, name))
+    assert f"unknown user: {name}" in line
     assert cli("user", "list", "--json").json() == []
 
 
@@ -551,7 +665,7 @@ def test_change_of_an_unknown_user(cli: Run, action: str) -> None:
 
 
 def test_import_makes_active_users(
-    cli: Run, tmp_path: Path, store: Callable[[str], UserRecord | None]
+    cli: Run, tmp_path: Path, store: Callable[[], SqliteStore]
 ) -> None:
     """Imported users are active with the secret from the file."""
     path = write_csv(
@@ -563,7 +677,7 @@ def test_import_makes_active_users(
     for name in ("alice", "bob"):
         view = cli("user", "status", name, "--json").json()
         assert (view["state"], view["deadline"], view["enrolled"]) == ("active", None, True)
-    alice = store("alice")
+    alice = store().get(ALICE.entry_id)
     assert alice is not None
     assert alice.secret == b32decode(SECRET_160)
 
@@ -634,13 +748,13 @@ def test_import_refuses_duplicates(cli: Run, tmp_path: Path) -> None:
 
 
 def test_import_accepts_lowercase_spaced_base32(
-    cli: Run, tmp_path: Path, store: Callable[[str], UserRecord | None]
+    cli: Run, tmp_path: Path, store: Callable[[], SqliteStore]
 ) -> None:
     """Keys as apps show them (lower case, in groups of four) are accepted."""
     spaced = " ".join(SECRET_160[i : i + 4] for i in range(0, len(SECRET_160), 4)).lower()
     path = write_csv(tmp_path / "users.csv", "username,secret", f"alice,{spaced}")
     assert cli("user", "import", str(path)).code == 0
-    record = store("alice")
+    record = store().get(ALICE.entry_id)
     assert record is not None
     assert record.secret == b32decode(SECRET_160)
 
@@ -666,6 +780,425 @@ def test_import_over_existing_users(cli: Run, tmp_path: Path) -> None:
     import_users(cli, tmp_path, f"alice,{SECRET_160}")
     view = cli("user", "status", "alice", "--json").json()
     assert (view["state"], view["deadline"]) == ("active", None)
+
+
+# --- one record per directory entry (SPEC section 8) -------------------------------------------
+
+
+def test_enroll_by_another_login_name_enrolls_the_entry(
+    cli: Run, store: Callable[[], SqliteStore]
+) -> None:
+    """`enroll alice@example.org` enrolls alice's entry: username and URI carry its name."""
+    result = cli("user", "enroll", "Alice@Example.org", "--json")
+    assert (result.code, result.err) == (0, "")
+    view = result.json()
+    assert (view["username"], view["state"]) == ("alice", "pending")
+    assert unquote(urlsplit(view["uri"]).path) == f"/{ISSUER}:alice"
+    records = store().list()
+    assert [(r.entry_id, r.username) for r in records] == [(ALICE.entry_id, "alice")]
+    assert records[0].secret == b32decode(view["secret"] + "=" * (-len(view["secret"]) % 8))
+
+
+def test_enroll_text_by_another_login_name_shows_the_entry_name(cli: Run) -> None:
+    """Without --json the URI and the closing status line name the entry, not the alias."""
+    lines = cli("user", "enroll", "alice@example.org").out.splitlines()
+    assert any(line.startswith(f"uri: otpauth://totp/{ISSUER}:alice?") for line in lines)
+    assert lines[-1].startswith("alice: pending ")
+
+
+def test_enroll_of_a_name_the_directory_does_not_know(
+    cli: Run, store: Callable[[], SqliteStore]
+) -> None:
+    """A typo is a user error: exit 1, one line naming it, and no record is created."""
+    line = assert_one_line_error(cli("user", "enroll", "alcie", "--json"))
+    assert "unknown user: alcie" in line
+    assert store().list() == []
+    assert cli("user", "list", "--json").json() == []
+
+
+def test_enroll_again_by_another_name_replaces_the_one_record(
+    cli: Run, store: Callable[[], SqliteStore]
+) -> None:
+    """Enrolling alice, then alice@example.org, leaves one record with the second secret."""
+    cli("user", "enroll", "alice")
+    second = cli("user", "enroll", "alice@example.org", "--json").json()
+    records = store().list()
+    assert [r.entry_id for r in records] == [ALICE.entry_id]
+    assert records[0].secret == b32decode(second["secret"])
+
+
+def test_status_and_lock_by_another_login_name_act_on_the_entry(
+    cli: Run, tmp_path: Path, store: Callable[[], SqliteStore]
+) -> None:
+    """`status`/`lock` by alias show and change the entry's record, under the entry's name."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    view = cli("user", "status", "ALICE@example.org", "--json").json()
+    assert (view["username"], view["state"]) == ("alice", "active")
+    locked = cli("user", "lock", "alice@example.org", "--json")
+    assert (locked.code, locked.err) == (0, "")
+    view = locked.json()
+    assert (view["username"], view["state"], view["lock_reason"]) == ("alice", "locked", "admin")
+    assert cli("user", "status", "alice").out == "alice: locked (admin)\n"
+    assert [(r.entry_id, r.state.value) for r in store().list()] == [(ALICE.entry_id, "locked")]
+
+
+def test_unlock_and_reset_by_another_login_name(cli: Run, tmp_path: Path) -> None:
+    """`unlock` and `reset` by alias change the entry's record and show its name."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    cli("user", "lock", "alice")
+    view = cli("user", "unlock", "alice@example.org", "--json").json()
+    assert (view["username"], view["state"]) == ("alice", "active")
+    view = cli("user", "reset", "alice@example.org", "--json").json()
+    assert (view["username"], view["state"], view["days_left"]) == ("alice", "grace", DAYS)
+
+
+def test_status_of_an_entry_without_a_record(cli: Run) -> None:
+    """An entry the bridge has no record of (and not exempt) is an unknown user: exit 1."""
+    line = assert_one_line_error(cli("user", "status", "carol"))
+    assert "unknown user: carol" in line
+
+
+def test_list_shows_entry_names(cli: Run, tmp_path: Path) -> None:
+    """Users enrolled or imported by another login name are listed under the entry's name."""
+    cli("user", "enroll", "bob@example.org")
+    import_users(cli, tmp_path, f"alice@example.org,{SECRET_160}")
+    views = cli("user", "list", "--json").json()
+    assert [(v["username"], v["state"]) for v in views] == [
+        ("alice", "active"),
+        ("bob", "pending"),
+    ]
+    assert [line.split(":")[0] for line in cli("user", "list").out.splitlines()] == [
+        "alice",
+        "bob",
+    ]
+
+
+def test_every_user_command_closes_the_directory(cli: Run, directory: FakeDirectory) -> None:
+    """Each `user` command builds one lookup and closes it, on success and on error."""
+    cli("user", "enroll", "alice")
+    cli("user", "enroll", "nobody")
+    cli("user", "list")
+    assert len(directory.lookups) == 3
+    assert all(lookup.closed for lookup in directory.lookups)
+
+
+# --- import resolves names ----------------------------------------------------------------------
+
+
+def test_import_of_an_unknown_name_names_its_line(
+    cli: Run, tmp_path: Path, store: Callable[[], SqliteStore]
+) -> None:
+    """A name the directory does not know fails the import on its line; nothing is imported."""
+    path = write_csv(
+        tmp_path / "users.csv",
+        "username,secret",
+        f"alice,{SECRET_160}",
+        f"nobody,{SECRET_160_B}",
+        f"bob,{SECRET_160_B}",
+    )
+    line = assert_one_line_error(cli("user", "import", str(path)))
+    assert "line 3" in line
+    assert "nobody" in line
+    assert store().list() == []
+
+
+def test_import_of_two_names_of_one_person(
+    cli: Run, tmp_path: Path, store: Callable[[], SqliteStore]
+) -> None:
+    """alice and alice@example.org in one file are one person: exit 1, nothing imported."""
+    path = write_csv(
+        tmp_path / "users.csv",
+        "username,secret",
+        f"alice,{SECRET_160}",
+        f"bob,{SECRET_160_B}",
+        f"alice@example.org,{SECRET_160_B}",
+    )
+    line = assert_one_line_error(cli("user", "import", str(path)))
+    assert "line 4" in line
+    assert "alice@example.org" in line
+    assert "line 2" in line  # where the same person came first
+    assert store().list() == []
+
+
+def test_import_keys_records_by_entry(
+    cli: Run, tmp_path: Path, store: Callable[[], SqliteStore]
+) -> None:
+    """Imported rows are stored under the entry's id and name, whichever name the file used."""
+    import_users(cli, tmp_path, f"ALICE@example.org,{SECRET_160}", f"bob,{SECRET_160_B}")
+    records = store().list()
+    assert [(r.entry_id, r.username, r.state.value) for r in records] == [
+        (ALICE.entry_id, "alice", "active"),
+        (BOB.entry_id, "bob", "active"),
+    ]
+    assert records[0].secret == b32decode(SECRET_160)
+
+
+@pytest.mark.parametrize(
+    ("secret", "kept"), [(SECRET_160, 4_000), (SECRET_160_B, None)], ids=["same", "other"]
+)
+def test_import_again_keeps_the_replay_guard_only_for_the_same_key(
+    cli: Run, tmp_path: Path, store: Callable[[], SqliteStore], secret: str, kept: int | None
+) -> None:
+    """Re-importing the same key keeps last_step (no code reused); a new key starts afresh."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    store().update(ALICE.entry_id, lambda old: (old and old.evolve(last_step=4_000), None))
+    import_users(cli, tmp_path, f"alice@example.org,{secret}")
+    record = store().get(ALICE.entry_id)
+    assert record is not None
+    assert (record.secret, record.last_step) == (b32decode(secret), kept)
+
+
+# --- the directory unreachable ------------------------------------------------------------------
+
+
+def test_lock_by_stored_name_while_the_directory_is_down(
+    cli: Run, tmp_path: Path, directory: FakeDirectory, store: Callable[[], SqliteStore]
+) -> None:
+    """`lock` goes ahead by the stored name (exit 0) and says so in a note on stderr."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    directory.down = True
+    result = cli("user", "lock", "Alice")
+    assert (result.code, result.out) == (0, "alice: locked (admin)\n")
+    assert result.err.startswith("note: directory unreachable: ")
+    assert result.err.count("\n") == 1
+    assert "stored name alice" in result.err
+    record = store().get(ALICE.entry_id)
+    assert record is not None
+    assert (record.state.value, record.lock_reason) == ("locked", "admin")
+
+
+def test_status_by_stored_name_while_the_directory_is_down(
+    cli: Run, tmp_path: Path, directory: FakeDirectory
+) -> None:
+    """`status` shows the stored record by its name, with a note that the directory is down."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    directory.down = True
+    result = cli("user", "status", "alice", "--json")
+    assert result.code == 0
+    assert (result.json()["username"], result.json()["state"]) == ("alice", "active")
+    assert result.err.startswith("note: directory unreachable: ")
+
+
+def test_another_login_name_is_not_found_while_the_directory_is_down(
+    cli: Run, tmp_path: Path, directory: FakeDirectory
+) -> None:
+    """Only the stored name works without the directory: an alias is a one-line error."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    directory.down = True
+    line = assert_one_line_error(cli("user", "lock", "alice@example.org"))
+    assert "directory unreachable" in line
+    assert cli("user", "status", "alice", "--json").json()["state"] == "active"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["enroll", "alice"], ["enroll", "carol"], ["unlock", "alice"], ["reset", "alice"]],
+)
+def test_commands_that_need_the_directory_fail_while_it_is_down(
+    cli: Run,
+    tmp_path: Path,
+    directory: FakeDirectory,
+    store: Callable[[], SqliteStore],
+    argv: list[str],
+) -> None:
+    """enroll, unlock and reset: exit 1, one line saying the directory is unreachable."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    before = store().list()
+    directory.down = True
+    line = assert_one_line_error(cli("user", *argv))
+    assert line.startswith("error: directory unreachable: ")
+    assert store().list() == before
+
+
+def test_import_fails_while_the_directory_is_down(
+    cli: Run, tmp_path: Path, directory: FakeDirectory, store: Callable[[], SqliteStore]
+) -> None:
+    """`import` cannot resolve its names: exit 1, one line, nothing imported."""
+    directory.down = True
+    path = write_csv(tmp_path / "users.csv", "username,secret", f"alice,{SECRET_160}")
+    line = assert_one_line_error(cli("user", "import", str(path)))
+    assert "directory unreachable" in line
+    assert store().list() == []
+
+
+# --- a store from the previous release (schema 2, keyed by the name typed) ---------------------
+
+SCHEMA_2 = """
+CREATE TABLE users (
+    username    TEXT PRIMARY KEY,
+    state       TEXT NOT NULL CHECK (state IN ('grace', 'pending', 'active', 'locked')),
+    deadline    INTEGER,
+    failures    INTEGER NOT NULL DEFAULT 0,
+    last_step   INTEGER,
+    secret      BLOB,
+    lock_reason TEXT,
+    confirmed   INTEGER NOT NULL DEFAULT 0,
+    created     INTEGER NOT NULL,
+    updated     INTEGER NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID
+"""
+
+
+@dataclass(frozen=True)
+class OldRow:
+    """One row of a schema-2 store: a record keyed by the name the user typed."""
+
+    username: str
+    state: str
+    deadline: int | None = None
+    last_step: int | None = None
+    secret: str | None = None  # base32
+    confirmed: bool = False
+    created: int = NOW - 30 * DAY
+    updated: int = NOW - 30 * DAY
+
+
+# Before SPEC 8 alice got a second record (a fresh grace period) by typing her mail address.
+OLD_ROWS = (
+    OldRow("alice", "active", last_step=4_000, secret=SECRET_160, confirmed=True,
+           created=NOW - 200 * DAY, updated=NOW - 20 * DAY),
+    OldRow("alice@example.org", "grace", deadline=NOW + 5 * DAY,
+           created=NOW - 9 * DAY, updated=NOW - 9 * DAY),
+    OldRow("bob", "pending", deadline=NOW + 3 * DAY, secret=SECRET_160_B),
+    OldRow("ghost", "grace", deadline=NOW + DAY),  # gone from the directory
+)  # fmt: skip
+
+
+def write_schema_2_store(config_path: Path, rows: tuple[OldRow, ...] = OLD_ROWS) -> None:
+    """Write the config's store as the previous release did, secrets sealed by user name."""
+    db = Path(config_data(config_path.parent.parent)["store"]["path"])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    sealer = Sealer(load_or_create_key(db.with_suffix(".key")))
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            con.execute(SCHEMA_2)
+            con.executemany(
+                "INSERT INTO users VALUES (?, ?, ?, 0, ?, ?, NULL, ?, ?, ?, 3)",
+                [
+                    (
+                        row.username,
+                        row.state,
+                        row.deadline,
+                        row.last_step,
+                        sealer.seal(row.username, b32decode(row.secret)) if row.secret else None,
+                        int(row.confirmed),
+                        row.created,
+                        row.updated,
+                    )
+                    for row in rows
+                ],
+            )
+        con.execute("PRAGMA user_version = 2")
+    finally:
+        con.close()
+
+
+def test_old_store_is_attached_by_list(
+    cli: Run, config_path: Path, store: Callable[[], SqliteStore]
+) -> None:
+    """`list` attaches old rows to their entries; alice's two records merge, active kept."""
+    write_schema_2_store(config_path)
+    result = cli("user", "list", "--json")
+    assert result.code == 0, result
+    views = result.json()
+    assert [(v["username"], v["state"], v.get("unattached")) for v in views] == [
+        ("alice", "active", None),
+        ("bob", "pending", None),
+        ("ghost", None, True),
+    ]
+    notes = [line for line in result.err.splitlines() if "alice@example.org" in line]
+    assert len(notes) == 1, result.err
+    assert notes[0].startswith("note: ")
+    assert "'alice' (active)" in notes[0]
+    assert "'alice@example.org' (grace)" in notes[0]
+    assert "kept active" in notes[0]
+    alice = store().get(ALICE.entry_id)
+    assert alice is not None
+    assert (alice.username, alice.state.value, alice.confirmed) == ("alice", "active", True)
+    assert (alice.secret, alice.last_step) == (b32decode(SECRET_160), 4_000)
+    assert alice.created == NOW - 200 * DAY
+    bob = store().get(BOB.entry_id)
+    assert bob is not None
+    assert (bob.state.value, bob.secret) == ("pending", b32decode(SECRET_160_B))
+    assert store().legacy_names() == ["ghost"]
+
+
+def test_old_store_is_attached_once(cli: Run, config_path: Path) -> None:
+    """A second `list` finds nothing more to attach: no notes, the same users."""
+    write_schema_2_store(config_path)
+    first = cli("user", "list", "--json")
+    second = cli("user", "list", "--json")
+    assert (second.code, second.err) == (0, "")
+    assert second.json() == first.json()
+
+
+def test_old_store_status_by_mail_is_the_active_record(cli: Run, config_path: Path) -> None:
+    """An active user of the old store who types the mail address is active, not in grace."""
+    write_schema_2_store(config_path)
+    result = cli("user", "status", "alice@example.org", "--json")
+    assert result.code == 0, result
+    assert (result.json()["username"], result.json()["state"]) == ("alice", "active")
+    assert "kept active" in result.err
+
+
+def test_old_store_waits_while_the_directory_is_down(
+    cli: Run, config_path: Path, directory: FakeDirectory
+) -> None:
+    """Directory down: `list` shows the old rows as unattached, with a note; none is lost."""
+    write_schema_2_store(config_path)
+    directory.down = True
+    result = cli("user", "list", "--json")
+    assert result.code == 0, result
+    views = result.json()
+    assert [v["username"] for v in views] == ["alice", "alice@example.org", "bob", "ghost"]
+    assert all(v["unattached"] is True and v["state"] is None for v in views)
+    assert result.err.startswith("note: 4 records from before this release wait for the directory")
+    assert result.err.count("\n") == 1
+    directory.down = False
+    views = cli("user", "list", "--json").json()
+    assert [(v["username"], v["state"]) for v in views] == [
+        ("alice", "active"),
+        ("bob", "pending"),
+        ("ghost", None),
+    ]
+
+
+# --- suspected bugs in bridge/ (strict xfail: remove the marker once fixed) --------------------
+
+
+@pytest.mark.xfail(
+    strict=True, reason="bridge/cli.py _gone: shows the typed name, not the entry's (SPEC 8)"
+)
+def test_forgotten_user_json_shows_the_entry_name(cli: Run) -> None:
+    """`unlock alice@example.org --days 0 --json` of a forgotten record names the entry."""
+    cli("user", "enroll", "alice")
+    view = cli("user", "unlock", "alice@example.org", "--days", "0", "--json").json()
+    assert (view["username"], view["state"]) == ("alice", None)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="bridge/admin.py _stored: store.named does not search legacy_users"
+)
+def test_lock_of_an_old_record_while_the_directory_is_down(
+    cli: Run, config_path: Path, directory: FakeDirectory
+) -> None:
+    """Right after an upgrade, with the directory down, `lock alice` still locks her."""
+    write_schema_2_store(config_path)
+    directory.down = True
+    assert cli("user", "lock", "alice").code == 0
+    directory.down = False
+    assert cli("user", "status", "alice", "--json").json()["state"] == "locked"
+
+
+@pytest.mark.xfail(strict=True, reason="bridge/cli.py _line: an unattached row prints 'None'")
+def test_list_text_of_unattached_rows(cli: Run, config_path: Path) -> None:
+    """`list` (text) shows an old row not yet attached without a Python None."""
+    write_schema_2_store(config_path)
+    lines = cli("user", "list").out.splitlines()
+    assert lines[-1].startswith("ghost: ")
+    assert "None" not in lines[-1]
 
 
 # --- bad usage ----------------------------------------------------------------------------------
@@ -759,13 +1292,15 @@ def test_python_m_bridge(config_path: Path, tmp_path: Path) -> None:
     """`python -m bridge` is the command, and its exit statuses reach the shell."""
     conf = ["--config", str(config_path)]
     python = [sys.executable, "-m", "bridge"]
-    ok = run_program([*python, "user", "enroll", "alice", "--json", *conf], tmp_path)
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["state"] == "pending"
-    unknown = run_program([*python, "user", "status", "nobody", *conf], tmp_path)
-    assert (unknown.returncode, unknown.stdout) == (1, "")
-    assert unknown.stderr.count("\n") == 1
-    assert "Traceback" not in unknown.stderr
+    # A child process gets the real directory: the config's ldap://127.0.0.1:1 never answers.
+    ok = run_program([*python, "user", "list", "--json", *conf], tmp_path)
+    assert (ok.returncode, json.loads(ok.stdout)) == (0, []), ok.stderr
+    for argv in (["status", "nobody"], ["enroll", "alice", "--json"]):
+        failed = run_program([*python, "user", *argv, *conf], tmp_path)
+        assert (failed.returncode, failed.stdout) == (1, ""), failed.stderr
+        assert failed.stderr.count("\n") == 1
+        assert "directory unreachable" in failed.stderr
+        assert "Traceback" not in failed.stderr
     usage = run_program(python, tmp_path)
     assert (usage.returncode, usage.stdout) == (2, "")
     assert usage.stderr.count("\n") == 1

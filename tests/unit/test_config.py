@@ -82,6 +82,8 @@ directory:
   timeout: 2.5
   group_filter: "(member={{dn}})"
   pool_size: 8
+  id_attribute: objectGUID
+  name_attribute: sAMAccountName
 mfa:
   issuer: Example Corp
   enrollment_days: 0
@@ -130,6 +132,8 @@ log:
             timeout=2.5,
             group_filter="(member={dn})",
             pool_size=8,
+            id_attribute="objectGUID",
+            name_attribute="sAMAccountName",
         ),
         mfa=MfaConfig(
             issuer="Example Corp",
@@ -881,6 +885,47 @@ def test_default_config_path_honours_the_environment(monkeypatch: pytest.MonkeyP
     assert default_config_path() == Path("config/bridge.yaml")
     monkeypatch.setenv("MFA_BRIDGE_CONFIG", "/etc/mfa-bridge/bridge.yaml")
     assert default_config_path() == Path("/etc/mfa-bridge/bridge.yaml")
+
+
+def test_entry_attributes_default_to_openldap(tmp_path: Path) -> None:
+    """id_attribute defaults to entryUUID and name_attribute to uid."""
+    directory = parse_config(minimal(), tmp_path).directory
+    assert (directory.id_attribute, directory.name_attribute) == ("entryUUID", "uid")
+
+
+@pytest.mark.parametrize(
+    ("id_attribute", "name_attribute"),
+    [
+        ("objectGUID", "sAMAccountName"),
+        ("nsUniqueId", "userPrincipalName"),
+        ("ipaUniqueID", "mail"),
+        ("1.3.6.1.4.1.4203.666.1", "x-custom-name"),
+        ("entryuuid", "UID"),
+    ],
+)
+def test_entry_attributes_accept_names_and_oids(
+    tmp_path: Path, id_attribute: str, name_attribute: str
+) -> None:
+    """Attribute names (letters, digits, hyphens) and numeric OIDs are taken as written."""
+    data = minimal()
+    data["directory"]["id_attribute"] = id_attribute
+    data["directory"]["name_attribute"] = name_attribute
+    directory = parse_config(data, tmp_path).directory
+    assert (directory.id_attribute, directory.name_attribute) == (id_attribute, name_attribute)
+
+
+@pytest.mark.parametrize(
+    "value", ["entry uuid", "(uid)", "uid=*", "1uid", "-uid", "1.3.", "objectGUID;binary", ""]
+)
+@pytest.mark.parametrize("key", ["id_attribute", "name_attribute"])
+def test_bad_entry_attribute_is_an_error_naming_the_key(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    """Anything but an attribute name or numeric OID is one problem naming directory.<key>."""
+    data = minimal()
+    data["directory"][key] = value
+    (problem,) = problems_of(data, tmp_path)
+    assert problem.startswith(f"directory.{key}: ")
 
 
 # --- the shipped example ------------------------------------------------------------------

@@ -22,10 +22,12 @@ from bridge.core.policy import (
     days_left,
     effective,
     plan_attempt,
+    plan_given,
     rejected,
+    replay_guard,
 )
 from bridge.core.totp import TotpParams, code_at_step, match_step, time_step
-from bridge.core.types import Decision, LockReason, Outcome, Reason, State, UserRecord
+from bridge.core.types import Decision, Identity, LockReason, Outcome, Reason, State, UserRecord
 
 SECRET = b"12345678901234567890"
 OTHER_SECRET = bytes(range(1, 21))
@@ -34,6 +36,8 @@ NOW = 1_700_000_025  # 15 s into step 56_666_667
 STEP = time_step(NOW, POLICY.totp)
 CREATED = NOW - 3 * DAY
 USER = "alice"
+ENTRY = "5c1f3e0a-6b1d-4a9e-9f3c-2d7a8b9c0d1e"  # alice's entryUUID
+OWNER = Identity(ENTRY, USER, "uid=alice,ou=people,dc=example,dc=org")
 PASSWORD = "s3cret pw"
 
 
@@ -53,14 +57,22 @@ def wrong_code(now: int = NOW, secret: bytes = SECRET) -> str:
 
 def grace(deadline: int = NOW + 5 * DAY, **changes: object) -> UserRecord:
     """A user inside the enrollment period, without a secret."""
-    record = UserRecord(USER, State.GRACE, deadline=deadline, created=CREATED, updated=CREATED)
+    record = UserRecord(
+        USER, State.GRACE, deadline=deadline, created=CREATED, updated=CREATED, entry_id=ENTRY
+    )
     return record.evolve(**changes)
 
 
 def pending(deadline: int | None = NOW + 5 * DAY, **changes: object) -> UserRecord:
     """A user with an issued but unconfirmed secret."""
     record = UserRecord(
-        USER, State.PENDING, deadline=deadline, secret=SECRET, created=CREATED, updated=CREATED
+        USER,
+        State.PENDING,
+        deadline=deadline,
+        secret=SECRET,
+        created=CREATED,
+        updated=CREATED,
+        entry_id=ENTRY,
     )
     return record.evolve(**changes)
 
@@ -75,6 +87,7 @@ def active(**changes: object) -> UserRecord:
         last_step=STEP - 100,
         created=CREATED,
         updated=CREATED,
+        entry_id=ENTRY,
     )
     return record.evolve(**changes)
 
@@ -93,11 +106,11 @@ def run(
     exempt: bool = False,
     can_challenge: bool = True,
 ) -> Verdict:
-    """conclude() for alice after the directory accepted the password."""
+    """conclude() for alice's entry after the directory accepted the password."""
     if isinstance(attempt, str):
         attempt = Attempt(attempt)
     return conclude(
-        record, USER, attempt, exempt=exempt, can_challenge=can_challenge, now=now, policy=policy
+        record, OWNER, attempt, exempt=exempt, can_challenge=can_challenge, now=now, policy=policy
     )
 
 
@@ -158,8 +171,12 @@ def test_effective_leaves_pending_without_deadline() -> None:
 @pytest.mark.parametrize(
     "record",
     [
-        UserRecord(USER, State.ACTIVE, deadline=NOW - 1, secret=SECRET, confirmed=True),
-        UserRecord(USER, State.LOCKED, deadline=NOW - 1, lock_reason=LockReason.ADMIN),
+        UserRecord(
+            USER, State.ACTIVE, deadline=NOW - 1, secret=SECRET, confirmed=True, entry_id=ENTRY
+        ),
+        UserRecord(
+            USER, State.LOCKED, deadline=NOW - 1, lock_reason=LockReason.ADMIN, entry_id=ENTRY
+        ),
     ],
 )
 def test_effective_ignores_deadlines_outside_enrollment(record: UserRecord) -> None:
@@ -859,7 +876,7 @@ def test_failures_never_exceed_max_without_a_lock(
 
 def test_admin_enroll_unknown_user_is_pending_with_a_period() -> None:
     """Enrolling an unknown user: pending, the new secret, deadline now + enrollment_days."""
-    record = admin_enroll(None, USER, SECRET, NOW, POLICY)
+    record = admin_enroll(None, OWNER, SECRET, NOW, POLICY)
     assert record.username == USER
     assert record.state is State.PENDING
     assert record.secret == SECRET
@@ -872,7 +889,7 @@ def test_admin_enroll_unknown_user_is_pending_with_a_period() -> None:
 
 def test_admin_enroll_unknown_user_without_period() -> None:
     """With enrollment_days 0 an enrolled unknown user is pending with no deadline."""
-    record = admin_enroll(None, USER, SECRET, NOW, Policy(enrollment_days=0))
+    record = admin_enroll(None, OWNER, SECRET, NOW, Policy(enrollment_days=0))
     assert record.state is State.PENDING
     assert record.deadline is None
 
@@ -882,7 +899,7 @@ def test_admin_enroll_inside_period_keeps_the_deadline(factory: object) -> None:
     """A grace or pending user inside the period keeps its deadline when (re-)enrolled."""
     assert callable(factory)
     old = factory(deadline=NOW + 2 * DAY)
-    record = admin_enroll(old, USER, OTHER_SECRET, NOW, POLICY)
+    record = admin_enroll(old, OWNER, OTHER_SECRET, NOW, POLICY)
     assert record.state is State.PENDING
     assert record.deadline == NOW + 2 * DAY
     assert record.secret == OTHER_SECRET
@@ -892,7 +909,7 @@ def test_admin_enroll_inside_period_keeps_the_deadline(factory: object) -> None:
 
 def test_admin_enroll_active_user_has_no_deadline() -> None:
     """Re-enrolling an active user: pending with no deadline, so a code is needed to log in."""
-    record = admin_enroll(active(), USER, OTHER_SECRET, NOW, POLICY)
+    record = admin_enroll(active(), OWNER, OTHER_SECRET, NOW, POLICY)
     assert record.state is State.PENDING
     assert record.deadline is None
     assert record.secret == OTHER_SECRET
@@ -904,7 +921,7 @@ def test_admin_enroll_active_user_has_no_deadline() -> None:
 @pytest.mark.parametrize("old", [locked(), grace(deadline=NOW - 1)])
 def test_admin_enroll_locked_or_expired_user_has_no_deadline(old: UserRecord) -> None:
     """Enrolling a locked or expired user gives pending without a password-only period."""
-    record = admin_enroll(old, USER, OTHER_SECRET, NOW, POLICY)
+    record = admin_enroll(old, OWNER, OTHER_SECRET, NOW, POLICY)
     assert record.state is State.PENDING
     assert record.deadline is None
     assert record.lock_reason is None
@@ -913,7 +930,7 @@ def test_admin_enroll_locked_or_expired_user_has_no_deadline(old: UserRecord) ->
 
 def test_admin_enroll_then_first_code_activates() -> None:
     """An enrolled user's first valid code makes them active."""
-    record = admin_enroll(None, USER, OTHER_SECRET, NOW, POLICY)
+    record = admin_enroll(None, OWNER, OTHER_SECRET, NOW, POLICY)
     verdict = run(record, with_code(code(STEP, OTHER_SECRET)))
     assert verdict.decision.reason is Reason.ACTIVATED
     assert verdict.record is not None
@@ -923,7 +940,7 @@ def test_admin_enroll_then_first_code_activates() -> None:
 @pytest.mark.parametrize("old", [None, grace(), locked()])
 def test_admin_import_is_active_and_confirmed(old: UserRecord | None) -> None:
     """Importing a secret makes the user active and confirmed at once, no deadline."""
-    record = admin_import(old, USER, OTHER_SECRET, NOW)
+    record = admin_import(old, OWNER, OTHER_SECRET, NOW)
     assert record.state is State.ACTIVE
     assert record.confirmed
     assert record.secret == OTHER_SECRET
@@ -936,7 +953,7 @@ def test_admin_import_is_active_and_confirmed(old: UserRecord | None) -> None:
 
 def test_admin_import_then_code_is_accepted() -> None:
     """An imported user logs in with a code of the imported secret (reason accepted)."""
-    record = admin_import(None, USER, OTHER_SECRET, NOW)
+    record = admin_import(None, OWNER, OTHER_SECRET, NOW)
     verdict = run(record, with_code(code(STEP, OTHER_SECRET)))
     assert verdict.decision.reason is Reason.ACCEPTED
 
@@ -1040,7 +1057,7 @@ def test_admin_unlock_confirmed_user_ignores_days() -> None:
 
 @pytest.mark.parametrize("old", [active(), locked(), pending(), grace()])
 def test_admin_reset_forgets_secret_and_gives_fresh_grace(old: UserRecord) -> None:
-    """Reset: back to grace with a fresh period, the secret and confirmation gone."""
+    """Reset: fresh grace, the secret, confirmation and replay guard gone (new rule, SPEC 8)."""
     record = admin_reset(old, NOW, POLICY)
     assert record is not None
     assert record.state is State.GRACE
@@ -1048,10 +1065,13 @@ def test_admin_reset_forgets_secret_and_gives_fresh_grace(old: UserRecord) -> No
     assert record.secret is None
     assert not record.confirmed
     assert record.failures == 0
-    assert record.last_step == old.last_step  # the replay guard only moves forward
+    # The old rule kept last_step; now the guard goes with the secret, so the next key's
+    # first code is never refused as a replay of the old key's (see replay_guard).
+    assert record.last_step is None
     assert record.lock_reason is None
     assert record.created == CREATED
     assert record.updated == NOW
+    assert (record.entry_id, record.username) == (ENTRY, USER)
 
 
 def test_admin_reset_without_period_forgets() -> None:
@@ -1063,6 +1083,172 @@ def test_admin_import_keeps_the_replay_guard() -> None:
     """Importing a key again keeps last_step, so a code already used stays used."""
     old = active()
     assert old.last_step is not None
-    record = admin_import(old, USER, SECRET, NOW)
+    record = admin_import(old, OWNER, SECRET, NOW)
     assert record.last_step == old.last_step
     assert record.state is State.ACTIVE and record.confirmed
+
+
+# --- replay guard across new keys (SPEC 8) -----------------------------------------------
+
+
+def test_replay_guard_same_key_keeps_last_step() -> None:
+    """Given the key it already has, a record keeps its replay guard."""
+    assert replay_guard(active(last_step=STEP), SECRET) == STEP
+
+
+def test_replay_guard_different_key_starts_afresh() -> None:
+    """Given a different key, the old key's replay guard is dropped."""
+    assert replay_guard(active(last_step=STEP), OTHER_SECRET) is None
+
+
+@pytest.mark.parametrize("old", [None, grace(last_step=STEP)])
+def test_replay_guard_without_an_old_secret_is_none(old: UserRecord | None) -> None:
+    """No record, or a record without a secret, has no guard to hand on."""
+    assert replay_guard(old, SECRET) is None
+
+
+def test_admin_import_of_a_new_key_accepts_its_code_in_the_same_step() -> None:
+    """Importing a different key right after the old key's code was used: its code is accepted."""
+    now = NOW + 5
+    step = time_step(now, POLICY.totp)
+    used = run(active(), with_code(code_at_step(SECRET, step)), now=now)
+    assert used.decision.reason is Reason.ACCEPTED and used.record is not None
+    assert used.record.last_step == step
+    imported = admin_import(used.record, OWNER, OTHER_SECRET, now)
+    assert imported.last_step is None
+    verdict = run(imported, with_code(code_at_step(OTHER_SECRET, step)), now=now)
+    assert verdict.decision.reason is Reason.ACCEPTED
+    assert verdict.record is not None and verdict.record.last_step == step
+
+
+def test_admin_import_of_the_same_key_keeps_a_used_code_a_replay() -> None:
+    """Importing the same key again keeps the guard: a code already accepted is a replay."""
+    now = NOW + 5
+    step = time_step(now, POLICY.totp)
+    used = run(active(), with_code(code_at_step(SECRET, step)), now=now)
+    assert used.decision.accepted and used.record is not None
+    imported = admin_import(used.record, OWNER, SECRET, now)
+    assert imported.last_step == step
+    verdict = run(imported, with_code(code_at_step(SECRET, step)), now=now)
+    assert verdict.decision.reason is Reason.REPLAY
+
+
+def test_admin_enroll_of_a_new_key_drops_the_guard_and_same_key_keeps_it() -> None:
+    """Re-enrolling with a new key drops the old guard; with the same key it is kept."""
+    old = active(last_step=STEP)
+    assert admin_enroll(old, OWNER, OTHER_SECRET, NOW, POLICY).last_step is None
+    assert admin_enroll(old, OWNER, SECRET, NOW, POLICY).last_step == STEP
+
+
+def test_reset_then_enroll_accepts_the_new_keys_first_code_in_the_same_step() -> None:
+    """After reset and enroll, the new key's first code is accepted in the step the old was used."""
+    now = NOW + 5
+    step = time_step(now, POLICY.totp)
+    used = run(active(), with_code(code_at_step(SECRET, step)), now=now)
+    assert used.decision.accepted and used.record is not None
+    reset = admin_reset(used.record, now, POLICY)
+    assert reset is not None
+    enrolled = admin_enroll(reset, OWNER, OTHER_SECRET, now, POLICY)
+    verdict = run(enrolled, with_code(code_at_step(OTHER_SECRET, step)), now=now)
+    assert verdict.decision.reason is Reason.ACTIVATED
+    assert verdict.record is not None
+    assert (verdict.record.state, verdict.record.last_step) == (State.ACTIVE, step)
+
+
+def test_admin_operations_key_the_record_by_the_owner() -> None:
+    """admin_enroll and admin_import write the owner's entry_id and current name."""
+    owner = Identity("other-id", "alice.smith", "uid=alice.smith,dc=example,dc=org")
+    for record in (
+        admin_enroll(active(), owner, OTHER_SECRET, NOW, POLICY),
+        admin_import(active(), owner, OTHER_SECRET, NOW),
+    ):
+        assert (record.entry_id, record.username) == ("other-id", "alice.smith")
+        assert record.created == CREATED
+
+
+# --- conclude: owner and renames (SPEC 8) -------------------------------------------------
+
+
+RENAMED = Identity(ENTRY, "alice.smith", "uid=alice.smith,ou=people,dc=example,dc=org")
+
+
+def test_conclude_renames_a_record_whose_entry_name_changed() -> None:
+    """A login after a rename in the directory stores the record under the entry's new name."""
+    verdict = conclude(
+        active(),
+        RENAMED,
+        Attempt(PASSWORD),
+        exempt=False,
+        can_challenge=True,
+        now=NOW,
+        policy=POLICY,
+    )
+    assert verdict.decision.reason is Reason.CHALLENGED
+    assert verdict.decision.username == "alice.smith"
+    assert verdict.changed
+    assert verdict.record == active(username="alice.smith")
+
+
+def test_conclude_renames_a_grace_record_and_writes_it() -> None:
+    """A grace login after a rename is still accepted, and the renamed record is written."""
+    verdict = conclude(
+        grace(),
+        RENAMED,
+        Attempt(PASSWORD),
+        exempt=False,
+        can_challenge=True,
+        now=NOW,
+        policy=POLICY,
+    )
+    assert verdict.decision.reason is Reason.GRACE
+    assert verdict.changed
+    assert verdict.record is not None and verdict.record.username == "alice.smith"
+
+
+def test_conclude_renames_on_an_accepted_code() -> None:
+    """An accepted code after a rename writes the record under the new name."""
+    verdict = conclude(
+        active(),
+        RENAMED,
+        with_code(code()),
+        exempt=False,
+        can_challenge=True,
+        now=NOW,
+        policy=POLICY,
+    )
+    assert verdict.decision.reason is Reason.ACCEPTED
+    assert verdict.record is not None
+    assert (verdict.record.username, verdict.record.entry_id) == ("alice.smith", ENTRY)
+
+
+def test_conclude_unchanged_name_changes_nothing() -> None:
+    """With the entry's name as stored, a challenged login writes nothing."""
+    verdict = run(active())
+    assert not verdict.changed
+    assert verdict.record == active()
+
+
+def test_first_login_record_belongs_to_the_owner() -> None:
+    """The grace record made at a first login carries the owner's entry_id and name."""
+    owner = Identity("guid-1", "bob", "uid=bob,dc=example,dc=org")
+    verdict = conclude(
+        None, owner, Attempt(PASSWORD), exempt=False, can_challenge=True, now=NOW, policy=POLICY
+    )
+    assert verdict.record is not None
+    assert (verdict.record.entry_id, verdict.record.username) == ("guid-1", "bob")
+
+
+# --- plan_given (the portal's separate code field) ----------------------------------------
+
+
+@pytest.mark.parametrize("record", [None, grace()])
+def test_plan_given_ignores_the_code_without_a_secret(record: UserRecord | None) -> None:
+    """Without a secret the portal's code field is ignored: only the password is bound."""
+    assert plan_given(record, PASSWORD, "123456") == Attempt(PASSWORD)
+
+
+@pytest.mark.parametrize("factory", [active, pending])
+def test_plan_given_keeps_the_code_with_a_secret(factory: object) -> None:
+    """With a secret the password and the code stay apart, whatever the code looks like."""
+    assert callable(factory)
+    assert plan_given(factory(), PASSWORD, "12x") == Attempt(PASSWORD, "12x")

@@ -65,3 +65,11 @@ def test_restart_only_settings_are_named(tmp_path: Path) -> None:
         "log.audit",
         "mfa.step",
     ]
+
+
+def test_changing_the_entry_attributes_needs_a_restart(tmp_path: Path) -> None:
+    """directory.id_attribute and name_attribute are read when the store opens: a restart."""
+    old = config(tmp_path)
+    for key, value in (("id_attribute", "objectGUID"), ("name_attribute", "sAMAccountName")):
+        new = config(tmp_path, **{f"directory__{key}": value})
+        assert restart_needed(old, new) == ["directory"]

@@ -19,8 +19,21 @@ def store(tmp_path: Path) -> SqliteStore:
     return SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
 
 
+def eid(name: str) -> str:
+    """The entry id of `name`'s directory entry (records are keyed by it, not by the name)."""
+    return f"entry-{name}"
+
+
 def active(name: str) -> UserRecord:
-    return UserRecord(name, State.ACTIVE, secret=b"k" * 20, confirmed=True, created=1, updated=1)
+    return UserRecord(
+        name,
+        State.ACTIVE,
+        secret=b"k" * 20,
+        confirmed=True,
+        created=1,
+        updated=1,
+        entry_id=eid(name),
+    )
 
 
 def step(value: int) -> Any:
@@ -31,45 +44,48 @@ def step(value: int) -> Any:
 def test_many_changes_commit_together_with_their_results(store: SqliteStore) -> None:
     """update_seen_many writes every change and returns each result in order."""
     for name in ("alice", "bob"):
-        store.update(name, lambda _r, n=name: (active(n), None))
-    seen = {name: store.get(name) for name in ("alice", "bob")}
+        store.update(eid(name), lambda _r, n=name: (active(n), None))
+    seen = {name: store.get(eid(name)) for name in ("alice", "bob")}
     results = store.update_seen_many(
-        [("alice", seen["alice"], step(5)), ("bob", seen["bob"], step(6))]
+        [(eid("alice"), seen["alice"], step(5)), (eid("bob"), seen["bob"], step(6))]
     )
     assert results == [5, 6]
-    assert [store.get(n).last_step for n in ("alice", "bob")] == [5, 6]  # type: ignore[union-attr]
+    assert [store.get(eid(n)).last_step for n in ("alice", "bob")] == [5, 6]  # type: ignore[union-attr]
 
 
 def test_same_user_twice_in_a_batch_sees_the_first_write(store: SqliteStore) -> None:
     """The second change of a user in one batch runs again on the record the first wrote."""
-    store.update("alice", lambda _r: (active("alice"), None))
-    seen = store.get("alice")
+    store.update(eid("alice"), lambda _r: (active("alice"), None))
+    seen = store.get(eid("alice"))
 
     def count(record: UserRecord | None) -> tuple[UserRecord | None, int]:
         assert record is not None
         return record.evolve(failures=record.failures + 1), record.failures + 1
 
-    assert store.update_seen_many([("alice", seen, count), ("alice", seen, count)]) == [1, 2]
-    after = store.get("alice")
+    changes = [(eid("alice"), seen, count), (eid("alice"), seen, count)]
+    assert store.update_seen_many(changes) == [1, 2]
+    after = store.get(eid("alice"))
     assert after is not None and after.failures == 2
 
 
 def test_a_failing_change_loses_only_itself(store: SqliteStore) -> None:
     """A change that raises gets its exception back; the rest of the batch commits."""
-    store.update("alice", lambda _r: (active("alice"), None))
-    seen = store.get("alice")
+    store.update(eid("alice"), lambda _r: (active("alice"), None))
+    seen = store.get(eid("alice"))
 
     def broken(_record: UserRecord | None) -> tuple[UserRecord | None, int]:
         raise ValueError("bug")
 
-    results = store.update_seen_many([("alice", seen, broken), ("bob", None, step_new("bob"))])
+    results = store.update_seen_many(
+        [(eid("alice"), seen, broken), (eid("bob"), None, step_new("bob"))]
+    )
     assert isinstance(results[0], ValueError)
     assert results[1] == "new"
-    assert store.get("bob") is not None
+    assert store.get(eid("bob")) is not None
 
 
 def step_new(name: str) -> Any:
-    grace = UserRecord(name, State.GRACE, deadline=100, created=1, updated=1)
+    grace = UserRecord(name, State.GRACE, deadline=100, created=1, updated=1, entry_id=eid(name))
     return lambda _r: (grace, "new")
 
 
@@ -78,16 +94,16 @@ def test_batcher_commits_once_per_turn_and_answers_after(store: SqliteStore) -> 
     clock = MemoryReactorClock()
     batcher = WriteBatcher(store, clock)
     for name in ("alice", "bob", "carol"):
-        store.update(name, lambda _r, n=name: (active(n), None))
+        store.update(eid(name), lambda _r, n=name: (active(n), None))
     fired: list[int] = []
     for value, name in enumerate(("alice", "bob", "carol"), start=1):
-        batcher.update_seen(name, store.get(name), step(value)).addCallback(fired.append)
+        batcher.update_seen(eid(name), store.get(eid(name)), step(value)).addCallback(fired.append)
     assert fired == []  # not answered before the commit
-    assert store.get("alice").last_step is None  # type: ignore[union-attr]
+    assert store.get(eid("alice")).last_step is None  # type: ignore[union-attr]
     clock.advance(0)
     assert fired == [1, 2, 3]
     assert (batcher.batches, batcher.writes) == (1, 3)
-    assert store.get("carol").last_step == 3  # type: ignore[union-attr]
+    assert store.get(eid("carol")).last_step == 3  # type: ignore[union-attr]
 
 
 def test_batcher_fails_every_login_when_the_store_fails(
@@ -103,7 +119,7 @@ def test_batcher_fails_every_login_when_the_store_fails(
     monkeypatch.setattr(store, "update_seen_many", locked)
     errors: list[str] = []
     for name in ("alice", "bob"):
-        d = batcher.update_seen(name, None, step_new(name))
+        d = batcher.update_seen(eid(name), None, step_new(name))
         d.addErrback(lambda f: errors.append(f.getErrorMessage()))
     clock.advance(0)
     assert errors == ["database is locked"] * 2
@@ -113,7 +129,7 @@ def test_flush_at_shutdown_commits_what_is_queued(store: SqliteStore) -> None:
     """flush() commits at once (the daemon stopping), and the pending timer is cancelled."""
     clock = MemoryReactorClock()
     batcher = WriteBatcher(store, clock)
-    batcher.update_seen("dave", None, step_new("dave"))
+    batcher.update_seen(eid("dave"), None, step_new("dave"))
     batcher.flush()
-    assert store.get("dave") is not None
+    assert store.get(eid("dave")) is not None
     assert clock.getDelayedCalls() == []
