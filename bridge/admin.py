@@ -46,6 +46,14 @@ class Resolver(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Changed:
+    """What a `user` command that changes a record did: whose, and the record now."""
+
+    username: str  # the entry's name
+    record: UserRecord | None  # None: forgotten
+
+
+@dataclass(frozen=True, slots=True)
 class Enrollment:
     """A freshly issued secret and what the user needs to add it to an app."""
 
@@ -140,31 +148,34 @@ class Admin:
             raise AdminError(f"unknown user: {canonical(raw)} (no such entry in the directory)")
         return identity
 
-    def _stored(self, raw: str, why: str) -> UserRecord:
+    def _stored(self, raw: str, why: str) -> UserRecord | None:
         """The one record stored under the name `raw`, for when the directory cannot say."""
         records = self.store.named(raw)
-        if not records:
-            raise AdminError(f"unknown user: {canonical(raw)} ({why})")
         if len(records) > 1:
             raise AdminError(
                 f"{len(records)} records are stored under the name {canonical(raw)} ({why})"
             )
-        self.notes.append(f"{why}: matched the stored name {records[0].username}")
-        return records[0]
+        if records:
+            self.notes.append(f"{why}: matched the stored name {records[0].username}")
+            return records[0]
+        return None
 
     def _is_exempt(self, identity: Identity) -> bool:
-        return name_key(identity.name) in self.exempt or self.directory.is_exempt(identity)
+        if name_key(identity.name) in self.exempt:
+            return True
+        try:
+            return self.directory.is_exempt(identity)
+        except UnavailableError as exc:
+            raise AdminError(f"directory unreachable: {exc}") from exc
 
     def status(self, raw: str, now: int) -> dict[str, Any]:
         """One user's view; AdminError for a user the bridge does not know."""
         try:
             identity = self._entry(raw, now)
         except _UnreachableError as exc:
-            stored = self._stored(raw, f"directory unreachable: {exc}")
-            return describe(stored, stored.username, now)
+            return self._stored_view(raw, f"directory unreachable: {exc}", now)
         if identity is None:
-            stored = self._stored(raw, "not in the directory")
-            return describe(stored, stored.username, now)
+            return self._stored_view(raw, "not in the directory", now)
         record = self.store.get(identity.entry_id)
         exempt = self._is_exempt(identity)
         if record is None and not exempt:
@@ -173,6 +184,14 @@ class Admin:
                 " first login, or by enroll)"
             )
         return describe(record, identity.name, now, exempt=exempt)
+
+    def _stored_view(self, raw: str, why: str, now: int) -> dict[str, Any]:
+        """`status` by the stored name, when the directory cannot say which entry it is."""
+        record = self._stored(raw, why)
+        exempt = name_key(raw) in self.exempt
+        if record is None and not exempt:
+            raise AdminError(f"unknown user: {canonical(raw)} ({why})")
+        return describe(record, record.username if record else canonical(raw), now, exempt=exempt)
 
     def list(self, now: int) -> list[dict[str, Any]]:
         """Every known user's view (records from before SPEC 8 attached first, if possible)."""
@@ -192,41 +211,52 @@ class Admin:
         uri = provisioning_uri(secret, owner.name, self.issuer, self.policy.totp)
         return Enrollment(record, encode_secret(secret), uri)
 
-    def lock(self, raw: str, now: int) -> UserRecord | None:
-        """Lock by hand; by the stored name when the directory cannot say."""
+    def lock(self, raw: str, now: int) -> Changed:
+        """Lock by hand; by the stored name when the directory cannot say whose it is.
+
+        A record of an earlier release not yet attached to its entry is locked where it
+        waits: the lock wins when it is attached.
+        """
         try:
             identity = self._entry(raw, now)
         except _UnreachableError as exc:
-            entry_id = self._stored(raw, f"directory unreachable: {exc}").entry_id
+            why = f"directory unreachable: {exc}"
         else:
-            if identity is None:
-                entry_id = self._stored(raw, "not in the directory").entry_id
-            else:
-                entry_id = identity.entry_id
-        return self._change(entry_id, raw, lambda r: admin_lock(r, now))
+            if identity is not None:
+                return self._change(identity, lambda r: admin_lock(r, now))
+            why = "not in the directory"
+        record = self._stored(raw, why)
+        if record is not None:
+            owner = Identity(record.entry_id, record.username, "")
+            return self._change(owner, lambda r: admin_lock(r, now))
+        waiting = self.store.lock_legacy(canonical(raw), now)
+        if waiting is None:
+            raise AdminError(f"unknown user: {canonical(raw)} ({why})")
+        self.notes.append(f"{why}: locked the record of an earlier release named {raw!r}")
+        return Changed(waiting.username, waiting)
 
-    def unlock(self, raw: str, now: int, days: int | None = None) -> UserRecord | None:
+    def unlock(self, raw: str, now: int, days: int | None = None) -> Changed:
         """Clear the lock and failures (SPEC: active with a confirmed secret, else grace)."""
         if days is not None and days < 0:
             raise AdminError("--days must be 0 or more")
         owner = self._known(raw, now)
-        return self._change(owner.entry_id, raw, lambda r: admin_unlock(r, now, self.policy, days))
+        return self._change(owner, lambda r: admin_unlock(r, now, self.policy, days))
 
-    def reset(self, raw: str, now: int) -> UserRecord | None:
+    def reset(self, raw: str, now: int) -> Changed:
         """Forget the secret: back to grace with a fresh period."""
         owner = self._known(raw, now)
-        return self._change(owner.entry_id, raw, lambda r: admin_reset(r, now, self.policy))
+        return self._change(owner, lambda r: admin_reset(r, now, self.policy))
 
     def _change(
-        self, entry_id: str, raw: str, change: Callable[[UserRecord], UserRecord | None]
-    ) -> UserRecord | None:
-        def apply(old: UserRecord | None) -> tuple[UserRecord | None, UserRecord | None]:
+        self, owner: Identity, change: Callable[[UserRecord], UserRecord | None]
+    ) -> Changed:
+        def apply(old: UserRecord | None) -> tuple[UserRecord | None, Changed]:
             if old is None:
-                raise AdminError(f"unknown user: {canonical(raw)} has no MFA record yet")
+                raise AdminError(f"unknown user: {owner.name} has no MFA record yet")
             new = change(old)
-            return new, new
+            return new, Changed(old.username, new)
 
-        return self.store.update(entry_id, apply)
+        return self.store.update(owner.entry_id, apply)
 
     def import_csv(self, path: Path, now: int) -> int:
         """Import `username,secret` rows: all or nothing, imported users are `active`."""
@@ -276,13 +306,19 @@ class Admin:
         self._attach(found, now)
 
     def _attach(self, found: Mapping[str, Identity | None], now: int) -> None:
+        """Attach old records under these names; merges of several are noted, one by one."""
         if not self.store.has_legacy:
             return
+        count = 0
         for name, identity in found.items():
             if identity is not None:
                 attached = self.store.attach(identity, (name, identity.name), now)
                 if attached is not None:
-                    self.notes.append(attached.summary())
+                    count += 1
+                    if len(attached.merged) > 1:
+                        self.notes.append(attached.summary())
+        if count > 1:
+            self.notes.append(f"{count} records of an earlier release attached to their entries")
 
 
 class _UnreachableError(Exception):

@@ -219,8 +219,13 @@ class Authenticator:
                 return attached.record
         return self._store.get(identity.entry_id)
 
-    def answer_challenge(self, owner: Identity, code: str, caller: Caller) -> Decision:
-        """Decide the code sent in answer to a challenge (the password was checked then)."""
+    def answer_challenge(
+        self, owner: Identity, code: str, caller: Caller, typed: str | None = None
+    ) -> Decision:
+        """Decide the code sent in answer to a challenge (the password was checked then).
+
+        `typed` is the name the client logs in with, for the audit line.
+        """
         started = self._clock.seconds()
 
         def decide(current: UserRecord | None) -> tuple[UserRecord | None, Decision]:
@@ -229,7 +234,8 @@ class Authenticator:
             verdict = check_code(current, code, now=self._now(), policy=self._policy)
             return verdict.record, verdict.decision
 
-        return self._audit(self._store.update(owner.entry_id, decide), caller, started)
+        decision = self._store.update(owner.entry_id, decide)
+        return self._audit(decision, caller, started, typed)
 
     def refuse(self, raw_username: str, reason: Reason, caller: Caller) -> Decision:
         """Reject before any password check (malformed, unsupported, stale challenge)."""
@@ -246,6 +252,7 @@ class Authenticator:
     ) -> Decision:
         if (
             typed is not None
+            and typed != decision.username
             and decision.login is None
             and name_key(typed) != name_key(decision.username)
         ):

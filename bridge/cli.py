@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bridge.admin import Admin, AdminError, describe
+from bridge.admin import Admin, AdminError, Changed, describe
 from bridge.config import Config, ConfigError, default_config_path, load_config
-from bridge.core.types import UserRecord
 from bridge.store import StoreError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -142,6 +141,8 @@ def _show(args: argparse.Namespace, view: Any, text: Callable[[], str]) -> int:
 
 
 def _line(view: dict[str, Any]) -> str:
+    if view.get("unattached"):
+        return f"{view['username']}: record of an earlier release, not yet matched to an entry"
     parts = [f"{view['username']}: {view['state']}"]
     if view.get("lock_reason") and view["state"] == "locked":
         parts.append(f"({view['lock_reason']})")
@@ -183,29 +184,29 @@ def _enroll(admin: Admin, args: argparse.Namespace, now: int) -> int:
 
 
 def _changed(
-    action: Callable[[Admin, argparse.Namespace, int], UserRecord | None],
+    action: Callable[[Admin, argparse.Namespace, int], Changed],
 ) -> Callable[[Admin, argparse.Namespace, int], int]:
     """A `user` command that changes a record, then shows it (or that it was forgotten)."""
 
     def run(admin: Admin, args: argparse.Namespace, now: int) -> int:
-        record = action(admin, args, now)
-        if record is None:
-            return _gone(args)
-        view = describe(record, record.username, now)
+        changed = action(admin, args, now)
+        if changed.record is None:
+            return _gone(args, changed.username)
+        view = describe(changed.record, changed.username, now)
         return _show(args, view, lambda: _line(view))
 
     return run
 
 
-def _gone(args: argparse.Namespace) -> int:
+def _gone(args: argparse.Namespace, username: str) -> int:
     view = {
-        "username": args.username,
+        "username": username,
         "state": None,
         "deadline": None,
         "days_left": None,
         "failures": 0,
     }
-    return _show(args, view, lambda: f"{args.username}: forgotten (enroll to set up MFA)")
+    return _show(args, view, lambda: f"{username}: forgotten (enroll to set up MFA)")
 
 
 def _import(admin: Admin, args: argparse.Namespace, now: int) -> int:

@@ -8,7 +8,6 @@ hands over records, and what to keep is decided here.
 from __future__ import annotations
 
 import base64
-import unicodedata
 import uuid
 from collections.abc import Iterable
 
@@ -49,10 +48,8 @@ def name_key(name: str) -> str | None:
     RFC 4518 treats inner runs of spaces (and no-break spaces) as one; this is the key an
     admin's lookup by a stored name uses when the directory cannot be asked.
     """
-    folded = normalize_username(name)
-    if folded is None:
-        return None
-    return " ".join(unicodedata.normalize("NFKC", folded).split())
+    folded = normalize_username(name)  # NFKC already: a no-break space is a space
+    return " ".join(folded.split()) if folded is not None else None
 
 
 def name_keys(names: Iterable[str]) -> frozenset[str]:

@@ -120,7 +120,7 @@ def conclude(
         record = record.evolve(username=username)
     if exempt:
         decision = Decision(Outcome.ACCEPT, Reason.EXEMPT, username, before, State.EXEMPT)
-        return Verdict(_authenticated(decision), record, changed=False)
+        return Verdict(_authenticated(decision), record, changed=record is not seen)
     if record is None:
         if policy.enrollment_days <= 0:
             decision = Decision(Outcome.REJECT, Reason.NOT_ENROLLED, username, None, None)

@@ -102,11 +102,17 @@ class Portal:
         """Under both limits (an attempt from `client` is counted here)."""
         if not self._per_address.allow(client):
             return False
-        return username is None or not self._per_user.exceeded(username)
+        return not self._over(username)
+
+    def _over(self, username: str | None) -> bool:
+        """Whether the per-user limit is reached (users counted by their name's key)."""
+        key = name_key(username) if username is not None else None
+        return key is not None and self._per_user.exceeded(key)
 
     def _failed(self, username: str | None) -> None:
-        if username is not None:
-            self._per_user.count(username)
+        key = name_key(username) if username is not None else None
+        if key is not None:
+            self._per_user.count(key)
 
     def sign_in(self, raw_username: str, password: str, code: str, client: str) -> Deferred[SignIn]:
         """Check the password (and the code, when given) exactly as a login.
@@ -131,6 +137,11 @@ class Portal:
 
     def _signed_in(self, outcome: LoginOutcome, username: str | None) -> SignIn:
         decision = outcome.decision
+        # Failures count against the person, whichever of their names was typed: once the
+        # directory has named the entry, its limit holds for every name (nothing said).
+        username = decision.username
+        if self._over(username):
+            return SignIn(SignInResult.LIMITED)
         if decision.accepted and outcome.identity is not None:
             session = self.sessions.start(outcome.identity)
             session.exempt = decision.state_after is State.EXEMPT

@@ -201,7 +201,9 @@ class RadiusProtocol(DatagramProtocol):
             or not self._auth.same_user(user, challenge.username)
         ):
             return self._auth.refuse(user, Reason.BAD_STATE, caller)
-        return self._auth.answer_challenge(challenge.owner, request.password, caller)
+        return self._auth.answer_challenge(
+            challenge.owner, request.password, caller, challenge.username
+        )
 
     def _failed(
         self,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.core.identity import merge, name_key
+from bridge.core.policy import admin_lock
 from bridge.core.types import Identity, LockReason, State, UserRecord
 from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
 
@@ -382,9 +383,36 @@ class SqliteStore:
             if not old:
                 return None
             pool = [*old, *([current] if current is not None else [])]
-            merged = merge(pool, owner, now)
-            self._write(owner.entry_id, merged, current)
+            self._write(owner.entry_id, merge(pool, owner, now), current)
+            merged = self.get(owner.entry_id)
+        assert merged is not None
         return Attached(merged, tuple(pool))
+
+    def lock_legacy(self, name: str, now: int) -> UserRecord | None:
+        """Lock an old record still waiting for its entry, found by its name; None if none.
+
+        For the admin's `lock` while the directory cannot say whose the record is: the
+        lock then travels with the record when it is attached (the strictest wins).
+        """
+        names = self._legacy_index().get(name_key(name) or name, [])
+        if len(names) != 1:
+            return None
+        with self._transaction():
+            row = self._db.execute(_SELECT_LEGACY, (names[0],)).fetchone()
+            if row is None:
+                return None
+            after = admin_lock(self._legacy_record(row, ""), now)
+            self._db.execute(
+                "UPDATE legacy_users SET state = ?, lock_reason = ?, updated = ?"
+                " WHERE username = ?",
+                (
+                    after.state.value,
+                    after.lock_reason.value if after.lock_reason else None,
+                    after.updated,
+                    names[0],
+                ),
+            )
+        return after
 
     def _legacy_record(self, row: tuple[Any, ...], entry_id: str) -> UserRecord:
         name, state, deadline, failures, last_step, sealed, lock, confirmed, created, updated = row

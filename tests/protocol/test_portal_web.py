@@ -322,6 +322,18 @@ def test_per_user_limit_counts_failures_only(portal: Any) -> None:
     assert [r.result.value for r in results[-2:]] == ["failed", "limited"]
 
 
+def test_per_user_limit_counts_the_person_whatever_name_is_typed(portal: Any) -> None:
+    """Failures under the uid and the alias add up: the alias gains no extra attempts."""
+    results: list[Any] = []
+    for attempt in range(10):
+        name = "hank" if attempt % 2 else "hank@example.org"
+        portal.sign_in(name, "nope", "", f"192.0.2.{attempt}").addCallback(results.append)
+    assert {r.result.value for r in results} == {"failed"}
+    for name in ("hank@example.org", "HANK", "hank"):
+        portal.sign_in(name, "hank-pw", "", "192.0.2.99").addCallback(results.append)
+    assert [r.result.value for r in results[-3:]] == ["limited"] * 3
+
+
 def test_forwarded_address_is_believed_only_from_a_trusted_proxy(portal: Any) -> None:
     """Behind a configured proxy the per-address limit counts X-Forwarded-For's last hop."""
     import ipaddress  # noqa: PLC0415

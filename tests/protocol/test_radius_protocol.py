@@ -901,11 +901,6 @@ def test_audit_line_names_the_entry_and_the_name_typed(bridge: Bridge) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="suspected bug: Authenticator.answer_challenge (bridge/auth.py) audits without"
-    " the name typed, so the answer's line has no login field",
-)
 def test_challenge_answer_by_alias_is_audited_with_the_alias(make_bridge: MakeBridge) -> None:
     """The answer to a challenge issued to the alias is audited with login = the alias too."""
     bridge = make_bridge(mode="challenge")

@@ -1165,12 +1165,9 @@ def test_old_store_waits_while_the_directory_is_down(
     ]
 
 
-# --- suspected bugs in bridge/ (strict xfail: remove the marker once fixed) --------------------
+# --- found while updating the tests to SPEC 8, fixed since ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bridge/cli.py _gone: shows the typed name, not the entry's (SPEC 8)"
-)
 def test_forgotten_user_json_shows_the_entry_name(cli: Run) -> None:
     """`unlock alice@example.org --days 0 --json` of a forgotten record names the entry."""
     cli("user", "enroll", "alice")
@@ -1178,9 +1175,6 @@ def test_forgotten_user_json_shows_the_entry_name(cli: Run) -> None:
     assert (view["username"], view["state"]) == ("alice", None)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bridge/admin.py _stored: store.named does not search legacy_users"
-)
 def test_lock_of_an_old_record_while_the_directory_is_down(
     cli: Run, config_path: Path, directory: FakeDirectory
 ) -> None:
@@ -1192,7 +1186,6 @@ def test_lock_of_an_old_record_while_the_directory_is_down(
     assert cli("user", "status", "alice", "--json").json()["state"] == "locked"
 
 
-@pytest.mark.xfail(strict=True, reason="bridge/cli.py _line: an unattached row prints 'None'")
 def test_list_text_of_unattached_rows(cli: Run, config_path: Path) -> None:
     """`list` (text) shows an old row not yet attached without a Python None."""
     write_schema_2_store(config_path)
