@@ -97,18 +97,25 @@ def identity_of(
     The name is the name attribute's value that names the entry in its DN when there is
     one (a second `uid` is an alias), else its first value, else the name typed.
     """
-    values = {key.lower(): value for key, value in attrs.items()}
-    raw_ids = values.get(config.id_attribute.lower()) or []
+    wanted_id, wanted_name = config.id_attribute.lower(), config.name_attribute.lower()
+    raw_ids: list[bytes] = []
+    raw_names: list[bytes] = []
+    for key, value in attrs.items():  # the server spells attribute names its own way
+        folded = key.lower()
+        if folded == wanted_id:
+            raw_ids = value
+        elif folded == wanted_name:
+            raw_names = value
     entry_id = id_text(config.id_attribute, raw_ids[0]) if raw_ids else None
     if entry_id is None:
         raise NoEntryIdError(dn)
-    names = [v.decode("utf-8", "replace") for v in values.get(config.name_attribute.lower(), [])]
+    names = [v.decode("utf-8", "replace") for v in raw_names]
     name = names[0] if names else typed
-    with contextlib.suppress(ldap.DECODING_ERROR, TypeError, ValueError):
-        rdn = ldap.dn.str2dn(dn)[0]
-        for attr, value, _flags in rdn:
-            if attr.lower() == config.name_attribute.lower() and value in names:
-                name = value
+    if len(names) > 1:  # several: the one in the DN is the entry's own, the others aliases
+        with contextlib.suppress(ldap.DECODING_ERROR, TypeError, ValueError):
+            for attr, value, _flags in ldap.dn.str2dn(dn)[0]:
+                if attr.lower() == wanted_name and value in names:
+                    name = value
     return Identity(entry_id, name, dn)
 
 
@@ -661,7 +668,7 @@ class DirectoryLookup:
     none answers, UnavailableError says why.
     """
 
-    WINDOW = 256
+    WINDOW = 64  # well under slapd's conn_max_pending_auth (1000); more gains nothing
 
     def __init__(self, config: DirectoryConfig, exempt_groups: tuple[str, ...] = ()) -> None:
         self._config = config
