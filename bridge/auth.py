@@ -215,7 +215,8 @@ class Authenticator:
         if self._store.has_legacy:
             attached = self._store.attach(identity, (typed, identity.name), now)
             if attached is not None:
-                log.warn("store.attached {summary}", summary=attached.summary())
+                if len(attached.merged) > 1:
+                    log.warn("store.merged {summary}", summary=attached.summary())
                 return attached.record
         return self._store.get(identity.entry_id)
 

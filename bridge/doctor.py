@@ -147,7 +147,16 @@ def run(
     except StoreError as exc:
         findings.append(Finding("fail", "store", str(exc)))
     else:
-        count = len(store.list())
+        count, waiting = len(store.list()), len(store.legacy_names())
         store.close()
         findings.append(Finding("ok", "store", f"{config.store.path}: {count} users"))
+        if waiting:
+            findings.append(
+                Finding(
+                    "warn",
+                    "store",
+                    f"{waiting} records of an earlier release are not yet matched to a"
+                    " directory entry (`mfa-bridge user list` shows them)",
+                )
+            )
     return findings
