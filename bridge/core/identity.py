@@ -12,14 +12,15 @@ import uuid
 from collections.abc import Iterable
 
 from bridge.core.credentials import normalize_username
-from bridge.core.policy import effective
-from bridge.core.types import Identity, State, UserRecord
+from bridge.core.policy import effective, replay_guard
+from bridge.core.totp import guard_tag
+from bridge.core.types import Identity, LockReason, State, UserRecord
 
 # Attributes holding a Microsoft GUID (16 bytes, the first three groups little-endian).
 _GUID_ATTRIBUTES = frozenset({"objectguid", "msds-consistencyguid"})
 
-# Which record survives when several turn out to be one person: the strictest.
-_STRICTNESS = {State.GRACE: 0, State.PENDING: 1, State.ACTIVE: 2, State.LOCKED: 3}
+# Which record survives when several turn out to be one person: the strictest (`merge`).
+_STRICTNESS = {State.GRACE: 0, State.PENDING: 2, State.ACTIVE: 3}
 
 
 def id_text(attribute: str, raw: bytes) -> str | None:
@@ -58,26 +59,50 @@ def name_keys(names: Iterable[str]) -> frozenset[str]:
 
 
 def merge(records: Iterable[UserRecord], owner: Identity, now: int) -> UserRecord:
-    """One record from several that belong to one entry: the strictest wins.
+    """One record from several that turn out to belong to one entry: the strictest wins.
 
-    locked > active > pending > grace, judged as they stand at `now` (an expired period
-    is a lock). Among equals, the record under the entry's own name, then the newest.
-    The winner's replay guard takes the highest step used with the same secret.
+    States are judged as they stand at `now`: locked (by an admin or failures) > active >
+    pending > an enrollment period run out > grace. A period that ran out under one name
+    does not outrank an enrollment made under another: that person did enroll. Among
+    equals, the record under the entry's own name, then the newest. Nothing enrolled is
+    dropped: the merged record keeps the best secret any of them holds (a confirmed one
+    first) with its replay guard, so unlocking a merged lock gives back the enrollment.
     """
     pool = list(records)
     if not pool:
         raise ValueError("nothing to merge")
     own = name_key(owner.name)
 
-    def rank(record: UserRecord) -> tuple[int, bool, int]:
-        state = effective(record, now).state
-        return _STRICTNESS.get(state, 0), name_key(record.username) == own, record.updated
+    def order(record: UserRecord) -> tuple[int, bool, int]:
+        return _rank(effective(record, now)), name_key(record.username) == own, record.updated
 
-    winner = max(pool, key=rank)
-    steps = [r.last_step for r in pool if r.last_step is not None and r.secret == winner.secret]
-    return winner.evolve(
+    winner = max(pool, key=order)
+    merged = effective(winner, now)
+    holders = [r for r in pool if r.secret is not None]
+    if holders:
+        keeper = max(holders, key=lambda r: (r.confirmed, order(r)))
+        merged = merged.evolve(secret=keeper.secret, confirmed=keeper.confirmed)
+    if merged.state in (State.GRACE, State.PENDING):
+        deadlines = [
+            r.deadline
+            for r in pool
+            if r.deadline is not None and r.state in (State.GRACE, State.PENDING)
+        ]
+        merged = merged.evolve(deadline=min(deadlines, default=merged.deadline))
+    secret = merged.secret
+    steps = [] if secret is None else [replay_guard(r, secret) for r in pool]
+    used = [step for step in steps if step is not None]
+    return merged.evolve(
         entry_id=owner.entry_id,
         username=owner.name,
-        last_step=max(steps) if steps and winner.secret is not None else winner.last_step,
+        last_step=max(used, default=None),
+        step_key=guard_tag(secret) if used and secret is not None else None,
         created=min(r.created for r in pool),
     )
+
+
+def _rank(current: UserRecord) -> int:
+    """How strict a record is, as it stands (see `merge`)."""
+    if current.state is State.LOCKED:
+        return 1 if current.lock_reason is LockReason.ENROLLMENT_EXPIRED else 4
+    return _STRICTNESS.get(current.state, 0)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
 from bridge.core.credentials import split_appended
-from bridge.core.totp import TotpParams, match_step
+from bridge.core.totp import TotpParams, guard_tag, match_step
 from bridge.core.types import Decision, Identity, LockReason, Outcome, Reason, State, UserRecord
 
 DAY = 86_400
@@ -173,6 +174,7 @@ def check_code(
         state=State.ACTIVE,
         failures=0,
         last_step=step,
+        step_key=_tag(current.secret),
         deadline=None,
         lock_reason=None,
         confirmed=True,
@@ -267,10 +269,10 @@ def admin_enroll(
         State.PENDING,
         deadline=deadline,
         secret=secret,
-        last_step=replay_guard(record, secret),
         created=record.created if record else now,
         updated=now,
         entry_id=owner.entry_id,
+        **guarded(record, secret),
     )
 
 
@@ -281,23 +283,34 @@ def admin_import(record: UserRecord | None, owner: Identity, secret: bytes, now:
         State.ACTIVE,
         secret=secret,
         confirmed=True,
-        last_step=replay_guard(record, secret),
         created=record.created if record else now,
         updated=now,
         entry_id=owner.entry_id,
+        **guarded(record, secret),
     )
 
 
 def replay_guard(record: UserRecord | None, secret: bytes) -> int | None:
-    """The replay guard a record keeps when it is given `secret`.
+    """The newest step already used with `secret`, from what `record` remembers.
 
-    Steps used with the same key stay used, so importing a key again cannot make a code
-    already accepted valid a second time. A different key starts afresh: its codes were
-    never used, and its first code must not be refused as a "replay" of the old key's.
+    Steps used with a key stay used, also across a reset, so importing that key again
+    cannot make a code already accepted valid a second time. Another key starts afresh:
+    its codes were never used, and its first code must not be refused as a "replay" of
+    the old key's.
     """
-    if record is None or record.secret is None:
+    if record is None or record.last_step is None:
         return None
-    return record.last_step if hmac.compare_digest(record.secret, secret) else None
+    if record.step_key is not None:
+        same = hmac.compare_digest(record.step_key, guard_tag(secret))
+    else:  # a guard kept before step keys were: it is the current secret's
+        same = record.secret is not None and hmac.compare_digest(record.secret, secret)
+    return record.last_step if same else None
+
+
+def guarded(record: UserRecord | None, secret: bytes) -> dict[str, Any]:
+    """`last_step` and `step_key` for a record that is given `secret`."""
+    step = replay_guard(record, secret)
+    return {"last_step": step, "step_key": guard_tag(secret) if step is not None else None}
 
 
 def admin_lock(record: UserRecord, now: int) -> UserRecord:
@@ -332,7 +345,13 @@ def _fresh_grace(record: UserRecord, now: int, days: int) -> UserRecord | None:
         record.username,
         State.GRACE,
         deadline=now + days * DAY,
+        last_step=record.last_step,  # kept with its key's tag: see replay_guard
+        step_key=record.step_key or _tag(record.secret),
         created=record.created,
         updated=now,
         entry_id=record.entry_id,
     )
+
+
+def _tag(secret: bytes | None) -> bytes | None:
+    return guard_tag(secret) if secret is not None else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from bridge.core.policy import Policy, effective, replay_guard
-from bridge.core.totp import match_step
+from bridge.core.totp import guard_tag, match_step
 from bridge.core.types import Identity, State, UserRecord
 
 
@@ -69,6 +69,7 @@ def confirm_secret(
         secret=secret,
         confirmed=True,
         last_step=step if last is None else max(last, step),
+        step_key=guard_tag(secret),
         created=record.created if record is not None else now,
         updated=now,
         entry_id=owner.entry_id,

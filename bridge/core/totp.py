@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import secrets
@@ -60,6 +61,16 @@ def match_step(secret: bytes, code: str, now: int, params: TotpParams) -> int | 
 
 
 _BASE32 = re.compile("[A-Z2-7]+")
+_GUARD_LABEL = b"mfa-bridge replay guard\x00"
+
+
+def guard_tag(secret: bytes) -> bytes:
+    """Which key a replay guard belongs to: 128 bits of a hash, never the key itself.
+
+    Kept beside `last_step`, so the guard survives a reset and applies again only if the
+    same key comes back (re-imported), never to the codes of another key.
+    """
+    return hashlib.sha256(_GUARD_LABEL + secret).digest()[:16]
 
 
 def new_secret() -> bytes:

@@ -84,6 +84,7 @@ class UserRecord:
     created: int = 0
     updated: int = 0
     version: int = 0  # the store's row version, for compare-and-set writes
+    step_key: bytes | None = field(default=None, repr=False, kw_only=True)  # whose guard
     entry_id: str = field(kw_only=True)  # the directory entry the record belongs to
 
     def evolve(self, **changes: object) -> UserRecord:

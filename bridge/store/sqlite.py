@@ -10,6 +10,7 @@ power loss can take the last commits), at a fraction of the cost of FULL.
 from __future__ import annotations
 
 import builtins
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 from bridge.core.identity import merge, name_key
 from bridge.core.policy import admin_lock
+from bridge.core.totp import guard_tag
 from bridge.core.types import Identity, LockReason, State, UserRecord
 from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
 
@@ -26,8 +28,8 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 3
 _COLUMNS = (
-    "entry_id, username, name_key, state, deadline, failures, last_step, secret, lock_reason,"
-    " confirmed, created, updated, version"
+    "entry_id, username, name_key, state, deadline, failures, last_step, step_key, secret,"
+    " lock_reason, confirmed, created, updated, version"
 )
 _USERS = """
 CREATE TABLE users (
@@ -38,6 +40,7 @@ CREATE TABLE users (
     deadline    INTEGER,
     failures    INTEGER NOT NULL DEFAULT 0,
     last_step   INTEGER,
+    step_key    BLOB,              -- which key last_step was used with (a hash, not the key)
     secret      BLOB,
     lock_reason TEXT,
     confirmed   INTEGER NOT NULL DEFAULT 0,
@@ -74,12 +77,12 @@ _MIGRATIONS = {  # from schema version N to N + 1
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM users WHERE entry_id = ?"  # noqa: S608
 _SELECT_NAMED = f"SELECT {_COLUMNS} FROM users WHERE name_key = ? ORDER BY username"  # noqa: S608
 _SELECT_ALL = f"SELECT {_COLUMNS} FROM users ORDER BY username, entry_id"  # noqa: S608
-_UPSERT = f"INSERT OR REPLACE INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
-_INSERT = f"INSERT INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+_UPSERT = f"INSERT OR REPLACE INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+_INSERT = f"INSERT INTO users ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
 _UPDATE_SEEN = (
     "UPDATE users SET username = ?, name_key = ?, state = ?, deadline = ?, failures = ?,"
-    " last_step = ?, lock_reason = ?, confirmed = ?, updated = ?, version = version + 1"
-    " WHERE entry_id = ? AND version = ?"
+    " last_step = ?, step_key = ?, lock_reason = ?, confirmed = ?, updated = ?,"
+    " version = version + 1 WHERE entry_id = ? AND version = ?"
 )
 _DELETE_SEEN = "DELETE FROM users WHERE entry_id = ? AND version = ?"
 _LEGACY_COLUMNS = (
@@ -92,7 +95,20 @@ SeenChange = tuple[
     str, UserRecord | None, Callable[[UserRecord | None], tuple[UserRecord | None, T]]
 ]
 Row = tuple[
-    str, str, str, str, int | None, int, int | None, bytes | None, str | None, int, int, int, int
+    str,
+    str,
+    str,
+    str,
+    int | None,
+    int,
+    int | None,
+    bytes | None,
+    bytes | None,
+    str | None,
+    int,
+    int,
+    int,
+    int,
 ]
 
 
@@ -111,6 +127,12 @@ class Attached:
             f"records {met} belong to one directory entry ({kept.username}, id"
             f" {kept.entry_id}): kept {kept.state.value}, the strictest"
         )
+
+
+def _first_version() -> int:
+    """A new row's version: random, so a row deleted and made again never repeats the
+    version a compare-and-set read from the old one (it would write over the new row)."""
+    return secrets.randbelow(1 << 31) + 1
 
 
 class StoreError(Exception):
@@ -319,7 +341,7 @@ class SqliteStore:
         try:
             if seen is None:
                 assert after is not None
-                self._db.execute(_INSERT, self._row(after, 1))
+                self._db.execute(_INSERT, self._row(after, _first_version()))
                 return True
             if after is None:
                 written = self._db.execute(_DELETE_SEEN, (entry_id, seen.version)).rowcount
@@ -337,7 +359,8 @@ class SqliteStore:
             return
         if record.entry_id != entry_id:
             raise ValueError("a record is written under its own entry only")
-        self._db.execute(_UPSERT, self._row(record, before.version + 1 if before else 1))
+        version = before.version + 1 if before else _first_version()
+        self._db.execute(_UPSERT, self._row(record, version))
 
     # Records from before SPEC section 8 (schema 2), keyed by the name typed.
 
@@ -378,14 +401,14 @@ class SqliteStore:
             current = self.get(owner.entry_id)
             for record in old:
                 self._db.execute("DELETE FROM legacy_users WHERE username = ?", (record.username,))
-            for key in keys:
-                self._legacy.pop(key, None)
-            if not old:
-                return None
             pool = [*old, *([current] if current is not None else [])]
-            self._write(owner.entry_id, merge(pool, owner, now), current)
+            if old:
+                self._write(owner.entry_id, merge(pool, owner, now), current)
             merged = self.get(owner.entry_id)
-        assert merged is not None
+        for key in keys:  # only once committed: a failed attach is tried again
+            self._legacy.pop(key, None)
+        if not old or merged is None:
+            return None
         return Attached(merged, tuple(pool))
 
     def lock_legacy(self, name: str, now: int) -> UserRecord | None:
@@ -426,6 +449,7 @@ class SqliteStore:
             deadline=deadline,
             failures=failures,
             last_step=last_step,
+            step_key=guard_tag(secret) if secret is not None and last_step is not None else None,
             secret=secret,
             lock_reason=LockReason(lock) if lock else None,
             confirmed=bool(confirmed),
@@ -445,6 +469,7 @@ class SqliteStore:
             after.deadline,
             after.failures,
             after.last_step,
+            after.step_key,
             after.lock_reason.value if after.lock_reason else None,
             int(after.confirmed),
             after.updated,
@@ -468,6 +493,7 @@ class SqliteStore:
             record.deadline,
             record.failures,
             record.last_step,
+            record.step_key,
             sealed,
             record.lock_reason.value if record.lock_reason else None,
             int(record.confirmed),
@@ -485,6 +511,7 @@ class SqliteStore:
             deadline,
             failures,
             last_step,
+            step_key,
             sealed,
             lock,
             confirmed,
@@ -502,6 +529,7 @@ class SqliteStore:
             deadline=deadline,
             failures=failures,
             last_step=last_step,
+            step_key=step_key,
             secret=secret,
             lock_reason=LockReason(lock) if lock else None,
             confirmed=bool(confirmed),

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from bridge.core.identity import id_text, merge, name_key, name_keys
-from bridge.core.policy import DAY, effective
+from bridge.core.policy import DAY, Policy, admin_unlock, effective
 from bridge.core.types import Identity, LockReason, State, UserRecord
 
 GUID = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
@@ -146,14 +146,48 @@ def test_merge_keeps_the_strictest_state(weaker: State, stricter: State) -> None
         assert merge(pool, OWNER, NOW).state is stricter
 
 
-def test_merge_counts_an_expired_grace_record_as_locked() -> None:
-    """A grace record whose period ran out beats an active one: it is a lock at `now`."""
+def test_merge_a_period_run_out_under_one_name_does_not_lock_an_enrollment() -> None:
+    """An expired grace record under the mail loses to the active record: she did enroll."""
+    expired = record(State.GRACE, "alice@example.org", deadline=NOW - 1, updated=NOW)
+    ok = record(State.ACTIVE, "alice", last_step=70)
+    for pool in ([ok, expired], [expired, ok]):
+        merged = merge(pool, OWNER, NOW)
+        assert (merged.state, merged.secret, merged.confirmed) == (State.ACTIVE, KEY, True)
+        assert merged.last_step == 70
+
+
+def test_merge_of_grace_records_keeps_a_period_that_ran_out() -> None:
+    """Without any enrollment, the expired period wins over a fresh one: a lock at `now`."""
     expired = record(State.GRACE, "alice@example.org", deadline=NOW - 1)
-    ok = record(State.ACTIVE, "alice", updated=NOW)
-    merged = merge([ok, expired], OWNER, NOW)
-    assert merged.secret is None
-    assert effective(merged, NOW).state is State.LOCKED
-    assert effective(merged, NOW).lock_reason is LockReason.ENROLLMENT_EXPIRED
+    fresh = record(State.GRACE, "alice", deadline=NOW + 9 * DAY, updated=NOW)
+    merged = effective(merge([fresh, expired], OWNER, NOW), NOW)
+    assert (merged.state, merged.lock_reason) == (State.LOCKED, LockReason.ENROLLMENT_EXPIRED)
+
+
+def test_merge_of_grace_records_keeps_the_earliest_deadline() -> None:
+    """Two periods of one person: the one that started first (ends first) is theirs."""
+    early = record(State.GRACE, "alice@example.org", deadline=NOW + 2 * DAY)
+    late = record(State.GRACE, "alice", deadline=NOW + 12 * DAY, updated=NOW)
+    assert merge([late, early], OWNER, NOW).deadline == NOW + 2 * DAY
+
+
+def test_merge_lock_without_a_secret_keeps_the_enrollment_for_the_unlock() -> None:
+    """An admin's lock under one name wins, with the other name's secret kept: unlock -> active."""
+    locked = record(State.LOCKED, "alice@example.org", secret=None)
+    ok = record(State.ACTIVE, "alice", last_step=40, updated=NOW)
+    merged = merge([ok, locked], OWNER, NOW)
+    assert (merged.state, merged.lock_reason) == (State.LOCKED, LockReason.ADMIN)
+    assert (merged.secret, merged.confirmed, merged.last_step) == (KEY, True, 40)
+    unlocked = admin_unlock(merged, NOW, Policy())
+    assert unlocked is not None and unlocked.state is State.ACTIVE
+
+
+def test_merge_prefers_a_confirmed_secret_to_a_pending_one() -> None:
+    """A pending secret under one name never replaces the confirmed one under another."""
+    pending = record(State.PENDING, "alice@example.org", secret=OTHER_KEY, updated=NOW)
+    locked = record(State.LOCKED, "alice", secret=KEY)
+    merged = merge([pending, locked], OWNER, NOW)
+    assert (merged.state, merged.secret, merged.confirmed) == (State.LOCKED, KEY, True)
 
 
 def test_merge_tie_goes_to_the_record_under_the_entrys_own_name() -> None:

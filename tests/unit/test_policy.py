@@ -26,7 +26,7 @@ from bridge.core.policy import (
     rejected,
     replay_guard,
 )
-from bridge.core.totp import TotpParams, code_at_step, match_step, time_step
+from bridge.core.totp import TotpParams, code_at_step, guard_tag, match_step, time_step
 from bridge.core.types import Decision, Identity, LockReason, Outcome, Reason, State, UserRecord
 
 SECRET = b"12345678901234567890"
@@ -1057,7 +1057,7 @@ def test_admin_unlock_confirmed_user_ignores_days() -> None:
 
 @pytest.mark.parametrize("old", [active(), locked(), pending(), grace()])
 def test_admin_reset_forgets_secret_and_gives_fresh_grace(old: UserRecord) -> None:
-    """Reset: fresh grace, the secret, confirmation and replay guard gone (new rule, SPEC 8)."""
+    """Reset: fresh grace, the secret and confirmation gone; the guard kept with its key's tag."""
     record = admin_reset(old, NOW, POLICY)
     assert record is not None
     assert record.state is State.GRACE
@@ -1065,9 +1065,11 @@ def test_admin_reset_forgets_secret_and_gives_fresh_grace(old: UserRecord) -> No
     assert record.secret is None
     assert not record.confirmed
     assert record.failures == 0
-    # The old rule kept last_step; now the guard goes with the secret, so the next key's
-    # first code is never refused as a replay of the old key's (see replay_guard).
-    assert record.last_step is None
+    # The guard stays, tagged with the key it belongs to: it applies again only if that
+    # key comes back (replay_guard), never to another key's first code.
+    assert record.last_step == old.last_step
+    if old.last_step is not None:
+        assert old.secret is not None and record.step_key == guard_tag(old.secret)
     assert record.lock_reason is None
     assert record.created == CREATED
     assert record.updated == NOW
@@ -1103,7 +1105,7 @@ def test_replay_guard_different_key_starts_afresh() -> None:
 
 @pytest.mark.parametrize("old", [None, grace(last_step=STEP)])
 def test_replay_guard_without_an_old_secret_is_none(old: UserRecord | None) -> None:
-    """No record, or a record without a secret, has no guard to hand on."""
+    """No record, or a record without a secret or the tag of its guard's key: no guard."""
     assert replay_guard(old, SECRET) is None
 
 
@@ -1153,6 +1155,28 @@ def test_reset_then_enroll_accepts_the_new_keys_first_code_in_the_same_step() ->
     assert verdict.decision.reason is Reason.ACTIVATED
     assert verdict.record is not None
     assert (verdict.record.state, verdict.record.last_step) == (State.ACTIVE, step)
+
+
+def test_reset_then_import_of_the_same_key_keeps_a_used_code_a_replay() -> None:
+    """Reset forgets the key, not its guard: the same key imported again refuses a used code."""
+    now = NOW + 5
+    step = time_step(now, POLICY.totp)
+    used = run(active(), with_code(code_at_step(SECRET, step)), now=now)
+    assert used.decision.accepted and used.record is not None
+    reset = admin_reset(used.record, now, POLICY)
+    assert reset is not None and reset.secret is None
+    again = admin_import(reset, OWNER, SECRET, now)
+    verdict = run(again, with_code(code_at_step(SECRET, step)), now=now)
+    assert verdict.decision.reason is Reason.REPLAY
+    other = admin_import(reset, OWNER, OTHER_SECRET, now)
+    assert run(other, with_code(code_at_step(OTHER_SECRET, step)), now=now).decision.accepted
+
+
+def test_the_guard_tag_never_holds_the_key() -> None:
+    """The stored tag of the guard's key is 16 bytes that are not the key or a part of it."""
+    tag = guard_tag(SECRET)
+    assert len(tag) == 16 and tag not in SECRET and SECRET[:16] != tag
+    assert guard_tag(OTHER_SECRET) != tag
 
 
 def test_admin_operations_key_the_record_by_the_owner() -> None:

@@ -127,11 +127,29 @@ def test_round_trip_and_version(store: SqliteStore) -> None:
     """A stored record reads back equal under its entry id, the row version counting writes."""
     put(store, active())
     first = store.get(ALICE.entry_id)
-    assert first is not None and first.version == 1
+    assert first is not None and first.version > 0
     assert first.evolve(version=0) == active()
     store.update(ALICE.entry_id, lambda old: (old.evolve(failures=2) if old else None, None))
     second = store.get(ALICE.entry_id)
-    assert second is not None and second.failures == 2 and second.version == 2
+    assert second is not None and second.failures == 2 and second.version == first.version + 1
+
+
+def test_a_row_made_again_never_repeats_the_version_of_the_old_one(store: SqliteStore) -> None:
+    """Deleted and inserted anew, a row gets a fresh version: a stale compare-and-set misses."""
+    versions = set()
+    for _ in range(20):
+        put(store, active())
+        seen = store.get(ALICE.entry_id)
+        assert seen is not None
+        versions.add(seen.version)
+        store.update(ALICE.entry_id, lambda _old: (None, None))
+    assert len(versions) == 20
+    put(store, active())
+    stale = active().evolve(version=min(versions))
+    result = store.update_seen(
+        ALICE.entry_id, stale, lambda r: (r.evolve(failures=4) if r else None, "done")
+    )
+    assert result == "done"  # run again on the current row, not written over it blindly
 
 
 def test_records_are_found_by_entry_id_not_by_name(store: SqliteStore) -> None:
@@ -181,7 +199,8 @@ def test_update_seen_writes_in_one_statement(store: SqliteStore) -> None:
     )
     assert result == "ok"
     after = store.get(ALICE.entry_id)
-    assert after is not None and after.last_step == 7 and after.version == 2
+    assert seen is not None and after is not None
+    assert after.last_step == 7 and after.version == seen.version + 1
 
 
 def test_update_seen_stores_a_rename(store: SqliteStore) -> None:
@@ -192,7 +211,8 @@ def test_update_seen_stores_a_rename(store: SqliteStore) -> None:
         ALICE.entry_id, seen, lambda r: (r.evolve(username="alice.smith") if r else None, None)
     )
     after = store.get(ALICE.entry_id)
-    assert after is not None and after.username == "alice.smith" and after.version == 2
+    assert seen is not None and after is not None
+    assert after.username == "alice.smith" and after.version == seen.version + 1
     assert [r.entry_id for r in store.named("Alice.Smith")] == [ALICE.entry_id]
     assert store.named("alice") == []
 
@@ -234,6 +254,7 @@ def test_update_seen_inserts_a_new_user_once(store: SqliteStore) -> None:
 def test_update_many_is_all_or_nothing(store: SqliteStore) -> None:
     """When one change of update_many raises, none of the batch is written."""
     put(store, active())
+    before = store.get(ALICE.entry_id)
 
     def broken(_record: UserRecord | None) -> tuple[UserRecord | None, None]:
         raise RuntimeError("bug")
@@ -247,7 +268,7 @@ def test_update_many_is_all_or_nothing(store: SqliteStore) -> None:
             ]
         )
     alice = store.get(ALICE.entry_id)
-    assert alice is not None and alice.failures == 0 and alice.version == 1
+    assert alice is not None and alice.failures == 0 and alice == before
     assert store.get(BOB.entry_id) is None
 
 
@@ -396,7 +417,7 @@ def test_attach_merges_two_legacy_names_of_one_entry(tmp_path: Path) -> None:
 
 
 def test_attach_a_locked_legacy_record_beats_an_existing_active_one(tmp_path: Path) -> None:
-    """A locked old row wins over the entry's active record: the strictest is kept."""
+    """A locked old row wins over the entry's active record, which keeps its confirmed key."""
     store = open_v2(tmp_path, [legacy("alice", State.LOCKED, lock_reason=LockReason.FAILURES)])
     put(store, active(secret=OTHER_KEY, created=100, updated=100))
     attached = store.attach(ALICE, ["alice"], NOW)
@@ -404,7 +425,7 @@ def test_attach_a_locked_legacy_record_beats_an_existing_active_one(tmp_path: Pa
     record = store.get(ALICE.entry_id)
     assert record is not None
     assert (record.state, record.lock_reason) == (State.LOCKED, LockReason.FAILURES)
-    assert record.secret == KEY
+    assert (record.secret, record.confirmed) == (OTHER_KEY, True)  # unlock: active again
     assert record.created == 10  # the oldest of the two
     assert store.legacy_names() == []
 
@@ -453,10 +474,9 @@ def test_migrates_a_version_1_database(tmp_path: Path) -> None:
     assert reopened.attach(ALICE, ["Alice"], NOW) is not None
     record = reopened.get(ALICE.entry_id)
     assert record is not None and (record.secret, record.last_step) == (KEY, 5)
-    assert record.version == 1
     reopened.update(ALICE.entry_id, lambda r: (r.evolve(failures=1) if r else None, None))
     updated = reopened.get(ALICE.entry_id)
-    assert updated is not None and updated.version == 2
+    assert updated is not None and updated.version == record.version + 1
 
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store-v2"
