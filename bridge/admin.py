@@ -17,6 +17,7 @@ from bridge.core.policy import (
     admin_enroll,
     admin_import,
     admin_lock,
+    admin_lock_unseen,
     admin_reset,
     admin_unlock,
     days_left,
@@ -24,7 +25,7 @@ from bridge.core.policy import (
 )
 from bridge.core.totp import decode_secret, encode_secret, new_secret, provisioning_uri
 from bridge.core.types import Identity, State, UserRecord
-from bridge.directory import UnavailableError
+from bridge.directory import NoEntryIdError, UnavailableError
 from bridge.store import SqliteStore
 
 
@@ -128,12 +129,19 @@ class Admin:
         self.notes: list[str] = []
 
     def _entry(self, raw: str, now: int) -> Identity | None:
-        """The entry `raw` names (None: the directory has none), its old records attached."""
+        """The entry `raw` names (None: the directory has none), its old records attached.
+
+        While records of an earlier release wait, all of them are attached first: one may
+        be this person's under another name, and must count before anything changes.
+        """
         name = canonical(raw)
+        self.attach_legacy(now)
         try:
             identity = self.directory.resolve(name)
         except UnavailableError as exc:
             raise _UnreachableError(str(exc)) from exc
+        except NoEntryIdError as exc:
+            raise AdminError(str(exc)) from exc
         if identity is not None:
             self._attach({name: identity}, now)
         return identity
@@ -214,8 +222,9 @@ class Admin:
     def lock(self, raw: str, now: int) -> Changed:
         """Lock by hand; by the stored name when the directory cannot say whose it is.
 
-        A record of an earlier release not yet attached to its entry is locked where it
-        waits: the lock wins when it is attached.
+        An entry the bridge has no record of yet gets a locked one. Without the directory,
+        every record stored under the name is locked (and records of an earlier release
+        not yet attached, where they wait: the lock wins when they are attached).
         """
         try:
             identity = self._entry(raw, now)
@@ -223,17 +232,24 @@ class Admin:
             why = f"directory unreachable: {exc}"
         else:
             if identity is not None:
-                return self._change(identity, lambda r: admin_lock(r, now))
+                owner = identity
+                return self.store.update(
+                    owner.entry_id,
+                    lambda old: _same_changed(
+                        admin_lock(old, now) if old else admin_lock_unseen(owner, now)
+                    ),
+                )
             why = "not in the directory"
-        record = self._stored(raw, why)
-        if record is not None:
-            owner = Identity(record.entry_id, record.username, "")
-            return self._change(owner, lambda r: admin_lock(r, now))
-        waiting = self.store.lock_legacy(canonical(raw), now)
-        if waiting is None:
+        changed = [
+            self._change(Identity(r.entry_id, r.username, ""), lambda r: admin_lock(r, now))
+            for r in self.store.named(raw)
+        ]
+        changed += [Changed(r.username, r) for r in self.store.lock_legacy(canonical(raw), now)]
+        if not changed:
             raise AdminError(f"unknown user: {canonical(raw)} ({why})")
-        self.notes.append(f"{why}: locked the record of an earlier release named {raw!r}")
-        return Changed(waiting.username, waiting)
+        names = ", ".join(c.username for c in changed)
+        self.notes.append(f"{why}: locked by the stored name ({len(changed)} records: {names})")
+        return changed[0]
 
     def unlock(self, raw: str, now: int, days: int | None = None) -> Changed:
         """Clear the lock and failures (SPEC: active with a confirmed secret, else grace)."""
@@ -267,10 +283,13 @@ class Admin:
                 f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}"
             ) from exc
         rows = parse_import(text, str(path))
+        self.attach_legacy(now)
         try:
             found = self.directory.resolve_many([row.username for row in rows])
         except UnavailableError as exc:
             raise AdminError(f"directory unreachable: {exc}") from exc
+        except NoEntryIdError as exc:
+            raise AdminError(str(exc)) from exc
         owners: dict[str, ImportRow] = {}
         changes = []
         for row in rows:
@@ -298,9 +317,9 @@ class Admin:
             return
         try:
             found = self.directory.resolve_many(names)
-        except UnavailableError as exc:
+        except (UnavailableError, NoEntryIdError) as exc:
             self.notes.append(
-                f"{len(names)} records from before this release wait for the directory: {exc}"
+                f"{len(names)} records of an earlier release wait for the directory: {exc}"
             )
             return
         self._attach(found, now)
@@ -327,6 +346,10 @@ class _UnreachableError(Exception):
 
 def _same(record: UserRecord) -> tuple[UserRecord, UserRecord]:
     return record, record
+
+
+def _same_changed(record: UserRecord) -> tuple[UserRecord, Changed]:
+    return record, Changed(record.username, record)
 
 
 def _importer(

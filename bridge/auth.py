@@ -110,6 +110,7 @@ class Authenticator:
         self._policy = policy
         self._exempt_users = name_keys(exempt_users)
         self._clock = clock
+        self.upgrading = False  # records of an earlier release still wait: refuse logins
 
     def reconfigure(self, policy: Policy, exempt_users: frozenset[str]) -> None:
         """New MFA rules and exempt users, for logins that start from now on (SIGHUP)."""
@@ -151,6 +152,9 @@ class Authenticator:
         if not field:
             decision = rejected(username, Reason.EMPTY_PASSWORD)
             return succeed(LoginOutcome(self._audit(decision, caller, started)))
+        if self.upgrading:  # see bridge/upgrade.py: a record may still wait under another name
+            decision = rejected(username, Reason.UPGRADING)
+            return succeed(LoginOutcome(self._audit(decision, caller, started)))
         planned: list[_Plan] = []
 
         def plan(identity: Identity) -> str:
@@ -166,7 +170,7 @@ class Authenticator:
         def bound(result: BindResult) -> LoginOutcome | Deferred[LoginOutcome]:
             if result.status is not BindStatus.OK or not planned:
                 chosen = planned[-1] if planned else None
-                name = _typed(username, result.identity)
+                name = result.identity.name if result.identity is not None else username
                 decision = rejected(
                     name,
                     _BIND_REJECTS.get(result.status, Reason.INTERNAL_ERROR),
@@ -261,8 +265,3 @@ class Authenticator:
         latency = self._clock.seconds() - started
         self._audit_log.record(decision, caller.protocol, caller.client, latency, caller.label)
         return decision
-
-
-def _typed(typed: str, identity: Identity | None) -> str:
-    """The name a rejected login is audited under: the entry's, once it was found."""
-    return identity.name if identity is not None else typed

@@ -110,7 +110,7 @@ def identity_of(
     if entry_id is None:
         raise NoEntryIdError(dn)
     names = [v.decode("utf-8", "replace") for v in raw_names]
-    name = names[0] if names else typed
+    name = names[0] if names else _rdn_value(dn) or typed
     if len(names) > 1:  # several: the one in the DN is the entry's own, the others aliases
         with contextlib.suppress(ldap.DECODING_ERROR, TypeError, ValueError):
             for attr, value, _flags in ldap.dn.str2dn(dn)[0]:
@@ -579,17 +579,21 @@ class Directory:
         identity = cached or await server.find(username)
         if identity is None:
             return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
-        self._entries.put(username, identity)
+        if cached is None:
+            self._entries.put(username, identity)
         ok = await _bind_as(server, bind, identity, plan)
         if not ok and cached is not None:
-            # A remembered entry may be stale (moved, renamed): bind again only if it is.
+            # A remembered entry may be stale (moved, renamed): bind again only if it moved.
             fresh = await server.find(username)
             if fresh is None:
                 self._entries.drop(username)
                 return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
             if fresh != identity:
                 self._entries.put(username, fresh)
+            if fresh.dn != identity.dn:
                 identity, ok = fresh, await _bind_as(server, bind, fresh, plan)
+            else:
+                identity = fresh
         if not ok:
             return BindResult(BindStatus.BAD_PASSWORD, identity, server=server.url)
         exempt = await self._is_exempt(server, identity)
@@ -660,6 +664,14 @@ def _start(coroutine: Coroutine[Deferred[Any], Any, BindResult]) -> Deferred[Bin
     return Deferred.fromCoroutine(coroutine)
 
 
+def _rdn_value(dn: str) -> str | None:
+    """The value naming the entry in its DN: a stable name when name_attribute is absent."""
+    with contextlib.suppress(ldap.DECODING_ERROR, TypeError, ValueError, IndexError):
+        value: str = ldap.dn.str2dn(dn)[0][0][1]
+        return value
+    return None
+
+
 class DirectoryLookup:
     """Blocking lookups for the admin CLI: login names to entries, and exempt groups.
 
@@ -723,7 +735,7 @@ class DirectoryLookup:
                     self._conn = connect(url, self._config)
                 return job(self._conn)
             except NoEntryIdError as exc:
-                raise UnavailableError(
+                raise NoEntryIdError(
                     f"entry {exc} has no {self._config.id_attribute}: set"
                     " directory.id_attribute to the attribute that identifies entries"
                 ) from exc

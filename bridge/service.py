@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,7 +31,7 @@ from bridge.portal.web import make_site
 from bridge.radius.server import RadiusProtocol
 from bridge.store import SqliteStore
 from bridge.store.batching import WriteBatcher
-from bridge.upgrade import attach_all
+from bridge.upgrade import Upgrade
 
 log = Logger(namespace="bridge.service")
 
@@ -155,8 +156,6 @@ class Daemon:
         self.directory = Directory(config.directory, config.mfa.exempt_groups, reactor)
         self.directory_service = DirectoryService(self.directory, reactor)
         self.service.addService(self.directory_service)
-        if self.store.has_legacy:  # records of an earlier release: attach once it answers
-            self.directory_service.reached.addCallback(self._upgrade, reactor)
         self.authenticator = Authenticator(
             self.store,
             self.directory.authenticate,
@@ -166,6 +165,10 @@ class Daemon:
             audit=self.audit,
             writes=writes,
         )
+        if self.store.has_legacy:  # records of an earlier release: attach them first
+            self.authenticator.upgrading = True
+            upgrade = Upgrade(self.store, self.directory, reactor, self._upgraded)
+            self.directory_service.reached.addCallback(_then, upgrade.start)
         self.radius = RadiusProtocol(
             config.radius, self.authenticator, reactor, setup_url=public_url
         )
@@ -202,9 +205,8 @@ class Daemon:
             self.portal = make_portal(config, self.authenticator, self.store, self.audit, reactor)
             self.service.addService(portal_service(config.portal, self.portal, reactor))
 
-    def _upgrade(self, server: str, reactor: Any) -> str:
-        attach_all(self.store, self.directory, reactor)
-        return server
+    def _upgraded(self) -> None:
+        self.authenticator.upgrading = False
 
     def reload(self, new: Config) -> list[str]:
         """Apply what can change while running; returns the changed settings that cannot.
@@ -225,6 +227,12 @@ class Daemon:
         if self.portal is not None:
             self.portal.reconfigure(policy, new.mfa.issuer, new.mfa.exempt_users)
         return restart_needed(started, new)
+
+
+def _then(result: Any, action: Callable[[], None]) -> Any:
+    """A Deferred callback that does `action` and passes the result on unchanged."""
+    action()
+    return result
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:

@@ -41,8 +41,8 @@ class Policy:
 class Attempt:
     """The password to bind with, and the code that came with it (if any)."""
 
-    password: str
-    code: str | None = None
+    password: str = field(repr=False)
+    code: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +316,18 @@ def guarded(record: UserRecord | None, secret: bytes) -> dict[str, Any]:
 def admin_lock(record: UserRecord, now: int) -> UserRecord:
     """Lock by hand; the secret is kept for the unlock."""
     return record.evolve(state=State.LOCKED, lock_reason=LockReason.ADMIN, updated=now)
+
+
+def admin_lock_unseen(owner: Identity, now: int) -> UserRecord:
+    """Lock a user the bridge has no record of yet (a compromised account, before any login)."""
+    return UserRecord(
+        owner.name,
+        State.LOCKED,
+        lock_reason=LockReason.ADMIN,
+        created=now,
+        updated=now,
+        entry_id=owner.entry_id,
+    )
 
 
 def admin_unlock(

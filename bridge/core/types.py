@@ -53,6 +53,7 @@ class Reason(StrEnum):
     BAD_STATE = "bad-state"  # challenge State unknown, expired, reused or misbound
     UNSUPPORTED = "unsupported"  # CHAP, EAP, no password
     NO_ENTRY_ID = "no-entry-id"  # the entry lacks directory.id_attribute: fail closed
+    UPGRADING = "upgrading"  # records of an earlier release are being attached: wait
     INTERNAL_ERROR = "internal-error"  # the store or the code failed: fail closed
 
 

@@ -137,10 +137,10 @@ class Portal:
 
     def _signed_in(self, outcome: LoginOutcome, username: str | None) -> SignIn:
         decision = outcome.decision
-        # Failures count against the person, whichever of their names was typed: once the
-        # directory has named the entry, its limit holds for every name (nothing said).
-        username = decision.username
-        if self._over(username):
+        # Failures count against the name typed and against the person, whichever of
+        # their names it was: once over, a right password gets no further under any name.
+        # A wrong one is answered as any failure is, so the limit tells a caller nothing.
+        if decision.password_ok and self._over(decision.username):
             return SignIn(SignInResult.LIMITED)
         if decision.accepted and outcome.identity is not None:
             session = self.sessions.start(outcome.identity)
@@ -148,6 +148,8 @@ class Portal:
             return SignIn(SignInResult.OK, session, decision)
         if decision.outcome is not Outcome.CHALLENGE:
             self._failed(username)
+            if name_key(decision.username) != name_key(username or ""):
+                self._failed(decision.username)  # the entry's name, when another was typed
         if not decision.password_ok:
             return SignIn(SignInResult.FAILED)
         if decision.reason is Reason.LOCKED or decision.lock_reason is not None:

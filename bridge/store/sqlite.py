@@ -411,31 +411,26 @@ class SqliteStore:
             return None
         return Attached(merged, tuple(pool))
 
-    def lock_legacy(self, name: str, now: int) -> UserRecord | None:
-        """Lock an old record still waiting for its entry, found by its name; None if none.
+    def lock_legacy(self, name: str, now: int) -> builtins.list[UserRecord]:
+        """Lock old records still waiting for their entry, found by name (any spelling).
 
-        For the admin's `lock` while the directory cannot say whose the record is: the
-        lock then travels with the record when it is attached (the strictest wins).
+        For the admin's `lock` while the directory cannot say whose the records are: the
+        lock travels with each record when it is attached (the strictest wins).
         """
-        names = self._legacy_index().get(name_key(name) or name, [])
-        if len(names) != 1:
-            return None
+        locked = []
         with self._transaction():
-            row = self._db.execute(_SELECT_LEGACY, (names[0],)).fetchone()
-            if row is None:
-                return None
-            after = admin_lock(self._legacy_record(row, ""), now)
-            self._db.execute(
-                "UPDATE legacy_users SET state = ?, lock_reason = ?, updated = ?"
-                " WHERE username = ?",
-                (
-                    after.state.value,
-                    after.lock_reason.value if after.lock_reason else None,
-                    after.updated,
-                    names[0],
-                ),
-            )
-        return after
+            for old in self._legacy_index().get(name_key(name) or name, []):
+                row = self._db.execute(_SELECT_LEGACY, (old,)).fetchone()
+                if row is None:
+                    continue
+                after = admin_lock(self._legacy_record(row, ""), now)
+                self._db.execute(
+                    "UPDATE legacy_users SET state = ?, lock_reason = ?, updated = ?"
+                    " WHERE username = ?",
+                    (after.state.value, LockReason.ADMIN.value, now, old),
+                )
+                locked.append(after)
+        return locked
 
     def _legacy_record(self, row: tuple[Any, ...], entry_id: str) -> UserRecord:
         name, state, deadline, failures, last_step, sealed, lock, confirmed, created, updated = row

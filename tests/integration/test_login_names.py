@@ -286,9 +286,9 @@ def test_a_store_of_the_previous_release_is_attached_at_start(
 
     bridge = make_bridge(change=by_uid_or_mail(old_store), mode="append")
     deadline = time.monotonic() + 10
-    while "records attached" not in bridge.log() and time.monotonic() < deadline:
+    while "store.upgrade: done" not in bridge.log() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "store.upgrade: 5 records attached, 1 still waiting" in bridge.log()
+    assert "store.upgrade: done, 5 records attached; 1 name" in bridge.log()
     assert "store.merged" in bridge.log()
     listed = {u["username"]: u for u in users(bridge)}
     assert {name: u["state"] for name, u in listed.items()} == {

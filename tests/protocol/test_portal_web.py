@@ -334,6 +334,16 @@ def test_per_user_limit_counts_the_person_whatever_name_is_typed(portal: Any) ->
     assert [r.result.value for r in results[-3:]] == ["limited"] * 3
 
 
+def test_the_per_user_limit_tells_a_wrong_password_nothing(portal: Any) -> None:
+    """Over the limit by the uid, a wrong password by a fresh alias still reads 'failed'."""
+    results: list[Any] = []
+    for attempt in range(10):
+        portal.sign_in("hank", "nope", "", f"192.0.2.{attempt}").addCallback(results.append)
+    portal.sign_in("hank@example.org", "nope", "", "192.0.2.50").addCallback(results.append)
+    portal.sign_in("nobody@example.org", "nope", "", "192.0.2.51").addCallback(results.append)
+    assert [r.result.value for r in results[-2:]] == ["failed", "failed"]
+
+
 def test_forwarded_address_is_believed_only_from_a_trusted_proxy(portal: Any) -> None:
     """Behind a configured proxy the per-address limit counts X-Forwarded-For's last hop."""
     import ipaddress  # noqa: PLC0415

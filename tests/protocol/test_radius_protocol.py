@@ -889,6 +889,17 @@ def test_challenge_for_the_alias_is_answered_with_the_alias(
     assert bridge.audit_lines()[-1]["reason"] == "replay"
 
 
+def test_logins_are_refused_while_old_records_are_being_attached(bridge: Bridge) -> None:
+    """While records of an earlier release wait, a login is refused before any bind."""
+    bridge.protocol._auth.upgrading = True
+    refused = bridge.exchange(request("alice", "alice-pass"))
+    assert refused.code == REJECT and not refused.has_message
+    assert bridge.directory.calls == []
+    assert bridge.audit_lines()[-1]["reason"] == "upgrading"
+    bridge.protocol._auth.upgrading = False
+    assert bridge.exchange(request("alice", "alice-pass")).code == ACCEPT
+
+
 def test_audit_line_names_the_entry_and_the_name_typed(bridge: Bridge) -> None:
     """A login by the alias is audited with user = the entry's name and login = the alias."""
     bridge.exchange(request(BOB_ALIAS, "bob-pass" + bridge.code()))

@@ -24,7 +24,7 @@ import bridge.directory
 import bridge.service
 from bridge.cli import main
 from bridge.config import CONFIG_ENV, Config
-from bridge.core.types import Identity
+from bridge.core.types import Identity, LockReason
 from bridge.directory import UnavailableError
 from bridge.store import SqliteStore
 from bridge.store.sealing import Sealer, load_or_create_key
@@ -652,13 +652,35 @@ def test_reset_forgets_the_secret(
     assert (record.secret, record.confirmed) == (None, False)
 
 
-@pytest.mark.parametrize("action", ["lock", "unlock", "reset"])
-@pytest.mark.parametrize("name", ["nobody", "carol"])
+@pytest.mark.parametrize(
+    ("action", "name"),
+    [
+        ("lock", "nobody"),
+        ("unlock", "nobody"),
+        ("unlock", "carol"),
+        ("reset", "nobody"),
+        ("reset", "carol"),
+    ],
+)
 def test_change_of_an_unknown_user(cli: Run, action: str, name: str) -> None:
-    """lock/unlock/reset of a name not in the directory or with no record: exit 1, none made."""
+    """lock/unlock/reset of a name not in the directory, unlock/reset of one with no record:
+    exit 1, nothing made."""
     line = assert_one_line_error(cli("user", action, name))
     assert f"unknown user: {name}" in line
     assert cli("user", "list", "--json").json() == []
+
+
+def test_lock_of_a_directory_user_with_no_record_yet(
+    cli: Run, store: Callable[[], SqliteStore]
+) -> None:
+    """A compromised account is locked before its first login; unlock then gives a period."""
+    locked = cli("user", "lock", "carol", "--json")
+    assert locked.code == 0, locked.err
+    assert (locked.json()["username"], locked.json()["state"]) == ("carol", "locked")
+    record = store().get(CAROL.entry_id)
+    assert record is not None and record.lock_reason is LockReason.ADMIN
+    unlocked = cli("user", "unlock", "carol", "--json").json()
+    assert (unlocked["state"], unlocked["days_left"]) == ("grace", DAYS)
 
 
 # --- import -------------------------------------------------------------------------------------
@@ -961,7 +983,7 @@ def test_lock_by_stored_name_while_the_directory_is_down(
     assert (result.code, result.out) == (0, "alice: locked (admin)\n")
     assert result.err.startswith("note: directory unreachable: ")
     assert result.err.count("\n") == 1
-    assert "stored name alice" in result.err
+    assert "locked by the stored name (1 records: alice)" in result.err
     record = store().get(ALICE.entry_id)
     assert record is not None
     assert (record.state.value, record.lock_reason) == ("locked", "admin")
@@ -1154,7 +1176,7 @@ def test_old_store_waits_while_the_directory_is_down(
     views = result.json()
     assert [v["username"] for v in views] == ["alice", "alice@example.org", "bob", "ghost"]
     assert all(v["unattached"] is True and v["state"] is None for v in views)
-    assert result.err.startswith("note: 4 records from before this release wait for the directory")
+    assert result.err.startswith("note: 4 records of an earlier release wait for the directory")
     assert result.err.count("\n") == 1
     directory.down = False
     views = cli("user", "list", "--json").json()
