@@ -85,6 +85,18 @@ Binder = Callable[[str, str, str], Awaitable[bool]]
 Plan = Callable[[Identity], str]
 
 
+def user_query(config: DirectoryConfig, username: str) -> str:
+    """The user filter for a name typed, escaped (RFC 4515)."""
+    return config.user_filter.replace("{username}", escape_filter_chars(username))
+
+
+def group_query(config: DirectoryConfig, dn: str, name: str) -> str:
+    """The group filter for an entry: its DN and its name, escaped (RFC 4515)."""
+    return config.group_filter.replace("{dn}", escape_filter_chars(dn)).replace(
+        "{username}", escape_filter_chars(name)
+    )
+
+
 class NoEntryIdError(Exception):
     """The entry found has no value for directory.id_attribute."""
 
@@ -327,7 +339,7 @@ class _Server:
 
         Its id and name attributes come with the search: no extra operation per login.
         """
-        query = self._config.user_filter.replace("{username}", escape_filter_chars(username))
+        query = user_query(self._config, username)
         wanted = [self._config.id_attribute, self._config.name_attribute]
         try:
             _kind, entries = await self._search(
@@ -349,9 +361,7 @@ class _Server:
 
     async def member_of_any(self, dn: str, username: str, groups: tuple[str, ...]) -> bool:
         """Whether `dn` is a member of one of `groups` (a base search on each)."""
-        query = self._config.group_filter.replace("{dn}", escape_filter_chars(dn)).replace(
-            "{username}", escape_filter_chars(username)
-        )
+        query = group_query(self._config, dn, username)
         for group in groups:
             try:
                 _kind, entries = await self._search(group, ldap.SCOPE_BASE, query, 1, ["1.1"])
@@ -709,9 +719,7 @@ class DirectoryLookup:
         """Whether the entry is a member of one of the exempt groups."""
         if not self._exempt_groups:
             return False
-        query = self._config.group_filter.replace("{dn}", escape_filter_chars(identity.dn)).replace(
-            "{username}", escape_filter_chars(identity.name)
-        )
+        query = group_query(self._config, identity.dn, identity.name)
 
         def member(conn: Any) -> bool:
             for group in self._exempt_groups:
@@ -753,7 +761,7 @@ class DirectoryLookup:
         while todo or pending:
             while todo and len(pending) < self.WINDOW:
                 name = todo.popleft()
-                query = config.user_filter.replace("{username}", escape_filter_chars(name))
+                query = user_query(config, name)
                 msgid = conn.search_ext(
                     config.user_base, ldap.SCOPE_SUBTREE, query, wanted, sizelimit=2
                 )

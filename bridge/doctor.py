@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import ldap
-from ldap.filter import escape_filter_chars
 
 from bridge.config import Config
-from bridge.directory import NoEntryIdError, UnavailableError, connect, identity_of
+from bridge.directory import NoEntryIdError, UnavailableError, connect, identity_of, user_query
 from bridge.store import SqliteStore, StoreError
 
 # Where directories publish their time: AD's RootDSE, OpenLDAP's monitor backend.
@@ -80,7 +79,7 @@ def check_clock(conn: Any, step: int, now: Callable[[], float]) -> Finding:
 
 def check_user(conn: Any, config: Config, username: str) -> Finding:
     directory = config.directory
-    query = directory.user_filter.replace("{username}", escape_filter_chars(username))
+    query = user_query(directory, username)
     wanted = [directory.id_attribute, directory.name_attribute]
     try:
         found = conn.search_s(directory.user_base, ldap.SCOPE_SUBTREE, query, wanted)

@@ -33,10 +33,10 @@ class WriteBatcher:
         self.batches = 0
         self.writes = 0
 
-    def update_seen(self, username: str, seen: UserRecord | None, change: Change) -> Deferred[Any]:
+    def update_seen(self, entry_id: str, seen: UserRecord | None, change: Change) -> Deferred[Any]:
         """Queue a compare-and-set write; fires with `change`'s result once committed."""
         done: Deferred[Any] = Deferred()
-        self._queue.append((username, seen, change, done))
+        self._queue.append((entry_id, seen, change, done))
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
         return done
