@@ -532,20 +532,13 @@ class Directory:
         return BindResult(BindStatus.UNAVAILABLE)
 
     async def _resolve(self, username: str) -> BindResult:
-        for server in self._ordered():
-            try:
-                await server.ready()
-                identity = await self._find(server, username)
-            except NoEntryIdError as exc:
-                return self._no_entry_id(str(exc), server)
-            except UnavailableError as exc:
-                self._failed(server, exc)
-                continue
-            self._down_until.pop(server.url, None)
-            if identity is None:
-                return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
-            return BindResult(BindStatus.OK, identity, server=server.url)
-        return BindResult(BindStatus.UNAVAILABLE)
+        return await self._failover(lambda server: self._lookup(server, username))
+
+    async def _lookup(self, server: _Server, username: str) -> BindResult:
+        identity = await self._find(server, username)
+        if identity is None:
+            return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
+        return BindResult(BindStatus.OK, identity, server=server.url)
 
     async def _authenticate(self, username: str, plan: Plan, bind: Binder | None) -> BindResult:
         """`_authenticate_once`, timed for the metrics."""
@@ -559,10 +552,14 @@ class Directory:
     async def _authenticate_once(
         self, username: str, plan: Plan, bind: Binder | None
     ) -> BindResult:
+        return await self._failover(lambda server: self._login(server, username, plan, bind))
+
+    async def _failover(self, attempt: Callable[[_Server], Awaitable[BindResult]]) -> BindResult:
+        """`attempt` on each server in order, until one can answer."""
         for server in self._ordered():
             try:
                 await server.ready()
-                result = await self._login(server, username, plan, bind)
+                result = await attempt(server)
             except NoEntryIdError as exc:
                 return self._no_entry_id(str(exc), server)
             except UnavailableError as exc:
