@@ -44,6 +44,11 @@ STATUS_SERVER: Final = 12
 
 HEADER_LENGTH: Final = 20
 MAX_PACKET_LENGTH: Final = 4096  # RFC 2865 s3
+# Proxy-State is copied into the reply (RFC 2865 s5.33), so a request may carry only as
+# much as leaves room for the reply's own attributes: a client must not be able to push
+# a reply past 4096 octets and so turn an accept into an error. A proxy adds one small
+# Proxy-State per hop; 1,024 octets is many hops.
+MAX_PROXY_STATE_OCTETS: Final = 1024
 MAX_ATTRIBUTES: Final = 200  # FreeRADIUS security.max_attributes
 MAX_VALUE_LENGTH: Final = 253  # 255 minus the type and length octets
 
@@ -78,6 +83,7 @@ MALFORMED_CAUSES: Final = frozenset(
         "too-many-attributes",  # more than MAX_ATTRIBUTES
         "duplicate-attribute",  # User-Name, User-Password, State or M-A more than once
         "ma-length",  # Message-Authenticator value not 16 octets
+        "too-much-proxy-state",  # Proxy-State attributes over MAX_PROXY_STATE_OCTETS
         "password-length",  # User-Password not 16..128 octets in steps of 16
         "password-nul",  # decrypted password holds a NUL before its padding
         "decode",  # a value that does not decode (bad UTF-8, a value pyrad refuses)
@@ -220,6 +226,9 @@ def decode_request(data: bytes, secret: bytes) -> Request:
         else:
             first.setdefault(attr_type, value)
 
+    carried = sum(len(value) + 2 for value in proxy_states)
+    if carried > MAX_PROXY_STATE_OCTETS:
+        raise MalformedPacket("too-much-proxy-state", f"{carried} octets")
     message_authenticator = once.get(_MESSAGE_AUTHENTICATOR)
     if message_authenticator is not None and len(message_authenticator) != 16:
         raise MalformedPacket("ma-length", f"{len(message_authenticator)} octets")
@@ -305,8 +314,9 @@ def encode_reply(
 ) -> bytes:
     """The reply datagram: Message-Authenticator first, then Reply-Message, State, Proxy-State.
 
-    A long Reply-Message is split over several attributes; the request's Proxy-State
-    attributes are copied unchanged and in order. The Message-Authenticator is computed
+    A long Reply-Message is split over several attributes, and left out if it would take
+    the reply past 4096 octets; the request's Proxy-State attributes are copied
+    unchanged and in order. The Message-Authenticator is computed
     with the request authenticator, then the Response Authenticator over the final bytes.
     Raises ValueError for a code that does not answer this request (Status-Server gets
     Access-Accept only), a State outside a challenge or not 1..253 octets, or a reply over
@@ -320,8 +330,14 @@ def encode_reply(
         raise ValueError(f"State must be 1..{MAX_VALUE_LENGTH} octets, not {len(state)}")
 
     attributes = bytearray(_MA_PLACEHOLDER)
-    for chunk in _split_text(reply_message or ""):
-        attributes += bytes((_REPLY_MESSAGE, len(chunk) + 2)) + chunk
+    message = b"".join(
+        bytes((_REPLY_MESSAGE, len(chunk) + 2)) + chunk
+        for chunk in _split_text(reply_message or "")
+    )
+    carried = sum(len(p) + 2 for p in request.proxy_states)
+    fixed = HEADER_LENGTH + len(attributes) + carried + (len(state) + 2 if state else 0)
+    if fixed + len(message) <= MAX_PACKET_LENGTH:  # else the decision goes out without it
+        attributes += message
     if state is not None:
         attributes += bytes((_STATE, len(state) + 2)) + state
     for proxy_state in request.proxy_states:

@@ -1127,6 +1127,17 @@ def test_chap_with_a_user_password_too_is_rejected_without_a_bind(bridge: Bridge
     assert bridge.directory.calls == []
 
 
+def test_a_grace_notice_fits_beside_the_most_proxy_state_allowed(bridge: Bridge) -> None:
+    """1,012 octets of Proxy-State and a grace notice: accepted with the notice; more: dropped."""
+    most = tuple(bytes([i]) * 251 for i in range(4))  # 4 x 253 octets with the headers
+    reply = bridge.exchange(request("alice", "alice-pass", proxy_states=most))
+    assert reply.code == ACCEPT and "days left" in reply.message
+    assert reply.proxy_states == list(most)
+    too_much = request("alice", "alice-pass", proxy_states=(*most, b"x" * 20))
+    assert bridge.send(too_much.raw) == []
+    assert bridge.counters["dropped.malformed.too-much-proxy-state"] == 1
+
+
 def test_proxy_states_are_echoed_in_order(bridge: Bridge) -> None:
     """Two Proxy-State attributes come back unchanged and in the order received."""
     proxy_states = (b"second-hop\x00\xff", b"first-hop")

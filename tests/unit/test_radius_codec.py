@@ -596,11 +596,27 @@ def test_reply_that_cannot_answer_is_a_value_error(
         encode_reply(request, SECRET, code, state=state)
 
 
-def test_reply_over_4096_octets_is_a_value_error() -> None:
-    """A reply that would not fit in 4096 octets is refused, not sent truncated."""
-    request = decode_request(with_ma_last(attr(33, bytes(253)) * 15), SECRET)
-    with pytest.raises(ValueError, match="4096"):
-        encode_reply(request, SECRET, ACCESS_REJECT, reply_message="x" * 400)
+def test_more_proxy_state_than_a_reply_has_room_for_is_malformed() -> None:
+    """Over 1,024 octets of Proxy-State (its copy would crowd the reply): dropped as such."""
+    with pytest.raises(MalformedPacket) as raised:
+        decode_request(with_ma_last(attr(33, bytes(253)) * 5), SECRET)
+    assert raised.value.cause == "too-much-proxy-state"
+    request = decode_request(with_ma_last(attr(33, bytes(253)) * 4), SECRET)
+    assert len(request.proxy_states) == 4
+
+
+def test_a_reply_that_would_pass_4096_octets_goes_out_without_its_message() -> None:
+    """The most Proxy-State allowed and an overlong notice: the accept is sent, the text not."""
+    request = decode_request(with_ma_last(attr(33, bytes(253)) * 4), SECRET)
+    reply = encode_reply(request, SECRET, ACCESS_ACCEPT, reply_message="x" * 3500)
+    assert len(reply) <= 4096 and reply[0] == ACCESS_ACCEPT
+    types, offset = [], 20
+    while offset < len(reply):
+        types.append(reply[offset])
+        offset += reply[offset + 1]
+    assert types == [80, 33, 33, 33, 33]  # Message-Authenticator, the Proxy-States: no text
+    short = encode_reply(request, SECRET, ACCESS_ACCEPT, reply_message="14 days left")
+    assert b"14 days left" in short
 
 
 # --- property: nothing but MalformedPacket escapes --------------------------------------
