@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 import secrets
 import stat
@@ -28,6 +29,7 @@ class Sealer:
         if len(key) != KEY_BYTES:
             raise KeyFileError(f"key must be {KEY_BYTES} bytes, got {len(key)}")
         self._aead = AESGCM(key)
+        self.fingerprint = hmac.new(key, b"mfa-bridge key fingerprint", "sha256").hexdigest()[:16]
 
     def seal(self, username: str, secret: bytes) -> bytes:
         """Encrypt `secret` for `username`'s row."""

@@ -129,6 +129,37 @@ class Attached:
         )
 
 
+def _sealed_with(path: Path) -> str | None:
+    """The fingerprint of the key an existing store's secrets need; None if it holds none.
+
+    Read without the key ("unknown" for a store from before fingerprints were kept).
+    """
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _fingerprint_needed(db)
+    finally:
+        db.close()
+
+
+def _fingerprint_needed(db: sqlite3.Connection) -> str | None:
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    sealed = any(
+        db.execute(
+            f"SELECT 1 FROM {table} WHERE secret IS NOT NULL LIMIT 1"  # noqa: S608 - fixed names
+        ).fetchone()
+        for table in ("users", "legacy_users")
+        if table in tables
+    )
+    if not sealed:
+        return None
+    row = None
+    if "meta" in tables:
+        row = db.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'").fetchone()
+    return str(row[0]) if row is not None else "unknown"
+
+
 def _first_version() -> int:
     """A new row's version: random, so a row deleted and made again never repeats the
     version a compare-and-set read from the old one (it would write over the new row)."""
@@ -160,6 +191,7 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+            self._check_key()
             self._check_id_attribute(id_attribute)
             self._legacy = self._legacy_index()
         except (sqlite3.Error, OSError) as exc:
@@ -167,13 +199,39 @@ class SqliteStore:
 
     @classmethod
     def open(cls, path: Path, key_file: Path, id_attribute: str = "entryUUID") -> SqliteStore:
-        """Open (or create) the database and its key file."""
+        """Open (or create) the database and its key file.
+
+        A key file is created only for a store that has never sealed anything with one:
+        a new key beside sealed secrets would open none of them.
+        """
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not key_file.exists() and (fingerprint := _sealed_with(path)) is not None:
+                raise StoreError(
+                    f"{key_file}: the key file is missing, and {path} holds secrets sealed"
+                    f" with a key (fingerprint {fingerprint}): restore that key file from a"
+                    " backup (a new key would open none of them)"
+                )
             sealer = Sealer(load_or_create_key(key_file))
         except (KeyFileError, OSError) as exc:
             raise StoreError(str(exc)) from exc
         return cls(path, sealer, id_attribute=id_attribute)
+
+    def _check_key(self) -> None:
+        """Refuse a key file other than the one this store's secrets were sealed with."""
+        needed = _fingerprint_needed(self._db)
+        mine = self._sealer.fingerprint
+        if needed not in (None, "unknown", mine):
+            raise StoreError(
+                f"{self.path}: its secrets were sealed with the key of fingerprint {needed},"
+                f" the key file given has {mine}: use the key file that belongs to this store"
+            )
+        if needed != mine:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('key_fingerprint', ?)",
+                    (mine,),
+                )
 
     def close(self) -> None:
         """Close the database (WAL is checkpointed by SQLite)."""

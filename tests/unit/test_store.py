@@ -503,3 +503,38 @@ def test_a_store_file_of_the_previous_release_attaches(tmp_path: Path) -> None:
     assert (kept_pia.state, kept_pia.lock_reason) == (State.LOCKED, LockReason.ADMIN)
     assert kept_pia.secret is not None
     assert store.legacy_names() == ["ghost", "quinn"]
+
+
+# --- the key file --------------------------------------------------------------------------
+
+
+def test_a_missing_key_file_is_not_made_anew_beside_sealed_secrets(tmp_path: Path) -> None:
+    """Key file gone, secrets stored: refuse to open, naming the key to restore; none is made."""
+    store = SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
+    put(store, active())
+    fingerprint = store._sealer.fingerprint
+    store.close()
+    (tmp_path / "state.key").unlink()
+    with pytest.raises(StoreError, match=f"state.key: the key file is missing.*{fingerprint}"):
+        SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
+    assert not (tmp_path / "state.key").exists()
+
+
+def test_a_key_file_of_another_store_is_refused(tmp_path: Path) -> None:
+    """A key file that is not the store's own (another fingerprint) is refused at open."""
+    first = SqliteStore.open(tmp_path / "a.db", tmp_path / "a.key")
+    put(first, active())
+    first.close()
+    SqliteStore.open(tmp_path / "b.db", tmp_path / "b.key").close()
+    with pytest.raises(StoreError, match="sealed with the key of fingerprint"):
+        SqliteStore.open(tmp_path / "a.db", tmp_path / "b.key")
+
+
+def test_a_store_without_secrets_gets_a_new_key_file(tmp_path: Path) -> None:
+    """Before anything is sealed (a new store, or only grace records), a key is simply made."""
+    store = SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
+    put(store, active(secret=None, state=State.GRACE, deadline=NOW))
+    store.close()
+    (tmp_path / "state.key").unlink()
+    reopened = SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
+    assert reopened.get(ALICE.entry_id) is not None
