@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -88,7 +89,7 @@ class AuditLog:
         """Open the audit file again (after logrotate moved it; SIGHUP)."""
         if self.path is None or self._stream is None:
             return
-        fresh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
+        fresh = _append(self.path)
         old, self._stream = self._stream, fresh
         old.close()
 
@@ -104,7 +105,13 @@ def open_audit(destination: str, stdout: TextIO, setup_url: str | None = None) -
         return AuditLog(None)
     if destination == "stdout":
         return AuditLog(stdout, setup_url=setup_url)
-    stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
+    stream = _append(destination)
     audit = AuditLog(stream, setup_url=setup_url)
     audit.path = destination
     return audit
+
+
+def _append(path: str) -> TextIO:
+    """The audit file opened for appending; created 0600 (it names users and clients)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")

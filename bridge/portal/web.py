@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -132,6 +133,9 @@ class PortalResource(Resource):
         prefix = SECURE_PREFIX if secure else b""
         self._session_cookie = prefix + SESSION_COOKIE
         self._csrf_cookie = prefix + CSRF_COOKIE
+        # Before sign-in the form's token is a MAC of the cookie's nonce: over plain HTTP an
+        # attacker may plant a cookie, but cannot compute the token that goes with it.
+        self._csrf_key = os.urandom(32)
         self._routes: dict[tuple[bytes, bytes], Callable[[Request], bytes | int]] = {
             (b"GET", b"/"): self._home,
             (b"POST", b"/sign-in"): self._sign_in,
@@ -152,6 +156,7 @@ class PortalResource(Resource):
         """Headers first, then the page for this method and path (404, 405 otherwise)."""
         for name, value in HEADERS.items():
             request.setHeader(name, value)
+        request.setHeader(b"Server", b"mfa-bridge")  # not Twisted's name and version
         if self._secure:
             request.setHeader(b"Strict-Transport-Security", b"max-age=31536000")
         path = request.path or b"/"
@@ -191,7 +196,7 @@ class PortalResource(Resource):
         if session is not None:
             expected = session.csrf
         else:
-            expected = (request.getCookie(self._csrf_cookie) or b"").decode("ascii", "replace")
+            expected = self._form_token(request.getCookie(self._csrf_cookie) or b"")
         sent = _arg(request, "csrf")
         if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
             return self._forbidden(request)
@@ -270,11 +275,19 @@ class PortalResource(Resource):
         )
 
     def _sign_in_page(self, request: Request, message: str = "", username: str = "") -> bytes:
-        csrf = (request.getCookie(self._csrf_cookie) or b"").decode("ascii", "replace")
-        if not csrf:
-            csrf = token()
-            self._set_cookie(request, self._csrf_cookie, csrf)
+        nonce = request.getCookie(self._csrf_cookie) or b""
+        if not nonce:
+            fresh = token()
+            self._set_cookie(request, self._csrf_cookie, fresh)
+            nonce = fresh.encode()
+        csrf = self._form_token(nonce)
         return self._html(request, pages.sign_in(csrf, message=message, username=username))
+
+    def _form_token(self, nonce: bytes) -> str:
+        """The sign-in form's CSRF token for the cookie's nonce ("" without a nonce)."""
+        if not nonce:
+            return ""
+        return hmac.new(self._csrf_key, nonce, "sha256").hexdigest()
 
     def _later(self, request: Request, d: Deferred[Any], done: Callable[[Any], bytes]) -> int:
         """Answer when `d` fires (unless the client has gone)."""

@@ -10,6 +10,7 @@ power loss can take the last commits), at a fraction of the cost of FULL.
 from __future__ import annotations
 
 import builtins
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -185,6 +186,9 @@ class SqliteStore:
         self._sealer = sealer
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 whatever the umask (SQLite gives its -wal and -shm files the same
+            # mode): the rows name users and hold their sealed secrets.
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             self._db = sqlite3.connect(
                 path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )

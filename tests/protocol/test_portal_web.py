@@ -349,22 +349,37 @@ def test_forwarded_address_is_believed_only_from_a_trusted_proxy(portal: Any) ->
     import ipaddress  # noqa: PLC0415
 
     proxy = ipaddress.ip_network("192.0.2.0/24")  # the Browser helper connects from 192.0.2.5
-    site = make_site(portal, secure=False, trusted_proxies=(proxy,))
     audit: io.StringIO = portal.test_audit_out
-    token = Browser(site).request("GET", "/")["csrf"]
 
-    def sign_in(forwarded: str) -> None:
-        browser = Browser(site, cookies={"mfa_csrf": token})
+    def sign_in(site: Any, forwarded: str) -> None:
+        browser = Browser(site)
+        token = browser.request("GET", "/")["csrf"]
         browser.extra = [f"X-Forwarded-For: {forwarded}"]
         browser.request("POST", "/sign-in", {"csrf": token, "username": "ivy", "password": "x"})
 
-    sign_in("203.0.113.9, 198.51.100.7")
-    untrusted = make_site(portal, secure=False)
-    browser = Browser(untrusted, cookies={"mfa_csrf": token})
-    browser.extra = ["X-Forwarded-For: 198.51.100.99"]
-    browser.request("POST", "/sign-in", {"csrf": token, "username": "ivy", "password": "x"})
+    sign_in(make_site(portal, secure=False, trusted_proxies=(proxy,)), "203.0.113.9, 198.51.100.7")
+    sign_in(make_site(portal, secure=False), "198.51.100.99")
     clients = [line.split('"client":"')[1].split('"')[0] for line in audit.getvalue().splitlines()]
     assert clients == ["198.51.100.7", "192.0.2.5"]
+
+
+def test_a_csrf_pair_chosen_by_an_attacker_is_refused(portal: Any) -> None:
+    """Over plain HTTP a planted cookie is no use: the form token is a MAC of it, by the server."""
+    site = make_site(portal, secure=False)
+    planted = Browser(site, cookies={"mfa_csrf": "attacker-nonce"})
+    form = {"csrf": "attacker-nonce", "username": "ivy", "password": "ivy-pass"}
+    assert planted.request("POST", "/sign-in", form)["status"] == 403
+    honest = Browser(site)
+    token = honest.request("GET", "/")["csrf"]
+    assert token and token != honest.cookies["mfa_csrf"]
+    form = {"csrf": token, "username": "nobody", "password": "x"}
+    assert honest.request("POST", "/sign-in", form)["status"] != 403
+
+
+def test_the_server_header_names_no_software_version(portal: Any) -> None:
+    """Pages say `Server: mfa-bridge`, not Twisted's name and version."""
+    reply = Browser(make_site(portal, secure=False)).request("GET", "/")
+    assert reply["headers"]["server"] == ["mfa-bridge"]
 
 
 # --- one record per directory entry (SPEC 8): signing in by the alias -------------------

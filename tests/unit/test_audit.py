@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 from bridge.audit import AuditLog, open_audit, utc_iso
@@ -61,3 +62,18 @@ def test_off_writes_nothing_and_a_file_appends(tmp_path: Path) -> None:
     audit.close()
     with open(path, encoding="utf-8") as written:
         assert json.loads(written.read())["user"] == "a"
+
+
+def test_the_audit_file_is_created_for_the_owner_only(tmp_path: Path) -> None:
+    """Whatever the umask, a new audit file is 0600, and so is its successor after a reopen."""
+    path = tmp_path / "audit.log"
+    old = os.umask(0o022)
+    try:
+        audit = open_audit(str(path), io.StringIO())
+        path.rename(tmp_path / "audit.log.1")  # logrotate moves it, then SIGHUP
+        audit.reopen()
+        audit.close()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "audit.log.1").stat().st_mode & 0o777 == 0o600
+    assert path.stat().st_mode & 0o777 == 0o600

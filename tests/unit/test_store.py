@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -538,3 +539,16 @@ def test_a_store_without_secrets_gets_a_new_key_file(tmp_path: Path) -> None:
     (tmp_path / "state.key").unlink()
     reopened = SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
     assert reopened.get(ALICE.entry_id) is not None
+
+
+def test_the_database_and_its_wal_are_created_for_the_owner_only(tmp_path: Path) -> None:
+    """Whatever the umask, state.db and its -wal are 0600: they name users."""
+    old = os.umask(0o022)
+    try:
+        store = SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
+        put(store, active())
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("state.db*")}
+        store.close()
+    finally:
+        os.umask(old)
+    assert modes["state.db"] == 0o600 and modes["state.db-wal"] == 0o600
