@@ -747,7 +747,36 @@ def _store(report: _Report, data: Mapping[object, object]) -> StoreConfig:
         key_file = path.with_suffix(".key")
     if key_file is not None and key_file == path:
         m.error("key_file", "must not be the database file itself; set store.key_file")
+    elif key_file is not None and key_file.is_dir():
+        m.error("key_file", f"{key_file} is a directory; give the key file, e.g. state.key")
     return StoreConfig(path=path or Path(), key_file=key_file or Path())
+
+
+def _check_tcp_ports(
+    report: _Report,
+    ldap_proxy: LdapProxyConfig | None,
+    demo: DemoConfig | None,
+    portal: PortalConfig | None,
+    metrics: MetricsConfig | None,
+) -> None:
+    """Two TCP listeners on one port: the second would fail at start, so say so now."""
+    listeners: list[tuple[str, tuple[str, int]]] = []
+    if ldap_proxy is not None:
+        listeners.append(("ldap_proxy.listen", (ldap_proxy.listen_host, ldap_proxy.listen_port)))
+        if ldap_proxy.listen_tls is not None:
+            listeners.append(("ldap_proxy.listen_tls", ldap_proxy.listen_tls))
+    if demo is not None:
+        listeners.append(("demo.listen", (demo.listen_host, demo.listen_port)))
+    if portal is not None:
+        listeners.append(("portal.listen", (portal.listen_host, portal.listen_port)))
+    if metrics is not None:
+        listeners.append(("metrics.listen", (metrics.listen_host, metrics.listen_port)))
+    for index, (key, where) in enumerate(listeners):
+        for earlier, there in listeners[:index]:
+            same_section = earlier.split(".")[0] == key.split(".")[0]  # checked there already
+            if not same_section and _same_tcp_port(where, there):
+                report.error(key, f"same port as {earlier}")
+                break
 
 
 def _log(report: _Report, data: Mapping[object, object]) -> LogConfig:
@@ -1065,13 +1094,7 @@ def parse_config(data: object, base_dir: Path) -> Config:
         metrics = MetricsConfig(host, port)
     log = _log(report, top.section("log") or {})
 
-    if ldap_proxy is not None and demo is not None:
-        proxy_at = (ldap_proxy.listen_host, ldap_proxy.listen_port)
-        if _same_tcp_port(proxy_at, (demo.listen_host, demo.listen_port)):
-            report.error("demo.listen", "same port as ldap_proxy.listen")
-        tls_at = ldap_proxy.listen_tls
-        if tls_at is not None and _same_tcp_port(tls_at, (demo.listen_host, demo.listen_port)):
-            report.error("demo.listen", "same port as ldap_proxy.listen_tls")
+    _check_tcp_ports(report, ldap_proxy, demo, portal, metrics)
 
     if report.problems or directory is None or store is None or radius is None:
         raise ConfigError(report.problems)

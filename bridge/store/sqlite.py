@@ -210,6 +210,11 @@ class SqliteStore:
         """
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"store.path: cannot make the directory {path.parent}: {exc.strerror}"
+            ) from exc
+        try:
             if not key_file.exists() and (fingerprint := _sealed_with(path)) is not None:
                 raise StoreError(
                     f"{key_file}: the key file is missing, and {path} holds secrets sealed"

@@ -966,3 +966,21 @@ def test_example_config_has_only_known_keys(tmp_path: Path) -> None:
     assert config.demo is not None
     assert [c.require_message_authenticator for c in config.radius.clients] == [True, True, False]
     assert config.store.path == Path("/var/lib/mfa-bridge/state.db")
+
+
+def test_the_portal_and_the_ldap_proxy_on_one_port_is_an_error(tmp_path: Path) -> None:
+    """Two TCP listeners on one port: the second is named, with the first it clashes with."""
+    data = minimal()
+    data["ldap_proxy"] = {"listen": "127.0.0.1:8443"}
+    data["portal"] = {"listen": "0.0.0.0:8443", "tls": {"certificate": "c", "key": "k"}}
+    data["metrics"] = {"listen": "127.0.0.1:8443"}
+    problems = problems_of(data, tmp_path)
+    assert "portal.listen: same port as ldap_proxy.listen" in problems
+    assert "metrics.listen: same port as ldap_proxy.listen" in problems
+
+
+def test_a_key_file_that_is_a_directory_is_an_error(tmp_path: Path) -> None:
+    """store.key_file naming a directory is reported at check-config, not at start."""
+    data = minimal()
+    data["store"] = {"path": str(tmp_path / "state.db"), "key_file": str(tmp_path)}
+    assert any(p.startswith("store.key_file: ") for p in problems_of(data, tmp_path))
