@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import TextIO
 
 from twisted.logger import (
@@ -46,3 +47,30 @@ def set_level(level: str) -> None:
 def start_logging(config: LogConfig, out: TextIO) -> None:
     """Send Twisted's global log to `out` (once, at start-up)."""
     globalLogBeginner.beginLoggingTo([observer(config, out)], redirectStandardIO=False)
+
+
+class Throttle:
+    """At most one log line per key (a cause and a client) and `interval` seconds.
+
+    Floods of malformed packets or refused connections are counted, not logged line by
+    line: a log that grows with an attack's rate is a second attack.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float], interval: float = 60.0, limit: int = 4096
+    ) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._limit = limit
+        self._last: dict[Hashable, float] = {}
+
+    def allow(self, key: Hashable) -> bool:
+        """Whether a line for `key` may be written now (and, if so, note that it was)."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            return False
+        if len(self._last) >= self._limit:
+            self._last.clear()
+        self._last[key] = now
+        return True

@@ -54,6 +54,7 @@ from bridge.ldap_proxy.login import LoginResult
 from bridge.ldap_proxy.names import DnKey, UserMapper, dn_key, same_dn
 from bridge.ldap_proxy.tls import server_tls_options
 from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailableError, no_delay
+from bridge.logs import Throttle
 
 log = Logger(namespace="bridge.ldap")
 
@@ -241,8 +242,11 @@ class LdapProxyProtocol(Protocol):
         opener: Opener,
         reactor: Any,
         release: Callable[[], None] | None = None,
+        *,
+        throttle: Throttle | None = None,
     ) -> None:
         self._settings = settings
+        self._throttle = throttle or Throttle(reactor.seconds)  # the factory's, shared
         self._login = login
         self._opener = opener
         self._reactor = reactor
@@ -548,12 +552,14 @@ class LdapProxyProtocol(Protocol):
         )
 
     def _refuse(self, reason: str, dn: str) -> _Outcome:
-        log.info(
-            "ldap.bind.refused reason={reason} dn={dn} client={client}",
-            reason=reason,
-            dn=dn[:256],
-            client=self.client,
-        )
+        if self._throttle.allow(("bind.refused", reason, self.client)):
+            log.info(
+                "ldap.bind.refused reason={reason} dn={dn} client={client}"
+                " (once a minute per reason and client)",
+                reason=reason,
+                dn=dn[:256],
+                client=self.client,
+            )
         return _REFUSED
 
     # --- the upstream link ---------------------------------------------------------------
@@ -601,7 +607,12 @@ class LdapProxyProtocol(Protocol):
     # --- closing -------------------------------------------------------------------------
 
     def _drop(self, why: str) -> None:
-        log.info("ldap.drop reason={reason} client={client}", reason=why, client=self.client)
+        if self._throttle.allow(("drop", why, self.client)):
+            log.info(
+                "ldap.drop reason={reason} client={client} (once a minute per reason and client)",
+                reason=why,
+                client=self.client,
+            )
         self._reset()
         self._close()
 
@@ -629,6 +640,7 @@ class LdapProxyFactory(ServerFactory):
         self.open_total = 0
         self.open_by_address: dict[str, int] = {}
         self.refused = 0
+        self.throttle = Throttle(reactor.seconds)  # log lines of all its connections
 
     def buildProtocol(self, addr: Any) -> LdapProxyProtocol | None:  # noqa: N802
         """A session for a new client connection; None (close it) beyond the limits."""
@@ -640,6 +652,8 @@ class LdapProxyFactory(ServerFactory):
             reason = "max-connections-per-address"
         if reason is not None:
             self.refused += 1
+            if not self.throttle.allow(("connection.refused", reason, host)):
+                return None
             log.warn(
                 "ldap.connection.refused reason={reason} client={client} open={open}"
                 " refused={refused}",
@@ -660,6 +674,8 @@ class LdapProxyFactory(ServerFactory):
             else:
                 self.open_by_address.pop(host, None)
 
-        proto = LdapProxyProtocol(self.settings, self.login, self.opener, self.reactor, release)
+        proto = LdapProxyProtocol(
+            self.settings, self.login, self.opener, self.reactor, release, throttle=self.throttle
+        )
         proto.factory = self
         return proto

@@ -23,6 +23,7 @@ from bridge.config import RadiusClient, RadiusConfig
 from bridge.core.credentials import normalize_username
 from bridge.core.policy import Mode
 from bridge.core.types import Decision, Identity, Outcome, Reason
+from bridge.logs import Throttle
 from bridge.radius import codec
 from bridge.radius.codec import MalformedPacket, Request
 
@@ -89,7 +90,7 @@ class RadiusProtocol(DatagramProtocol):
         self._client_of: dict[str, RadiusClient | None] = {}
         self._replies: OrderedDict[CacheKey, _Entry] = OrderedDict()
         self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
-        self._last_logged: dict[tuple[str, str], float] = {}
+        self._throttle = Throttle(clock.seconds, LOG_INTERVAL)
         self._pending: dict[CacheKey, IDelayedCall] = {}  # rejects waiting out the delay
         self.counters: Counter[str] = Counter()
 
@@ -325,13 +326,8 @@ class RadiusProtocol(DatagramProtocol):
     def _drop(self, cause: str, addr: Address, what: str) -> None:
         """Count a dropped packet and log it, at most once a minute per cause and client."""
         self.counters[f"dropped.{cause}"] += 1
-        now = self._clock.seconds()
-        last = self._last_logged.get((cause, addr[0]))
-        if last is not None and now - last < LOG_INTERVAL:
+        if not self._throttle.allow((cause, addr[0])):
             return
-        if len(self._last_logged) > 4096:
-            self._last_logged.clear()
-        self._last_logged[(cause, addr[0])] = now
         log.warn(
             "radius.drop cause={cause} client={client}: {what}",
             cause=cause,

@@ -863,6 +863,22 @@ def test_connections_beyond_the_total_limit_are_refused(
     assert again.bind(dn("alice"), "alice-pass") == SUCCESS
 
 
+def test_a_flood_of_refusals_is_counted_and_logged_once_a_minute(
+    make_proxy: MakeProxy, logged: list[dict[str, Any]]
+) -> None:
+    """500 connections refused from one address: 500 counted, one log line per minute."""
+    first = make_proxy(max_connections=1)
+    for _ in range(500):
+        assert first.connect("198.51.100.9") is None
+    assert first.factory.refused == 500
+    refusals = [e for e in logged if e.get("log_format", "").startswith("ldap.connection.refused")]
+    assert len(refusals) == 1
+    first.clock.advance(61)
+    assert first.connect("198.51.100.9") is None
+    refusals = [e for e in logged if e.get("log_format", "").startswith("ldap.connection.refused")]
+    assert len(refusals) == 2
+
+
 def test_connections_beyond_the_per_address_limit_are_refused(make_proxy: MakeProxy) -> None:
     """Beyond max_connections_per_address from one IP, its new connections are refused
     while other addresses are still served."""
