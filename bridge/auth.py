@@ -111,6 +111,7 @@ class Authenticator:
         self._exempt_users = name_keys(exempt_users)
         self._clock = clock
         self.upgrading = False  # records of an earlier release still wait: refuse logins
+        self.stopping = False  # shutting down: the directory is being closed under logins
 
     def reconfigure(self, policy: Policy, exempt_users: frozenset[str]) -> None:
         """New MFA rules and exempt users, for logins that start from now on (SIGHUP)."""
@@ -262,6 +263,8 @@ class Authenticator:
             and name_key(typed) != name_key(decision.username)
         ):
             decision = replace(decision, login=typed)
+        if self.stopping and decision.reason is Reason.DIRECTORY_DOWN:
+            return decision  # the shutdown closed the directory: nothing was decided or sent
         latency = self._clock.seconds() - started
         self._audit_log.record(decision, caller.protocol, caller.client, latency, caller.label)
         return decision

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from twisted.application.internet import SSLServer, TCPServer, UDPServer
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from bridge.audit import AuditLog, open_audit
 from bridge.auth import Authenticator
-from bridge.config import Config, ConfigError, PortalConfig, load_config
+from bridge.config import Config, ConfigError, PortalConfig, RadiusConfig, load_config
 from bridge.core.policy import Policy
 from bridge.core.totp import TotpParams
 from bridge.directory import BindStatus, Directory
@@ -129,11 +129,71 @@ class StoreService(Service):
         self.store.close()
 
 
+class OrderedService(MultiService):
+    """Stops its children one after another, the last added first, each once the one
+    before it has stopped: listeners drain before the directory and the store close."""
+
+    def __init__(self) -> None:
+        MultiService.__init__(self)
+
+    def addService(self, service: IService) -> None:  # noqa: N802 - Twisted's name
+        """Add a child (typed here: Twisted's own is not)."""
+        MultiService.addService(self, service)
+
+    def startService(self) -> None:  # noqa: N802
+        """Start the children in the order they were added."""
+        MultiService.startService(self)
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+        """Stop each child in turn; one that fails is logged and the next still stops."""
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_in_turn())
+
+    async def _stop_in_turn(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("service.stop-failed child={child}", child=type(child).__name__)
+
+
+class OnStop(Service):
+    """Runs `action` when the daemon stops, at its place in the order."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action = action
+
+    def stopService(self) -> None:  # noqa: N802
+        """Do it."""
+        Service.stopService(self)
+        self._action()
+
+
+class RadiusListener(UDPServer):
+    """The RADIUS port; at shutdown it drains (answers the logins in flight) first."""
+
+    def __init__(
+        self, config: RadiusConfig, protocol: RadiusProtocol, reactor: Any, drain_seconds: float
+    ) -> None:
+        UDPServer.__init__(
+            self, config.listen_port, protocol, interface=config.listen_host, reactor=reactor
+        )
+        self._protocol = protocol
+        self._reactor = reactor
+        self._drain_seconds = drain_seconds
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        """Take no new request, answer those in flight (for at most drain_seconds), close."""
+        drained = self._protocol.drain()
+        drained.addTimeout(self._drain_seconds, self._reactor, onTimeoutCancel=lambda *_: None)
+        return drained.addCallback(lambda _: UDPServer.stopService(self))
+
+
 class Daemon:
     """The whole daemon: its service tree (`service`), and the parts a reload reconfigures."""
 
     def __init__(self, config: Config, reactor: Any, stdout: TextIO) -> None:
-        self.service = MultiService()  # children start in the order they are added
+        self.service = OrderedService()  # children start in the order added, stop in reverse
         self.started_with = config  # what a reload compares with for restart-only settings
         public_url = config.portal.public_url if config.portal is not None else None
         try:
@@ -156,6 +216,8 @@ class Daemon:
         self.directory = Directory(config.directory, config.mfa.exempt_groups, reactor)
         self.directory_service = DirectoryService(self.directory, reactor)
         self.service.addService(self.directory_service)
+        # Stopped after the listeners, before the directory closes under what is left.
+        self.service.addService(OnStop(lambda: setattr(self.authenticator, "stopping", True)))
         self.authenticator = Authenticator(
             self.store,
             self.directory.authenticate,
@@ -172,14 +234,8 @@ class Daemon:
         self.radius = RadiusProtocol(
             config.radius, self.authenticator, reactor, setup_url=public_url
         )
-        self.service.addService(
-            UDPServer(
-                config.radius.listen_port,
-                self.radius,
-                interface=config.radius.listen_host,
-                reactor=reactor,
-            )
-        )
+        drain_seconds = config.directory.timeout + 1.0  # the longest a login waits
+        self.service.addService(RadiusListener(config.radius, self.radius, reactor, drain_seconds))
         if config.ldap_proxy is not None:
             self.service.addService(
                 ldap_proxy_service(config, LdapLogin(self.authenticator), reactor)

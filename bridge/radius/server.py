@@ -91,7 +91,10 @@ class RadiusProtocol(DatagramProtocol):
         self._replies: OrderedDict[CacheKey, _Entry] = OrderedDict()
         self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
         self._throttle = Throttle(clock.seconds, LOG_INTERVAL)
-        self._pending: dict[CacheKey, IDelayedCall] = {}  # rejects waiting out the delay
+        # Rejects waiting out reject_delay, with what they will send.
+        self._pending: dict[CacheKey, tuple[IDelayedCall, Address, bytes]] = {}
+        self._in_flight = 0  # logins waiting for the directory or the store
+        self._drained: list[Deferred[None]] | None = None  # set once draining (shutdown)
         self.counters: Counter[str] = Counter()
 
     def reconfigure(self, config: RadiusConfig, *, setup_url: str | None = None) -> None:
@@ -108,14 +111,46 @@ class RadiusProtocol(DatagramProtocol):
 
     def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
         """Cancel reject delays still waiting when the listener goes away."""
-        for call in self._pending.values():
+        for call, _addr, _reply in self._pending.values():
             if call.active():
                 call.cancel()
         self._pending.clear()
 
+    def drain(self) -> Deferred[None]:
+        """Take no new request; fires once every login in flight has been answered.
+
+        Rejects waiting out reject_delay are sent at once: at shutdown every decision
+        made is sent, and nothing new is started.
+        """
+        if self._drained is None:
+            self._drained = []
+        for key, (call, addr, reply) in list(self._pending.items()):
+            if call.active():
+                call.cancel()
+            self._delayed(key, addr, reply)
+        done: Deferred[None] = Deferred()
+        if self._in_flight == 0:
+            done.callback(None)
+        else:
+            self._drained.append(done)
+        return done
+
+    def _landed(self, result: object) -> object:
+        """A login in flight was answered (or failed): the drain may be complete."""
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._drained:
+            waiting, self._drained = self._drained, []
+            for done in waiting:
+                if not done.called:  # a deadline may have fired it already
+                    done.callback(None)
+        return result
+
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # noqa: N802
         """Handle one datagram; any failure is a drop with a counter and a log line."""
         self.counters["packets"] += 1
+        if self._drained is not None:  # shutting down: the NAS retries the other server
+            self.counters["dropped.shutting-down"] += 1
+            return
         try:
             self._received(datagram, addr)
         except Exception:
@@ -185,8 +220,10 @@ class RadiusProtocol(DatagramProtocol):
         d: Deferred[LoginOutcome] = self._auth.login_outcome(
             user, request.password, self._mode, caller
         )
+        self._in_flight += 1
         d.addCallback(self._answer_outcome, request, client, key, addr)
         d.addErrback(self._failed, request, client, key, addr)
+        d.addBoth(self._landed)
 
     def _continue(self, request: Request, addr: Address, caller: Caller) -> Decision:
         """The answer to a challenge: a State we issued, to this client, for this user."""
@@ -259,14 +296,16 @@ class RadiusProtocol(DatagramProtocol):
             self.counters["rejects"] += 1
         reply = codec.encode_reply(request, client.secret, code, reply_message=message, state=state)
         # No transport: the listener stopped while this login was in flight, and a delay
-        # scheduled now would outlive stopProtocol (nothing could cancel it).
+        # scheduled now would outlive stopProtocol (nothing could cancel it). Draining for
+        # shutdown: the decision goes out now.
         if (
             code == codec.ACCESS_REJECT
             and self._config.reject_delay > 0
             and self.transport is not None
+            and self._drained is None
         ):
             call = self._clock.callLater(self._config.reject_delay, self._delayed, key, addr, reply)
-            self._pending[key] = call
+            self._pending[key] = (call, addr, reply)
             return
         self._send(key, addr, reply)
 

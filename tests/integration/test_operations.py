@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -296,3 +297,57 @@ def test_audit_file_is_reopened_on_sighup(make_bridge: MakeBridge, client_for: C
     new = [json.loads(line)["reason"] for line in audit.read_text().splitlines()]
     assert (old, new) == (["grace"], ["bad-password"])
     assert '"event":"auth.' not in bridge.log()  # nothing on stdout when a file is named
+
+
+# --- stopping ------------------------------------------------------------------------------
+
+
+def test_sigterm_answers_every_login_in_flight_and_exits_at_once(
+    make_bridge: MakeBridge, client_for: ClientFor
+) -> None:
+    """SIGTERM with rejects waiting out reject_delay and logins at the directory: each one
+    audited is answered, the process exits well under a second, and later requests get
+    nothing (the NAS tries the other server)."""
+    bridge = make_bridge(reject_delay=3)
+    client = client_for(bridge)
+    sent = []
+    for i in range(8):
+        sent.append(client.request("load100", "wrong-password"))
+        sent.append(client.request(f"load{101 + i:03d}", f"load{101 + i:03d}-pw"))
+    for req in sent:
+        client.send_raw(req.RequestPacket())
+    assert wait_for(lambda: len(bridge.audit()) == 16)  # all decided; 8 rejects held back
+    assert bridge.proc is not None
+    started = time.monotonic()
+    bridge.proc.send_signal(signal.SIGTERM)
+    bridge.proc.wait(10)
+    took = time.monotonic() - started
+    answered = set()
+    while (data := client.receive(0.5)) is not None:
+        answered.add(data[1])
+    assert answered == {req.id for req in sent}
+    assert took < 1.0, f"exit took {took:.2f} s"
+    assert len(bridge.audit()) == 16  # nothing audited that was not sent
+
+
+def test_sigterm_right_after_a_burst_audits_only_what_it_answers(
+    make_bridge: MakeBridge, client_for: ClientFor
+) -> None:
+    """40 logins then SIGTERM at once: every login audited got its reply (none is audited
+    and left unsent); the others got nothing, to be retried at the other server."""
+    bridge = make_bridge()
+    client = client_for(bridge)
+    users = [f"load{120 + i:03d}" for i in range(40)]
+    ids = {}
+    for user in users:
+        req = client.request(user, f"{user}-pw")
+        ids[user] = req.id
+        client.send_raw(req.RequestPacket())
+    assert bridge.proc is not None
+    bridge.proc.send_signal(signal.SIGTERM)
+    assert bridge.proc.wait(10) == 0
+    answered = set()
+    while (data := client.receive(0.5)) is not None:
+        answered.add(data[1])
+    audited = {line["user"] for line in bridge.audit()}
+    assert {ids[user] for user in audited} == answered

@@ -611,6 +611,25 @@ def test_reply_cache_is_bounded(bridge: Bridge, monkeypatch: pytest.MonkeyPatch)
 # --- reject delay -------------------------------------------------------------------------
 
 
+def test_drain_answers_what_is_in_flight_and_takes_nothing_new(make_bridge: MakeBridge) -> None:
+    """drain(): a held reject goes out at once, a login at the directory is answered when it
+    lands, a new request is dropped, and the Deferred fires once nothing is in flight."""
+    bridge = make_bridge(reject_delay=5.0)
+    assert bridge.send(request("bob", "wrong").raw) == []  # held back by reject_delay
+    bridge.directory.hold = True
+    waiting = request("alice", "alice-pass")
+    assert bridge.send(waiting.raw) == []
+    before = len(bridge.transport.sent)
+    drained = bridge.protocol.drain()
+    assert len(bridge.transport.sent) == before + 1  # the reject, at once
+    assert not drained.called
+    assert bridge.send(request("dave", "dave-pass").raw) == []
+    assert bridge.counters["dropped.shutting-down"] == 1
+    bridge.directory.release()
+    assert drained.called
+    assert decode(waiting, bridge.transport.sent[-1][0]).code == ACCEPT
+
+
 def test_reject_is_written_only_after_reject_delay(make_bridge: MakeBridge) -> None:
     """With reject_delay 1.0 an Access-Reject goes out after the clock moves one second."""
     bridge = make_bridge(reject_delay=1.0)
