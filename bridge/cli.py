@@ -92,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             for warning in config.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
+            from bridge.budget import ensure_descriptors  # noqa: PLC0415
+
+            if (problem := ensure_descriptors(config)) is not None:
+                print(f"warning: as this user, here: {problem}", file=sys.stderr)
             print("config OK")
             return EXIT_OK
         if args.command == "doctor":
@@ -258,6 +262,11 @@ def _run(config: Config, path: Path) -> int:
     start_logging(config.log, sys.stderr)  # stdout carries the audit lines
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    from bridge.budget import ensure_descriptors  # noqa: PLC0415
+
+    if (problem := ensure_descriptors(config)) is not None:
+        print(f"error: cannot start: {problem}", file=sys.stderr)
+        return EXIT_ERROR
     daemon = make_daemon(config, reactor)
     notifier = Notifier()
     failed: list[str] = []

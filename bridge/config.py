@@ -143,6 +143,10 @@ class PortalConfig:
     max_attempts_per_user: int = 10  # sign-ins and codes per user per `attempt_window`
     max_attempts_per_address: int = 30  # the same per client IP address
     attempt_window: float = 300.0  # seconds
+    max_connections: int = 256  # open HTTP connections in all; beyond, new ones are closed
+    max_connections_per_address: int = 16  # the same per client IP address
+    request_timeout: float = 10.0  # seconds for a request's headers and body to arrive
+    idle_timeout: float = 30.0  # seconds a kept-alive connection may wait for its next request
 
 
 @dataclass(frozen=True, slots=True)
@@ -932,6 +936,10 @@ _PORTAL_KEYS: Final = (
     "max_attempts_per_user",
     "max_attempts_per_address",
     "attempt_window",
+    "max_connections",
+    "max_connections_per_address",
+    "request_timeout",
+    "idle_timeout",
 )
 _DEFAULT_PORTAL: Final = PortalConfig(listen_host="", listen_port=0)
 
@@ -986,6 +994,12 @@ def _portal(report: _Report, data: Mapping[object, object]) -> PortalConfig:
             "max_attempts_per_address", defaults.max_attempts_per_address, 1, 1_000_000
         ),
         attempt_window=m.number("attempt_window", defaults.attempt_window, 0, 86_400, lo_open=True),
+        max_connections=m.integer("max_connections", defaults.max_connections, 1, 100_000),
+        max_connections_per_address=m.integer(
+            "max_connections_per_address", defaults.max_connections_per_address, 1, 100_000
+        ),
+        request_timeout=m.number("request_timeout", defaults.request_timeout, 0, 600, lo_open=True),
+        idle_timeout=m.number("idle_timeout", defaults.idle_timeout, 0, 3600, lo_open=True),
     )
 
 

@@ -27,7 +27,7 @@ from bridge.logs import set_level
 from bridge.metrics import Metrics, metrics_site
 from bridge.portal.flows import Portal
 from bridge.portal.sessions import AttemptLimiter, Sessions
-from bridge.portal.web import make_site
+from bridge.portal.web import Limits, make_site
 from bridge.radius.server import RadiusProtocol
 from bridge.store import SqliteStore
 from bridge.store.batching import WriteBatcher
@@ -371,7 +371,19 @@ def make_portal(
 def portal_service(config: PortalConfig, portal: Portal, reactor: Any) -> Service:
     """The portal's listener: HTTPS with `portal.tls`, else HTTP (loopback, or allowed)."""
     secure = config.tls is not None or (config.public_url or "").startswith("https://")
-    site = make_site(portal, secure=secure, trusted_proxies=config.trusted_proxies)
+    limits = Limits(
+        max_connections=config.max_connections,
+        max_connections_per_address=config.max_connections_per_address,
+        request_timeout=config.request_timeout,
+        idle_timeout=config.idle_timeout,
+    )
+    site = make_site(
+        portal,
+        secure=secure,
+        trusted_proxies=config.trusted_proxies,
+        limits=limits,
+        reactor=reactor,
+    )
     if config.tls is None:
         return TCPServer(config.listen_port, site, interface=config.listen_host, reactor=reactor)
     try:

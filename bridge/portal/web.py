@@ -13,11 +13,13 @@ import hmac
 import ipaddress
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import segno
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -25,6 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from bridge.core.selfservice import SetupResult
+from bridge.logs import Throttle
 from bridge.portal import pages
 from bridge.portal.flows import NewSecret, Portal, SignIn, SignInResult
 from bridge.portal.sessions import Session, token
@@ -111,8 +114,109 @@ def _qr_svg(uri: str) -> str:
     return svg
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client, and all of them, may hold of the portal (`portal.*` keys)."""
+
+    max_connections: int = 256
+    max_connections_per_address: int = 16
+    request_timeout: float = 10.0  # for a request's headers and body, from its first byte
+    idle_timeout: float = 30.0  # for a kept-alive connection's next request
+
+
+class PortalChannel(http.HTTPChannel):
+    """An HTTP connection with a deadline for each request as a whole.
+
+    Twisted's own timeout restarts with every byte, so a request trickling in a line every
+    few seconds would hold its descriptor for ever; here it has `request_timeout` seconds
+    from its first byte to its last, and is cut off after.
+    """
+
+    request_timeout = 10.0
+    clock: Any = None  # the site's reactor (IReactorTime)
+    released: Callable[[], None] | None = None  # the site's count of open connections
+    _deadline: Any = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        """Start the request's deadline with its first byte."""
+        if self._deadline is None and not getattr(self, "_handlingRequest", False):
+            self._deadline = self.clock.callLater(self.request_timeout, self._too_slow)
+        http.HTTPChannel.dataReceived(self, data)
+
+    def allContentReceived(self) -> None:  # noqa: N802 - Twisted's name
+        """The whole request is in: its deadline is met."""
+        self._cancel_deadline()
+        http.HTTPChannel.allContentReceived(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        """Forget the deadline and free the connection's place."""
+        self._cancel_deadline()
+        released, self.released = self.released, None
+        if released is not None:
+            released()
+        http.HTTPChannel.connectionLost(self, reason)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def _cancel_deadline(self) -> None:
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+
 class PortalSite(Site):
-    """The portal's Site; no request log of its own (the audit log says what matters)."""
+    """The portal's Site: connections limited in all and per address; no request log."""
+
+    def __init__(self, resource: Resource, limits: Limits, **kwargs: Any) -> None:
+        Site.__init__(self, resource, timeout=limits.idle_timeout, **kwargs)
+        self.protocol = PortalChannel  # type: ignore[assignment] # HTTP/1.1 only
+        self.limits = limits
+        self.open_total = 0
+        self.open_by_address: dict[str, int] = {}
+        self.refused = 0
+        self._throttle = Throttle(self.reactor.seconds)
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
+        """A connection, or None (closed at once) beyond the limits."""
+        host = str(getattr(addr, "host", "unknown"))
+        limits = self.limits
+        reason = None
+        if self.open_total >= limits.max_connections:
+            reason = "max-connections"
+        elif self.open_by_address.get(host, 0) >= limits.max_connections_per_address:
+            reason = "max-connections-per-address"
+        if reason is not None:
+            self.refused += 1
+            if self._throttle.allow((reason, host)):
+                log.warn(
+                    "portal.connection.refused reason={reason} client={client} open={open}"
+                    " refused={refused} (once a minute per reason and client)",
+                    reason=reason,
+                    client=host,
+                    open=self.open_total,
+                    refused=self.refused,
+                )
+            return None
+        channel: Any = Site.buildProtocol(self, addr)
+        channel.request_timeout = limits.request_timeout
+        channel.clock = self.reactor
+        self.open_total += 1
+        self.open_by_address[host] = self.open_by_address.get(host, 0) + 1
+
+        def release() -> None:
+            self.open_total -= 1
+            left = self.open_by_address.get(host, 1) - 1
+            if left > 0:
+                self.open_by_address[host] = left
+            else:
+                self.open_by_address.pop(host, None)
+
+        channel.released = release
+        return channel
 
     def log(self, request: http.Request) -> None:
         """Requests are not logged: URLs and addresses are in the audit lines that matter."""
@@ -409,10 +513,18 @@ def _within(address: str, networks: tuple[Any, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
-def make_site(portal: Portal, *, secure: bool, trusted_proxies: tuple[Any, ...] = ()) -> PortalSite:
+def make_site(
+    portal: Portal,
+    *,
+    secure: bool,
+    trusted_proxies: tuple[Any, ...] = (),
+    limits: Limits | None = None,
+    reactor: Any = None,
+) -> PortalSite:
     """The portal as a twisted.web Site."""
     resource = PortalResource(portal, secure=secure, trusted_proxies=trusted_proxies)
-    site = PortalSite(resource)  # type: ignore[no-untyped-call]
+    extra = {} if reactor is None else {"reactor": reactor}
+    site = PortalSite(resource, limits or Limits(), **extra)
     site.requestFactory = LimitedRequest
     site.displayTracebacks = False
     return site

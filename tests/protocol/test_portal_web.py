@@ -18,7 +18,9 @@ from urllib.parse import urlencode
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from bridge.audit import AuditLog
 from bridge.auth import Authenticator
@@ -29,7 +31,7 @@ from bridge.core.types import State, UserRecord
 from bridge.directory import Binder, BindResult, BindStatus, Plan
 from bridge.portal.flows import NewSecret, Portal, SignInResult
 from bridge.portal.sessions import AttemptLimiter, Sessions
-from bridge.portal.web import make_site
+from bridge.portal.web import Limits, make_site
 from bridge.store import SqliteStore
 from tests.protocol.entries import DOMAIN, alias, entry_id, identity
 
@@ -469,3 +471,65 @@ def test_an_alias_in_exempt_users_exempts_nobody(make_portal: MakePortal) -> Non
     session = signed_in(portal, alias("dave"), code)
     assert session is not None
     assert portal.status(session)["state"] == "active"
+
+
+# --- exhaustion: connection limits and request deadlines -----------------------------------
+
+
+def connect(site: Any, host: str) -> tuple[Any, StringTransport] | None:
+    """A connection from `host` as the listener would make it; None when refused."""
+    channel = site.buildProtocol(IPv4Address("TCP", host, 40000))
+    if channel is None:
+        return None
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_connections_beyond_the_limits_are_closed_at_once(portal: Any) -> None:
+    """Per address and in all: connections beyond the limits get no channel (closed at
+    once) and are counted; a closed one frees its place."""
+    clock = MemoryReactorClock()
+    limits = Limits(max_connections=3, max_connections_per_address=2)
+    site = make_site(portal, secure=False, limits=limits, reactor=clock)
+    first = connect(site, "192.0.2.1")
+    assert first is not None and connect(site, "192.0.2.1") is not None
+    assert connect(site, "192.0.2.1") is None  # third from one address
+    assert connect(site, "192.0.2.2") is not None
+    assert connect(site, "192.0.2.3") is None  # fourth in all
+    assert site.refused == 2
+    first[0].connectionLost(Failure(ConnectionDone()))
+    assert connect(site, "192.0.2.3") is not None
+
+
+def test_a_request_trickling_in_is_cut_off_at_its_deadline(portal: Any) -> None:
+    """Headers sent a line at a time, each within the idle timeout: still cut off once
+    request_timeout has passed since the first byte, and its place is freed."""
+    clock = MemoryReactorClock()
+    limits = Limits(request_timeout=10.0, idle_timeout=30.0, max_connections=1)
+    site = make_site(portal, secure=False, limits=limits, reactor=clock)
+    made = connect(site, "192.0.2.7")
+    assert made is not None
+    channel, transport = made
+    channel.dataReceived(b"GET / HTTP/1.1\r\n")
+    for _ in range(3):
+        clock.advance(3)
+        channel.dataReceived(b"X-Slow: yes\r\n")
+        assert not transport.disconnecting
+    clock.advance(1.5)
+    assert transport.disconnecting
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert site.open_total == 0
+
+
+def test_a_whole_request_meets_its_deadline_and_the_next_gets_its_own(portal: Any) -> None:
+    """A complete request is answered and the connection kept; its deadline is over."""
+    clock = MemoryReactorClock()
+    site = make_site(portal, secure=False, limits=Limits(request_timeout=5.0), reactor=clock)
+    made = connect(site, "192.0.2.8")
+    assert made is not None
+    channel, transport = made
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: portal\r\n\r\n")
+    assert b"200 OK" in transport.value()
+    clock.advance(6)
+    assert not transport.disconnecting

@@ -1,0 +1,88 @@
+"""Exhaustion: many and slow connections against the real listeners, under a low
+descriptor limit. The bridge refuses what is over its limits and keeps answering the
+rest; it never runs out of descriptors, so a valid login never looks like a wrong one."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.harness import Bridge, free_tcp_port
+from tests.integration.test_ldap_proxy import password_of, proxy_url, whoami
+from tests.slapd import Slapd
+
+pytestmark = pytest.mark.integration
+
+MakeBridge = Callable[..., Bridge]
+DESCRIPTORS = 300  # the daemon's limits below need about 260
+
+
+def limited(config: dict[str, Any]) -> None:
+    """Portal and LDAP proxy with small limits; a short request deadline."""
+    config["directory"]["pool_size"] = 4
+    config["portal"] = {
+        "listen": f"127.0.0.1:{free_tcp_port()}",
+        "max_connections": 40,
+        "max_connections_per_address": 40,  # the tests all connect from 127.0.0.1
+        "request_timeout": 2,
+    }
+    config["ldap_proxy"] = {
+        "listen": f"127.0.0.1:{free_tcp_port()}",
+        "max_connections": 60,
+        "max_connections_per_address": 60,
+    }
+
+
+def portal_address(bridge: Bridge) -> tuple[str, int]:
+    host, port = bridge.config["portal"]["listen"].rsplit(":", 1)
+    return host, int(port)
+
+
+def closed_at_once(sock: socket.socket) -> bool:
+    """Whether the server closed the connection (or reset it) without waiting for us."""
+    sock.settimeout(1.0)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_and_many_portal_connections_leave_logins_working(
+    slapd: Slapd, make_bridge: MakeBridge
+) -> None:
+    """150 trickling portal connections under a 300-descriptor limit: 40 held, the rest
+    closed at once, the held ones cut after request_timeout; LDAP binds all succeed
+    meanwhile, and the portal answers again afterwards."""
+    bridge = make_bridge(change=limited)
+    assert bridge.proc is not None
+    subprocess.run(
+        ["prlimit", f"--pid={bridge.proc.pid}", f"--nofile={DESCRIPTORS}:{DESCRIPTORS}"],
+        check=True,
+    )
+    slow = []
+    for _ in range(150):
+        sock = socket.create_connection(portal_address(bridge))
+        sock.sendall(b"GET / HTTP/1.1\r\n")  # and never the rest
+        slow.append(sock)
+    refused = [closed_at_once(sock) for sock in slow[40:]]
+    assert all(refused), f"{refused.count(False)} of 110 over the limit were kept open"
+    for i in range(10):
+        user = f"load{160 + i}"
+        bound = whoami(proxy_url(bridge), slapd.user_dn(user), password_of(user))
+        assert bound.returncode == 0, bound.stderr
+    time.sleep(2.5)  # the held ones pass request_timeout
+    assert all(closed_at_once(sock) for sock in slow[:40])
+    for sock in slow:
+        sock.close()
+    with socket.create_connection(portal_address(bridge)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: portal\r\nConnection: close\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+    assert "EMFILE" not in bridge.log() and "Too many open files" not in bridge.log()
