@@ -147,6 +147,7 @@ class PortalConfig:
     max_connections_per_address: int = 16  # the same per client IP address
     request_timeout: float = 10.0  # seconds for a request's headers and body to arrive
     idle_timeout: float = 30.0  # seconds a kept-alive connection may wait for its next request
+    failure_delay: float = 1.0  # seconds after its arrival a failed sign-in is answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -940,6 +941,7 @@ _PORTAL_KEYS: Final = (
     "max_connections_per_address",
     "request_timeout",
     "idle_timeout",
+    "failure_delay",
 )
 _DEFAULT_PORTAL: Final = PortalConfig(listen_host="", listen_port=0)
 
@@ -1000,6 +1002,7 @@ def _portal(report: _Report, data: Mapping[object, object]) -> PortalConfig:
         ),
         request_timeout=m.number("request_timeout", defaults.request_timeout, 0, 600, lo_open=True),
         idle_timeout=m.number("idle_timeout", defaults.idle_timeout, 0, 3600, lo_open=True),
+        failure_delay=m.number("failure_delay", defaults.failure_delay, 0, 30),
     )
 
 

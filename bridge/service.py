@@ -376,6 +376,7 @@ def portal_service(config: PortalConfig, portal: Portal, reactor: Any) -> Servic
         max_connections_per_address=config.max_connections_per_address,
         request_timeout=config.request_timeout,
         idle_timeout=config.idle_timeout,
+        failure_delay=config.failure_delay,
     )
     site = make_site(
         portal,

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 import segno
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import connectionDone
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -122,6 +123,7 @@ class Limits:
     max_connections_per_address: int = 16
     request_timeout: float = 10.0  # for a request's headers and body, from its first byte
     idle_timeout: float = 30.0  # for a kept-alive connection's next request
+    failure_delay: float = 0.0  # a failed sign-in is answered this long after it came
 
 
 class PortalChannel(http.HTTPChannel):
@@ -228,10 +230,18 @@ class PortalResource(Resource):
     isLeaf = True  # noqa: N815 - Twisted's name
 
     def __init__(
-        self, portal: Portal, *, secure: bool, trusted_proxies: tuple[Any, ...] = ()
+        self,
+        portal: Portal,
+        *,
+        secure: bool,
+        trusted_proxies: tuple[Any, ...] = (),
+        clock: Any = None,
+        failure_delay: float = 0.0,
     ) -> None:
         Resource.__init__(self)
         self._portal = portal
+        self._clock = clock  # IReactorTime, for failure_delay
+        self._failure_delay = failure_delay if clock is not None else 0.0
         self._secure = secure
         self._trusted_proxies = trusted_proxies
         prefix = SECURE_PREFIX if secure else b""
@@ -438,10 +448,21 @@ class PortalResource(Resource):
 
     def _sign_in(self, request: Request) -> int:
         username = _arg(request, "username")
+        arrived = self._clock.seconds() if self._failure_delay else 0.0
         d = self._portal.sign_in(
             username, _arg(request, "password"), _arg(request, "code"), self._client(request)
         )
+        if self._failure_delay:
+            d.addCallback(self._not_before, arrived + self._failure_delay)
         return self._later(request, d, lambda result: self._signed_in(request, result, username))
+
+    def _not_before(self, result: SignIn, when: float) -> SignIn | Deferred[SignIn]:
+        """A failed sign-in is answered at `when` (its arrival plus failure_delay), however
+        long the directory took: the time tells nothing of why it failed."""
+        wait = when - self._clock.seconds()
+        if result.result is SignInResult.OK or wait <= 0:
+            return result
+        return deferLater(self._clock, wait, lambda: result)
 
     def _signed_in(self, request: Request, result: SignIn, username: str) -> bytes:
         if result.result is SignInResult.OK and result.session is not None:
@@ -522,9 +543,16 @@ def make_site(
     reactor: Any = None,
 ) -> PortalSite:
     """The portal as a twisted.web Site."""
-    resource = PortalResource(portal, secure=secure, trusted_proxies=trusted_proxies)
+    limits = limits or Limits()
+    resource = PortalResource(
+        portal,
+        secure=secure,
+        trusted_proxies=trusted_proxies,
+        clock=reactor,
+        failure_delay=limits.failure_delay,
+    )
     extra = {} if reactor is None else {"reactor": reactor}
-    site = PortalSite(resource, limits or Limits(), **extra)
+    site = PortalSite(resource, limits, **extra)
     site.requestFactory = LimitedRequest
     site.displayTracebacks = False
     return site

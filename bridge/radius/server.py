@@ -65,6 +65,7 @@ class _Challenge:
 @dataclass(slots=True)
 class _Entry:
     expires: float
+    arrived: float  # when the request came: a reject goes out reject_delay after it
     reply: bytes | None = None  # None while the request is still being decided
 
 
@@ -197,7 +198,7 @@ class RadiusProtocol(DatagramProtocol):
         if len(self._replies) >= REPLY_CACHE_LIMIT:
             self._drop("overload", addr, "too many requests in progress")
             return
-        self._replies[key] = _Entry(now + REPLY_CACHE_SECONDS)
+        self._replies[key] = _Entry(now + REPLY_CACHE_SECONDS, now)
         if code == codec.STATUS_SERVER:
             self.counters["status-server"] += 1
             self._send(key, addr, codec.encode_reply(request, client.secret, codec.ACCESS_ACCEPT))
@@ -295,16 +296,21 @@ class RadiusProtocol(DatagramProtocol):
             code, message = codec.ACCESS_REJECT, reject_message(decision)
             self.counters["rejects"] += 1
         reply = codec.encode_reply(request, client.secret, code, reply_message=message, state=state)
-        # No transport: the listener stopped while this login was in flight, and a delay
-        # scheduled now would outlive stopProtocol (nothing could cancel it). Draining for
-        # shutdown: the decision goes out now.
+        # A reject goes out reject_delay after the request *arrived*, not after the work
+        # that decided it: an unknown user (a search) and a wrong password (a search and
+        # a bind) take the same time, so the time tells nothing. No transport: the
+        # listener stopped while this login was in flight, and a delay scheduled now
+        # would outlive stopProtocol. Draining for shutdown: the decision goes out now.
+        entry = self._replies.get(key)
+        arrived = entry.arrived if entry is not None else self._clock.seconds()
+        wait = arrived + self._config.reject_delay - self._clock.seconds()
         if (
             code == codec.ACCESS_REJECT
-            and self._config.reject_delay > 0
+            and wait > 0
             and self.transport is not None
             and self._drained is None
         ):
-            call = self._clock.callLater(self._config.reject_delay, self._delayed, key, addr, reply)
+            call = self._clock.callLater(wait, self._delayed, key, addr, reply)
             self._pending[key] = (call, addr, reply)
             return
         self._send(key, addr, reply)

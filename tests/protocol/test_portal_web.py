@@ -533,3 +533,33 @@ def test_a_whole_request_meets_its_deadline_and_the_next_gets_its_own(portal: An
     assert b"200 OK" in transport.value()
     clock.advance(6)
     assert not transport.disconnecting
+
+
+@pytest.mark.parametrize(("user", "password"), [("nobody", "x"), ("hank", "wrong")])
+def test_a_failed_sign_in_is_answered_failure_delay_after_it_came(
+    portal: Any, user: str, password: str
+) -> None:
+    """Unknown user or wrong password: the page comes failure_delay after the request,
+    not earlier, so its time says nothing of why; a good sign-in is answered at once."""
+    clock = portal.test_clock
+    site = make_site(portal, secure=False, limits=Limits(failure_delay=1.0), reactor=clock)
+    browser = Browser(site)
+    token = browser.request("GET", "/")["csrf"]
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.5", 50000))
+    channel = site.buildProtocol(transport.getPeer())
+    channel.makeConnection(transport)
+    body = urlencode({"csrf": token, "username": user, "password": password}).encode()
+    head = [
+        "POST /sign-in HTTP/1.1",
+        "Host: portal.test",
+        "Content-Type: application/x-www-form-urlencoded",
+        f"Content-Length: {len(body)}",
+        f"Cookie: mfa_csrf={browser.cookies['mfa_csrf']}",
+    ]
+    channel.dataReceived(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    clock.advance(0.9375)
+    assert transport.value() == b""
+    clock.advance(0.0625)
+    assert b"Sign-in failed" in transport.value()
+    good = Browser(site).sign_in("ivy")
+    assert good["status"] == 303

@@ -630,6 +630,24 @@ def test_drain_answers_what_is_in_flight_and_takes_nothing_new(make_bridge: Make
     assert decode(waiting, bridge.transport.sent[-1][0]).code == ACCEPT
 
 
+@pytest.mark.parametrize(
+    ("user", "password", "work"), [("nobody", "x", 0.125), ("bob", "no", 0.75)]
+)
+def test_a_reject_goes_out_reject_delay_after_arrival_whatever_the_work(
+    make_bridge: MakeBridge, user: str, password: str, work: float
+) -> None:
+    """An unknown user (quick) and a wrong password (slow): both rejects leave exactly
+    reject_delay after the request came, so their timing says nothing of why."""
+    bridge = make_bridge(reject_delay=1.0)
+    bridge.directory.hold = True
+    assert bridge.send(request(user, password).raw) == []
+    bridge.advance(work)
+    bridge.directory.release()
+    assert bridge.advance(0.9375 - work) == []  # binary fractions: exact sums
+    (reply,) = bridge.advance(0.0625)
+    assert reply[0] == REJECT
+
+
 def test_reject_is_written_only_after_reject_delay(make_bridge: MakeBridge) -> None:
     """With reject_delay 1.0 an Access-Reject goes out after the clock moves one second."""
     bridge = make_bridge(reject_delay=1.0)
