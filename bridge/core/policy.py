@@ -18,6 +18,10 @@ from bridge.core.totp import TotpParams, guard_tag, match_step
 from bridge.core.types import Decision, Identity, LockReason, Outcome, Reason, State, UserRecord
 
 DAY = 86_400
+# A reject (RADIUS) or failed sign-in (portal) leaves its delay x (1 + up to this) after the
+# request came, at random: the time it took to decide, which differs between an unknown
+# user and a wrong password, stays hidden in the spread.
+REJECT_SPREAD = 0.1
 
 
 class Mode(StrEnum):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from bridge.core.policy import REJECT_SPREAD
 from bridge.core.selfservice import SetupResult
 from bridge.logs import Throttle
 from bridge.portal import pages
@@ -452,8 +454,9 @@ class PortalResource(Resource):
         d = self._portal.sign_in(
             username, _arg(request, "password"), _arg(request, "code"), self._client(request)
         )
-        if self._failure_delay:
-            d.addCallback(self._not_before, arrived + self._failure_delay)
+        if self._failure_delay:  # spread at random as RADIUS rejects are (REJECT_SPREAD)
+            spread = 1 + REJECT_SPREAD * secrets.randbelow(65536) / 65536
+            d.addCallback(self._not_before, arrived + self._failure_delay * spread)
         return self._later(request, d, lambda result: self._signed_in(request, result, username))
 
     def _not_before(self, result: SignIn, when: float) -> SignIn | Deferred[SignIn]:

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from bridge.auth import Authenticator, Caller, LoginOutcome
 from bridge.config import RadiusClient, RadiusConfig
 from bridge.core.credentials import normalize_username
-from bridge.core.policy import Mode
+from bridge.core.policy import REJECT_SPREAD, Mode
 from bridge.core.types import Decision, Identity, Outcome, Reason
 from bridge.logs import Throttle
 from bridge.radius import codec
@@ -303,7 +303,7 @@ class RadiusProtocol(DatagramProtocol):
         # would outlive stopProtocol. Draining for shutdown: the decision goes out now.
         entry = self._replies.get(key)
         arrived = entry.arrived if entry is not None else self._clock.seconds()
-        wait = arrived + self._config.reject_delay - self._clock.seconds()
+        wait = arrived + self._reject_delay() - self._clock.seconds()
         if (
             code == codec.ACCESS_REJECT
             and wait > 0
@@ -314,6 +314,19 @@ class RadiusProtocol(DatagramProtocol):
             self._pending[key] = (call, addr, reply)
             return
         self._send(key, addr, reply)
+
+    def _reject_delay(self) -> float:
+        """reject_delay, plus up to a tenth of it at random.
+
+        The moment a request is taken up lags its arrival by whatever the reactor was
+        doing; that lag (a millisecond or so) differs a little between unknown users and
+        wrong passwords under a burst. A random spread many times wider hides it.
+        """
+        delay = self._config.reject_delay
+        if delay <= 0:
+            return 0.0
+        spread = int.from_bytes(self._random(2), "big") / 65536
+        return delay * (1 + REJECT_SPREAD * spread)
 
     def _delayed(self, key: CacheKey, addr: Address, reply: bytes) -> None:
         self._pending.pop(key, None)

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import random
 import struct
 from collections.abc import Callable, Iterator
@@ -349,6 +350,7 @@ def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
         require_message_authenticator: bool = True,
         state_ttl: int = 120,
         exempt_users: tuple[str, ...] = (),
+        jitter: bytes = b"\x00\x00",
     ) -> Bridge:
         where = tmp_path / f"bridge-{len(made)}"
         config = parse_config(
@@ -412,7 +414,11 @@ def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
             clock,
             audit=AuditLog(audit_out, clock.seconds),
         )
-        protocol = RadiusProtocol(config.radius, authenticator, clock)
+
+        def random_bytes(count: int) -> bytes:  # States random, the reject's spread fixed
+            return jitter if count == len(jitter) else os.urandom(count)
+
+        protocol = RadiusProtocol(config.radius, authenticator, clock, random_bytes=random_bytes)
         transport = FakeTransport()
         protocol.makeConnection(transport)  # type: ignore[arg-type]
         bridge = Bridge(clock, directory, transport, protocol, store, audit_out)
@@ -644,6 +650,16 @@ def test_a_reject_goes_out_reject_delay_after_arrival_whatever_the_work(
     bridge.advance(work)
     bridge.directory.release()
     assert bridge.advance(0.9375 - work) == []  # binary fractions: exact sums
+    (reply,) = bridge.advance(0.0625)
+    assert reply[0] == REJECT
+
+
+def test_rejects_spread_over_a_tenth_of_reject_delay_at_random(make_bridge: MakeBridge) -> None:
+    """With the most spread the random source can give, a reject leaves just under
+    1.1 x reject_delay after it came, not before."""
+    bridge = make_bridge(reject_delay=1.0, jitter=b"\xff\xff")
+    assert bridge.send(request("nobody", "x").raw) == []
+    assert bridge.advance(1.0625) == []
     (reply,) = bridge.advance(0.0625)
     assert reply[0] == REJECT
 
