@@ -452,8 +452,23 @@ class Slapd:
         self.start()
 
     def pause(self) -> None:
-        """SIGSTOP slapd: connections are still accepted by the kernel but never answered."""
-        self._require_running().send_signal(signal.SIGSTOP)
+        """SIGSTOP slapd: connections are still accepted by the kernel but never answered.
+
+        Returns once the kernel reports every thread stopped: on a busy machine the signal
+        can take a moment to land, and an operation sent meanwhile would still be answered.
+        """
+        proc = self._require_running()
+        proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            states = [
+                task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0]
+                for task in Path(f"/proc/{proc.pid}/task").iterdir()
+            ]
+            if all(state == "T" for state in states):
+                return
+            time.sleep(0.005)
+        raise SlapdError("slapd did not stop within 5 s of SIGSTOP")
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""
