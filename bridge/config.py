@@ -558,6 +558,24 @@ def _dn_problem(text: str) -> str | None:
     return None
 
 
+def _dn_list(m: _Map, key: str) -> tuple[str, ...]:
+    """A list of DNs; refused when it looks like one DN that YAML split at its commas.
+
+    `[cn=wiki,ou=services,dc=example,dc=org]` in flow style is four one-RDN strings: the
+    service account would then fail every bind with no word from check-config.
+    """
+    dns = m.str_list(key, check=_dn_problem)
+    if len(dns) > 1 and all("," not in dn for dn in dns):
+        joined = ",".join(dns)
+        m.error(
+            key,
+            f"looks like one DN split at its commas ({joined}): a YAML flow list [a, b]"
+            " splits at commas; write one DN per line (- cn=...,ou=...,dc=...) or quote each",
+        )
+        return ()
+    return dns
+
+
 def _parse_listen(text: str) -> tuple[str, int] | str:
     """(host, port) from ``host:port`` or ``[v6]:port``; otherwise the problem."""
     usage = (
@@ -735,7 +753,7 @@ def _mfa(report: _Report, data: Mapping[object, object]) -> MfaConfig:
         window=m.integer("window", defaults.window, 0, 10),
         step=m.integer("step", defaults.step, 15, 300),
         exempt_users=m.str_list("exempt_users"),
-        exempt_groups=m.str_list("exempt_groups", check=_dn_problem),
+        exempt_groups=_dn_list(m, "exempt_groups"),
     )
 
 
@@ -1033,7 +1051,7 @@ def _ldap_proxy(report: _Report, data: Mapping[object, object]) -> LdapProxyConf
     return LdapProxyConfig(
         listen_host=host,
         listen_port=port,
-        passthrough_dns=m.str_list("passthrough_dns", check=_dn_problem),
+        passthrough_dns=_dn_list(m, "passthrough_dns"),
         allow_anonymous=m.boolean("allow_anonymous", False),
         tls=tls,
         listen_tls=listen_tls,

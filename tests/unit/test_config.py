@@ -984,3 +984,20 @@ def test_a_key_file_that_is_a_directory_is_an_error(tmp_path: Path) -> None:
     data = minimal()
     data["store"] = {"path": str(tmp_path / "state.db"), "key_file": str(tmp_path)}
     assert any(p.startswith("store.key_file: ") for p in problems_of(data, tmp_path))
+
+
+@pytest.mark.parametrize("key", ["passthrough_dns", "exempt_groups"])
+def test_a_dn_list_split_at_its_commas_is_an_error(tmp_path: Path, key: str) -> None:
+    """`[cn=wiki,ou=services,dc=example,dc=org]` in flow style loads as four one-RDN
+    entries: check-config says so instead of letting every bind fail."""
+    data = minimal()
+    text = f"{key}: [cn=wiki,ou=services,dc=example,dc=org]"
+    loaded = yaml.safe_load(text)[key]
+    assert loaded == ["cn=wiki", "ou=services", "dc=example", "dc=org"]  # the YAML pitfall
+    section = "ldap_proxy" if key == "passthrough_dns" else "mfa"
+    data.setdefault(section, {"listen": "127.0.0.1:1389"} if section == "ldap_proxy" else {})
+    data[section][key] = loaded
+    (problem,) = problems_of(data, tmp_path)
+    assert problem.startswith(f"{section}.{key}: looks like one DN split at its commas")
+    data[section][key] = ["cn=wiki,ou=services,dc=example,dc=org", "cn=nas,dc=example,dc=org"]
+    parse_config(data, tmp_path)
