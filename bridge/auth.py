@@ -23,16 +23,20 @@ from bridge.core.policy import (
     Verdict,
     check_code,
     conclude,
+    conclude_rebind,
     plan_attempt,
     plan_given,
     rejected,
 )
+from bridge.core.totp import guard_tag
 from bridge.core.types import Decision, Identity, Outcome, Reason, UserRecord
 from bridge.directory import Binder, BindResult, BindStatus, Plan
 from bridge.store import SqliteStore
 from bridge.store.batching import WriteBatcher
 
 log = Logger(namespace="bridge.auth")
+
+_CODE_ACCEPTS = frozenset({Reason.ACCEPTED, Reason.ACTIVATED})  # a code was just spent
 
 _BIND_REJECTS = {
     BindStatus.BAD_PASSWORD: Reason.BAD_PASSWORD,
@@ -75,6 +79,15 @@ class LoginOutcome:
         return self.identity.dn if self.identity is not None else None
 
 
+@dataclass(frozen=True, slots=True)
+class Rebind:
+    """An LDAP client whose bind, repeated with the same password+code from the same
+    address within `seconds`, is accepted again (SPEC 6: apps that bind again)."""
+
+    client: str
+    seconds: int
+
+
 @dataclass(slots=True)
 class _Plan:
     """What the login chose once the directory had found the entry."""
@@ -82,6 +95,7 @@ class _Plan:
     identity: Identity
     record: UserRecord | None
     attempt: Attempt
+    again: bool = False  # a bind this client was accepted with, repeated in time
 
 
 class Authenticator:
@@ -138,12 +152,14 @@ class Authenticator:
         bind: Binder | None = None,
         *,
         code: str | None = None,
+        rebind: Rebind | None = None,
     ) -> Deferred[LoginOutcome]:
         """`login`, also saying whose entry it was and which password the directory took.
 
         `bind` checks the password instead of the directory's pool: the LDAP proxy binds
         on the connection it keeps for the session, so the login costs one bind. `code`
         is a code given in a field of its own (the portal), `field` then the password.
+        `rebind`: the LDAP proxy's client, which may repeat a bind it was accepted with.
         """
         started = self._clock.seconds()
         username = normalize_username(raw_username)
@@ -165,7 +181,11 @@ class Authenticator:
                 attempt = plan_attempt(record, field, mode, now, self._policy)
             else:
                 attempt = plan_given(record, field, code)
-            planned.append(_Plan(identity, record, attempt))
+            again = False
+            if rebind is not None and attempt.code is not None and record is not None:
+                mac = self._rebind_mac(identity, rebind.client, record, field)
+                again = mac is not None and self._store.knows_rebind(mac, identity.entry_id, now)
+            planned.append(_Plan(identity, record, attempt, again))
             return attempt.password
 
         def bound(result: BindResult) -> LoginOutcome | Deferred[LoginOutcome]:
@@ -183,6 +203,9 @@ class Authenticator:
             exempt = name_key(identity.name) in self._exempt_users or result.in_exempt_group
 
             def decide(current: UserRecord | None) -> tuple[UserRecord | None, Verdict]:
+                if chosen.again and current is not None and not exempt:
+                    verdict = conclude_rebind(current, identity, self._now())
+                    return verdict.record, verdict
                 verdict = conclude(
                     current,
                     identity,
@@ -202,6 +225,8 @@ class Authenticator:
 
         def written(verdict: Verdict, chosen: _Plan, result: BindResult) -> LoginOutcome:
             decision = self._audit(verdict.decision, caller, started, username)
+            if rebind is not None and rebind.seconds > 0 and decision.reason in _CODE_ACCEPTS:
+                self._remember(chosen.identity, rebind, verdict.record, field)
             if decision.accepted:
                 password = chosen.attempt.password
                 return LoginOutcome(decision, password, chosen.identity, result.server)
@@ -214,6 +239,24 @@ class Authenticator:
         else:
             checked = self._authenticate(username, plan, bind)
         return checked.addCallback(bound)
+
+    def _rebind_mac(
+        self, identity: Identity, client: str, record: UserRecord, field: str
+    ) -> bytes | None:
+        """What a bind is remembered by: entry, client, the key's tag and the field (hashed)."""
+        if record.secret is None:
+            return None
+        parts = (identity.entry_id, client, guard_tag(record.secret).hex(), field)
+        return self._store.rebind_mac(*(part.encode() for part in parts))
+
+    def _remember(
+        self, identity: Identity, rebind: Rebind, record: UserRecord | None, field: str
+    ) -> None:
+        """An LDAP bind accepted with a fresh code: the same one may come again, for a while."""
+        mac = self._rebind_mac(identity, rebind.client, record, field) if record else None
+        if mac is not None:
+            now = self._now()
+            self._store.remember_rebind(mac, identity.entry_id, now + rebind.seconds, now)
 
     def _record_for(self, identity: Identity, typed: str, now: int) -> UserRecord | None:
         """The entry's record, with any record from before SPEC 8 under its names merged in."""

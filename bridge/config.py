@@ -126,6 +126,7 @@ class LdapProxyConfig:
     max_connections: int = 1000  # open client connections, all addresses together
     max_connections_per_address: int = 100  # open client connections from one IP address
     idle_timeout: float = 300.0  # seconds without a request before a connection is closed
+    rebind_seconds: int = 600  # the same password+code from the same address: accepted again
 
 
 @dataclass(frozen=True, slots=True)
@@ -942,6 +943,7 @@ _LDAP_PROXY_KEYS: Final = (
     "max_connections",
     "max_connections_per_address",
     "idle_timeout",
+    "rebind_seconds",
 )
 _DEFAULT_LDAP_PROXY: Final = LdapProxyConfig(listen_host="", listen_port=0)
 _PORTAL_KEYS: Final = (
@@ -1061,6 +1063,7 @@ def _ldap_proxy(report: _Report, data: Mapping[object, object]) -> LdapProxyConf
             "max_connections_per_address", defaults.max_connections_per_address, 1, 1_000_000
         ),
         idle_timeout=m.number("idle_timeout", defaults.idle_timeout, 0, 86_400, lo_open=True),
+        rebind_seconds=m.integer("rebind_seconds", defaults.rebind_seconds, 0, 86_400),
     )
 
 

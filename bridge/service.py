@@ -238,7 +238,11 @@ class Daemon:
         self.service.addService(RadiusListener(config.radius, self.radius, reactor, drain_seconds))
         if config.ldap_proxy is not None:
             self.service.addService(
-                ldap_proxy_service(config, LdapLogin(self.authenticator), reactor)
+                ldap_proxy_service(
+                    config,
+                    LdapLogin(self.authenticator, config.ldap_proxy.rebind_seconds),
+                    reactor,
+                )
             )
         if config.metrics is not None:
             metrics = Metrics()

@@ -155,6 +155,24 @@ def conclude(
     return Verdict(_authenticated(decision), current, changed)
 
 
+def conclude_rebind(record: UserRecord, owner: Identity, now: int) -> Verdict:
+    """Decide a bind an app makes again with the password+code it was accepted with.
+
+    The password was just bound at the directory again; the code is not checked (it was
+    spent by the first bind) and counts as nothing. Only an active user: a lock, or any
+    other state since (reset, new key), ends it.
+    """
+    current = effective(record, now)
+    if current.state is State.LOCKED:
+        return Verdict(_locked(current, record.state), current, current is not record)
+    if current.state is not State.ACTIVE:
+        state = current.state
+        decision = Decision(Outcome.REJECT, Reason.CODE_REQUIRED, owner.name, state, state)
+        return Verdict(_authenticated(decision), current, current is not record)
+    decision = Decision(Outcome.ACCEPT, Reason.REBIND, owner.name, State.ACTIVE, State.ACTIVE)
+    return Verdict(_authenticated(decision), current, changed=False)
+
+
 def check_code(
     record: UserRecord, code: str, *, now: int, policy: Policy, before: State | None = None
 ) -> Verdict:

@@ -39,6 +39,7 @@ class Reason(StrEnum):
     ACTIVATED = "activated"  # pending user's first code: now active
     GRACE = "grace"  # password only, inside the enrollment period
     EXEMPT = "exempt"  # exempt user or group: password only
+    REBIND = "rebind"  # an app's bind again with a password+code it was just accepted with
     CHALLENGED = "challenged"  # correct password, code asked for
     EMPTY_PASSWORD = "empty-password"  # noqa: S105 - a reason, not a password
     BAD_USERNAME = "bad-username"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 
-from bridge.auth import Authenticator, Caller, LoginOutcome
+from bridge.auth import Authenticator, Caller, LoginOutcome, Rebind
 from bridge.core.policy import Mode
 from bridge.core.types import Decision, Reason
 from bridge.directory import Binder
@@ -21,14 +21,22 @@ LoginResult = LoginOutcome
 class LdapLogin:
     """`Authenticator.login_outcome` in append mode: the proxy's one way to decide a bind."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, rebind_seconds: int = 0) -> None:
         self._authenticator = authenticator
+        self.rebind_seconds = rebind_seconds  # ldap_proxy.rebind_seconds (0: off)
 
     def __call__(
         self, username: str, field: str, caller: Caller, bind: Binder
     ) -> Deferred[LoginResult]:
-        """Decide the login, the password checked by `bind`; the result says the DN."""
-        return self._authenticator.login_outcome(username, field, Mode.APPEND, caller, bind)
+        """Decide the login, the password checked by `bind`; the result says the DN.
+
+        An app may bind again with the password+code it was accepted with, from the same
+        address, for rebind_seconds (SPEC 6): the password is still bound each time.
+        """
+        rebind = Rebind(caller.client, self.rebind_seconds) if self.rebind_seconds else None
+        return self._authenticator.login_outcome(
+            username, field, Mode.APPEND, caller, bind, rebind=rebind
+        )
 
     def refuse(self, raw_username: str, reason: Reason, caller: Caller) -> Decision:
         """Audit a bind refused before any password check (a DN that names no user)."""

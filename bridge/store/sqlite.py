@@ -52,6 +52,15 @@ CREATE TABLE users (
 CREATE INDEX users_by_name ON users (name_key);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
+# Binds the LDAP proxy may accept again (SPEC 6, apps that bind again): a keyed hash of
+# entry, client address, key and password+code; never the password or the code.
+_REBINDS = """
+CREATE TABLE IF NOT EXISTS rebinds (
+    mac      BLOB PRIMARY KEY,
+    entry_id TEXT NOT NULL,
+    expires  INTEGER NOT NULL
+) WITHOUT ROWID
+"""
 # Records of schema 2 and before, keyed by the name typed: each waits here until the
 # directory says which entry it belongs to (`attach`), then moves to `users`.
 _LEGACY = """
@@ -195,6 +204,7 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+            self._db.execute(_REBINDS)
             self._check_key()
             self._check_id_attribute(id_attribute)
             self._legacy = self._legacy_index()
@@ -428,6 +438,29 @@ class SqliteStore:
             raise ValueError("a record is written under its own entry only")
         version = before.version + 1 if before else _first_version()
         self._db.execute(_UPSERT, self._row(record, version))
+
+    # Binds an app may repeat (SPEC 6): remembered as keyed hashes, for a while.
+
+    def rebind_mac(self, *parts: bytes) -> bytes:
+        """The keyed hash a rebind is remembered by (the parts joined unambiguously)."""
+        return self._sealer.mac(b"\x00".join(len(p).to_bytes(4, "big") + p for p in parts))
+
+    def remember_rebind(self, mac: bytes, entry_id: str, expires: int, now: int) -> None:
+        """Remember an accepted bind until `expires` (and forget those that have expired)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM rebinds WHERE expires <= ?", (now,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO rebinds (mac, entry_id, expires) VALUES (?, ?, ?)",
+                (mac, entry_id, expires),
+            )
+
+    def knows_rebind(self, mac: bytes, entry_id: str, now: int) -> bool:
+        """Whether this entry's bind `mac` was accepted and has not expired."""
+        row = self._db.execute(
+            "SELECT 1 FROM rebinds WHERE mac = ? AND entry_id = ? AND expires > ?",
+            (mac, entry_id, now),
+        ).fetchone()
+        return row is not None
 
     # Records from before SPEC section 8 (schema 2), keyed by the name typed.
 

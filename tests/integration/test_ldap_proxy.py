@@ -94,8 +94,9 @@ def test_grace_user_binds_with_password_only(slapd: Slapd, make_bridge: MakeBrid
 
 
 def test_enrolled_user_needs_the_code(slapd: Slapd, make_bridge: MakeBridge) -> None:
-    """An enrolled user binds with password+code; a wrong code and a replayed one get 49."""
-    bridge = make_bridge(change=with_proxy())
+    """An enrolled user binds with password+code; a wrong code and (rebinds off) a replayed
+    one get 49."""
+    bridge = make_bridge(change=with_proxy(rebind_seconds=0))
     user = "load151"
     dn, url = slapd.user_dn(user), proxy_url(bridge)
     secret = enroll(bridge, user)
@@ -108,6 +109,25 @@ def test_enrolled_user_needs_the_code(slapd: Slapd, make_bridge: MakeBridge) -> 
     assert whoami(url, dn, password_of(user) + code).returncode == INVALID_CREDENTIALS
     assert whoami(url, dn, password_of(user)).returncode == INVALID_CREDENTIALS
     assert state_of(bridge, user) == "active"
+
+
+def test_an_app_binding_per_request_keeps_working(slapd: Slapd, make_bridge: MakeBridge) -> None:
+    """Seven ldapsearch -D ... -w password+code in a row, as an app binding per request
+    does: all answered, the user still active with no failure; audit reason rebind."""
+    bridge = make_bridge(change=with_proxy())
+    user = "load153"
+    dn, url = slapd.user_dn(user), proxy_url(bridge)
+    code = code_for(enroll(bridge, user))
+    for _ in range(7):
+        found = tool(
+            "ldapsearch", "-x", "-H", url, "-D", dn, "-w", password_of(user) + code,
+            "-b", dn, "-s", "base", "uid",
+        )  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        assert f"uid: {user}" in found.stdout
+    status = json.loads(bridge.cli("user", "status", user, "--json").stdout)
+    assert (status["state"], status["failures"]) == ("active", 0)
+    assert bridge.audit_reasons("ldap") == ["activated"] + ["rebind"] * 6
 
 
 def test_code_used_over_ldap_is_refused_over_radius(

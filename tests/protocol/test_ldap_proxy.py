@@ -358,7 +358,7 @@ def make_proxy(tmp_path: Path) -> Iterator[MakeProxy]:
         opener = FakeOpener()
         factory = LdapProxyFactory(
             Settings.from_config(config.ldap_proxy, config.directory),
-            LdapLogin(authenticator),
+            LdapLogin(authenticator, config.ldap_proxy.rebind_seconds),
             opener,
             clock,
         )
@@ -417,8 +417,9 @@ BOB_ALIAS = alias("bob")
 
 
 def test_active_user_binding_by_alias_needs_the_code(make_proxy: MakeProxy) -> None:
-    """A bare-name bind by an active user's alias needs the code, spent on the entry's record."""
-    proxy = make_proxy()
+    """A bare-name bind by an active user's alias needs the code, spent on the entry's record
+    (rebinds off: the same code again is a replay)."""
+    proxy = make_proxy(rebind_seconds=0)
     assert proxy.bind(BOB_ALIAS, "bob-pass") == INVALID
     code = proxy.code()
     assert proxy.bind(BOB_ALIAS, "bob-pass" + code, 2) == SUCCESS
@@ -516,12 +517,73 @@ def test_invalid_utf8_password_refused(make_proxy: MakeProxy) -> None:
 
 
 def test_replayed_code_refused(make_proxy: MakeProxy) -> None:
-    """A code accepted once is refused the second time (49)."""
-    proxy = make_proxy()
+    """With rebinds off, a code accepted once is refused the second time (49)."""
+    proxy = make_proxy(rebind_seconds=0)
     code = proxy.code()
     assert proxy.bind(dn("bob"), "bob-pass" + code) == SUCCESS
     assert proxy.bind(dn("bob"), "bob-pass" + code, 2) == INVALID
     assert proxy.upstream.closed  # the second bind dropped the first identity
+
+
+# --- apps that bind again (SPEC 6, ldap_proxy.rebind_seconds) -------------------------------
+
+
+def failures_of(proxy: Proxy, uid: str) -> tuple[int, int | None]:
+    record = proxy.store.get(entry_id(uid))
+    assert record is not None
+    return record.failures, record.last_step
+
+
+def test_an_app_binding_again_with_the_same_code_is_accepted(make_proxy: MakeProxy) -> None:
+    """The same password+code from the same address, again and again within rebind_seconds:
+    accepted each time, the password bound each time, no replay and no failure counted."""
+    proxy = make_proxy()
+    code = proxy.code()
+    for message_id in range(1, 7):
+        assert proxy.bind(dn("bob"), "bob-pass" + code, message_id) == SUCCESS
+    assert len(proxy.opener.calls) == 6  # the directory checked the password every time
+    assert failures_of(proxy, "bob") == (0, NOW // 30)
+
+
+def test_the_same_code_from_another_address_or_later_is_a_replay(make_proxy: MakeProxy) -> None:
+    """From another address, or after rebind_seconds, the code is a replay (49, a failure)."""
+    proxy = make_proxy(rebind_seconds=600)
+    code = proxy.code()
+    assert proxy.bind(dn("bob"), "bob-pass" + code) == SUCCESS
+    other = proxy.connect("198.51.100.4")
+    assert other is not None
+    assert other.bind(dn("bob"), "bob-pass" + code) == INVALID
+    assert failures_of(proxy, "bob")[0] == 1
+    proxy.clock.advance(601)
+    later = proxy.connect()  # the first connection has passed its idle timeout
+    assert later is not None
+    assert later.bind(dn("bob"), "bob-pass" + code) == INVALID
+
+
+def test_a_rebind_ends_with_a_lock_or_a_wrong_password(make_proxy: MakeProxy) -> None:
+    """A wrong password is refused by the directory even with the remembered code; once the
+    user is locked, the remembered bind no longer counts."""
+    proxy = make_proxy()
+    code = proxy.code()
+    assert proxy.bind(dn("bob"), "bob-pass" + code) == SUCCESS
+    assert proxy.bind(dn("bob"), "not-bob" + code, 2) == INVALID
+    proxy.store.update(
+        entry_id("bob"),
+        lambda r: (r.evolve(state=State.LOCKED, lock_reason=LockReason.ADMIN) if r else None, 0),
+    )
+    assert proxy.bind(dn("bob"), "bob-pass" + code, 3) == INVALID
+
+
+def test_what_is_remembered_of_a_bind_is_a_keyed_hash(make_proxy: MakeProxy) -> None:
+    """Neither the password nor the code is in the store's file, only the rebind's hash."""
+    proxy = make_proxy()
+    code = proxy.code()
+    assert proxy.bind(dn("bob"), "bob-pass" + code) == SUCCESS
+    path = proxy.store.path
+    data = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+    assert b"bob-pass" not in data and code.encode() not in data
+    (count,) = proxy.store.query("SELECT count(*) FROM rebinds")[0]
+    assert count == 1
 
 
 def test_dn_must_be_the_one_the_directory_found(make_proxy: MakeProxy) -> None:
