@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 
 from bridge.auth import Caller
 from bridge.config import DirectoryConfig, LdapProxyConfig
+from bridge.connections import ConnectionCounter
 from bridge.core.types import Decision, Reason
 from bridge.directory import Binder, UnavailableError
 from bridge.ldap_proxy.framing import FramingError, operation_tag, pdu_size
@@ -639,43 +640,41 @@ class LdapProxyFactory(ServerFactory):
         self.login = login
         self.opener = opener
         self.reactor = reactor
-        self.open_total = 0
-        self.open_by_address: dict[str, int] = {}
-        self.refused = 0
+        self.connections = ConnectionCounter(
+            settings.max_connections, settings.max_connections_per_address
+        )
         self.throttle = Throttle(reactor.seconds)  # log lines of all its connections
+
+    @property
+    def open_total(self) -> int:
+        """Client connections open now (both listeners)."""
+        return self.connections.open_total
+
+    @property
+    def open_by_address(self) -> dict[str, int]:
+        """Client connections open now, by address."""
+        return self.connections.open_by_address
+
+    @property
+    def refused(self) -> int:
+        """Connections refused for the limits so far."""
+        return self.connections.refused
 
     def buildProtocol(self, addr: Any) -> LdapProxyProtocol | None:  # noqa: N802
         """A session for a new client connection; None (close it) beyond the limits."""
         host = str(getattr(addr, "host", "unknown"))
-        reason = None
-        if self.open_total >= self.settings.max_connections:
-            reason = "max-connections"
-        elif self.open_by_address.get(host, 0) >= self.settings.max_connections_per_address:
-            reason = "max-connections-per-address"
+        reason, release = self.connections.admit(host)
         if reason is not None:
-            self.refused += 1
-            if not self.throttle.allow(("connection.refused", reason, host)):
-                return None
-            log.warn(
-                "ldap.connection.refused reason={reason} client={client} open={open}"
-                " refused={refused}",
-                reason=reason,
-                client=host,
-                open=self.open_total,
-                refused=self.refused,
-            )
+            if self.throttle.allow(("connection.refused", reason, host)):
+                log.warn(
+                    "ldap.connection.refused reason={reason} client={client} open={open}"
+                    " refused={refused}",
+                    reason=reason,
+                    client=host,
+                    open=self.open_total,
+                    refused=self.refused,
+                )
             return None
-        self.open_total += 1
-        self.open_by_address[host] = self.open_by_address.get(host, 0) + 1
-
-        def release() -> None:
-            self.open_total -= 1
-            left = self.open_by_address.get(host, 1) - 1
-            if left > 0:
-                self.open_by_address[host] = left
-            else:
-                self.open_by_address.pop(host, None)
-
         proto = LdapProxyProtocol(
             self.settings, self.login, self.opener, self.reactor, release, throttle=self.throttle
         )

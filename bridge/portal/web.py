@@ -28,6 +28,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from bridge.connections import ConnectionCounter
 from bridge.core.policy import REJECT_SPREAD
 from bridge.core.selfservice import SetupResult
 from bridge.logs import Throttle
@@ -179,22 +180,26 @@ class PortalSite(Site):
         Site.__init__(self, resource, timeout=limits.idle_timeout, **kwargs)
         self.protocol = PortalChannel  # type: ignore[assignment] # HTTP/1.1 only
         self.limits = limits
-        self.open_total = 0
-        self.open_by_address: dict[str, int] = {}
-        self.refused = 0
+        self.connections = ConnectionCounter(
+            limits.max_connections, limits.max_connections_per_address
+        )
         self._throttle = Throttle(self.reactor.seconds)
+
+    @property
+    def open_total(self) -> int:
+        """Connections open now."""
+        return self.connections.open_total
+
+    @property
+    def refused(self) -> int:
+        """Connections refused for the limits so far."""
+        return self.connections.refused
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
         """A connection, or None (closed at once) beyond the limits."""
         host = str(getattr(addr, "host", "unknown"))
-        limits = self.limits
-        reason = None
-        if self.open_total >= limits.max_connections:
-            reason = "max-connections"
-        elif self.open_by_address.get(host, 0) >= limits.max_connections_per_address:
-            reason = "max-connections-per-address"
+        reason, release = self.connections.admit(host)
         if reason is not None:
-            self.refused += 1
             if self._throttle.allow((reason, host)):
                 log.warn(
                     "portal.connection.refused reason={reason} client={client} open={open}"
@@ -206,19 +211,8 @@ class PortalSite(Site):
                 )
             return None
         channel: Any = Site.buildProtocol(self, addr)
-        channel.request_timeout = limits.request_timeout
+        channel.request_timeout = self.limits.request_timeout
         channel.clock = self.reactor
-        self.open_total += 1
-        self.open_by_address[host] = self.open_by_address.get(host, 0) + 1
-
-        def release() -> None:
-            self.open_total -= 1
-            left = self.open_by_address.get(host, 1) - 1
-            if left > 0:
-                self.open_by_address[host] = left
-            else:
-                self.open_by_address.pop(host, None)
-
         channel.released = release
         return channel
 
