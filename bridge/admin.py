@@ -216,6 +216,7 @@ class Admin:
         record = self.store.update(
             owner.entry_id, lambda old: _same(admin_enroll(old, owner, secret, now, self.policy))
         )
+        self.store.forget_rebinds(owner.entry_id)
         uri = provisioning_uri(secret, owner.name, self.issuer, self.policy.totp)
         return Enrollment(record, encode_secret(secret), uri)
 
@@ -233,6 +234,7 @@ class Admin:
         else:
             if identity is not None:
                 owner = identity
+                self.store.forget_rebinds(owner.entry_id)
                 return self.store.update(
                     owner.entry_id,
                     lambda old: _same_changed(
@@ -272,7 +274,9 @@ class Admin:
             new = change(old)
             return new, Changed(old.username, new)
 
-        return self.store.update(owner.entry_id, apply)
+        changed = self.store.update(owner.entry_id, apply)
+        self.store.forget_rebinds(owner.entry_id)  # a bind an app repeats starts again
+        return changed
 
     def import_csv(self, path: Path, now: int) -> int:
         """Import `username,secret` rows: all or nothing, imported users are `active`."""
@@ -308,6 +312,8 @@ class Admin:
             changes.append((owner.entry_id, _importer(owner, row.secret, now)))
         self._attach({row.username: found[row.username] for row in rows}, now)
         self.store.update_many(changes)
+        for entry_id, _change in changes:
+            self.store.forget_rebinds(entry_id)
         return len(changes)
 
     def attach_legacy(self, now: int) -> None:

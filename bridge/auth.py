@@ -36,6 +36,8 @@ from bridge.store.batching import WriteBatcher
 
 log = Logger(namespace="bridge.auth")
 
+RECENT_SECONDS = 10  # an accepted bind is known in memory until its rebind row is written
+
 _CODE_ACCEPTS = frozenset({Reason.ACCEPTED, Reason.ACTIVATED})  # a code was just spent
 
 _BIND_REJECTS = {
@@ -95,7 +97,6 @@ class _Plan:
     identity: Identity
     record: UserRecord | None
     attempt: Attempt
-    again: bool = False  # a bind this client was accepted with, repeated in time
 
 
 class Authenticator:
@@ -125,6 +126,8 @@ class Authenticator:
         self._exempt_users = name_keys(exempt_users)
         self._clock = clock
         self.upgrading = False  # records of an earlier release still wait: refuse logins
+        # LDAP binds accepted with a code, until their rebind rows are committed.
+        self._accepted_binds = _Recent(limit=65_536)
         self.stopping = False  # shutting down: the directory is being closed under logins
 
     def reconfigure(self, policy: Policy, exempt_users: frozenset[str]) -> None:
@@ -181,11 +184,7 @@ class Authenticator:
                 attempt = plan_attempt(record, field, mode, now, self._policy)
             else:
                 attempt = plan_given(record, field, code)
-            again = False
-            if rebind is not None and attempt.code is not None and record is not None:
-                mac = self._rebind_mac(identity, rebind.client, record, field)
-                again = mac is not None and self._store.knows_rebind(mac, identity.entry_id, now)
-            planned.append(_Plan(identity, record, attempt, again))
+            planned.append(_Plan(identity, record, attempt))
             return attempt.password
 
         def bound(result: BindResult) -> LoginOutcome | Deferred[LoginOutcome]:
@@ -203,7 +202,12 @@ class Authenticator:
             exempt = name_key(identity.name) in self._exempt_users or result.in_exempt_group
 
             def decide(current: UserRecord | None) -> tuple[UserRecord | None, Verdict]:
-                if chosen.again and current is not None and not exempt:
+                # Decided here, on the record as written (after the password was bound), so
+                # parallel binds of one app see each other, and a new key ends a rebind.
+                mac = None
+                if rebind is not None and chosen.attempt.code is not None and not exempt:
+                    mac = self._rebind_mac(identity, rebind.client, current, field)
+                if mac is not None and current is not None and self._rebinds(mac, identity):
                     verdict = conclude_rebind(current, identity, self._now())
                     return verdict.record, verdict
                 verdict = conclude(
@@ -215,6 +219,8 @@ class Authenticator:
                     now=self._now(),
                     policy=self._policy,
                 )
+                if mac is not None and verdict.decision.reason in _CODE_ACCEPTS:
+                    self._accepted_binds.put(mac, self._now() + RECENT_SECONDS)
                 return verdict.record, verdict
 
             if self._writes is None:
@@ -240,11 +246,19 @@ class Authenticator:
             checked = self._authenticate(username, plan, bind)
         return checked.addCallback(bound)
 
+    def _rebinds(self, mac: bytes, identity: Identity) -> bool:
+        """Whether this bind was accepted with a code in time: moments ago in this process
+        (its row may not be written yet), or before, by any instance sharing the store."""
+        now = self._now()
+        if self._accepted_binds.get(mac, now) > now:
+            return True
+        return self._store.knows_rebind(mac, identity.entry_id, now)
+
     def _rebind_mac(
-        self, identity: Identity, client: str, record: UserRecord, field: str
+        self, identity: Identity, client: str, record: UserRecord | None, field: str
     ) -> bytes | None:
         """What a bind is remembered by: entry, client, the key's tag and the field (hashed)."""
-        if record.secret is None:
+        if record is None or record.secret is None:
             return None
         parts = (identity.entry_id, client, guard_tag(record.secret).hex(), field)
         return self._store.rebind_mac(*(part.encode() for part in parts))
@@ -311,3 +325,20 @@ class Authenticator:
         latency = self._clock.seconds() - started
         self._audit_log.record(decision, caller.protocol, caller.client, latency, caller.label)
         return decision
+
+
+class _Recent:
+    """A bounded map of keys to expiry times (the oldest dropped first when full)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._items: dict[bytes, float] = {}
+
+    def get(self, key: bytes, default: float) -> float:
+        return self._items.get(key, default)
+
+    def put(self, key: bytes, expires: float) -> None:
+        if len(self._items) >= self._limit:
+            for old in list(self._items)[: self._limit // 4]:
+                del self._items[old]
+        self._items[key] = expires

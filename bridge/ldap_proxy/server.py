@@ -146,7 +146,6 @@ class Settings:
     max_connections: int = 1000
     max_connections_per_address: int = 100
     idle_timeout: float = 300.0
-    rebind_seconds: int = 0  # apps that bind again: see Authenticator's `rebind`
 
     @classmethod
     def from_config(cls, proxy: LdapProxyConfig, directory: DirectoryConfig) -> Settings:
@@ -164,7 +163,6 @@ class Settings:
             max_connections=proxy.max_connections,
             max_connections_per_address=proxy.max_connections_per_address,
             idle_timeout=proxy.idle_timeout,
-            rebind_seconds=proxy.rebind_seconds,
         )
 
 

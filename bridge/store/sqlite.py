@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS rebinds (
     mac      BLOB PRIMARY KEY,
     entry_id TEXT NOT NULL,
     expires  INTEGER NOT NULL
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rebinds_by_expiry ON rebinds (expires);
+CREATE INDEX IF NOT EXISTS rebinds_by_entry ON rebinds (entry_id);
 """
 # Records of schema 2 and before, keyed by the name typed: each waits here until the
 # directory says which entry it belongs to (`attach`), then moves to `users`.
@@ -204,7 +206,7 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
-            self._db.execute(_REBINDS)
+            self._script(_REBINDS)
             self._check_key()
             self._check_id_attribute(id_attribute)
             self._legacy = self._legacy_index()
@@ -453,6 +455,10 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO rebinds (mac, entry_id, expires) VALUES (?, ?, ?)",
                 (mac, entry_id, expires),
             )
+
+    def forget_rebinds(self, entry_id: str) -> None:
+        """Forget every bind remembered for the entry (an admin changed its state or key)."""
+        self._db.execute("DELETE FROM rebinds WHERE entry_id = ?", (entry_id,))
 
     def knows_rebind(self, mac: bytes, entry_id: str, now: int) -> bool:
         """Whether this entry's bind `mac` was accepted and has not expired."""

@@ -545,6 +545,44 @@ def test_an_app_binding_again_with_the_same_code_is_accepted(make_proxy: MakePro
     assert failures_of(proxy, "bob") == (0, NOW // 30)
 
 
+def test_an_app_binding_on_several_connections_at_once_is_accepted_on_each(
+    make_proxy: MakeProxy,
+) -> None:
+    """A browser loading a page and its parts sends one password+code on five connections
+    at once: all five accepted (one with the code, four as rebinds), no failure counted."""
+    proxy = make_proxy()
+    code = proxy.code()
+    connections = [proxy] + [proxy.connect() for _ in range(4)]
+    proxy.opener.hold = True  # every upstream bind waits: all five are in flight together
+    for connection in connections:
+        assert connection is not None
+        request = pureldap.LDAPBindRequest(dn=dn("bob"), auth="bob-pass" + code)
+        assert connection.send(request) == []
+    proxy.opener.hold = False
+    for held in list(proxy.opener.held):
+        held.callback(proxy.opener.new())
+    results = []
+    for connection in connections:
+        assert connection is not None
+        (reply,) = connection.responses()
+        results.append(int(reply.value.resultCode))
+    assert results == [SUCCESS] * 5
+    assert failures_of(proxy, "bob") == (0, NOW // 30)
+
+
+def test_an_admin_change_ends_a_remembered_bind(make_proxy: MakeProxy) -> None:
+    """After the admin locks and unlocks the user, the password+code from before the lock
+    is a replay, not a rebind (the remembered binds are forgotten)."""
+    proxy = make_proxy()
+    code = proxy.code()
+    assert proxy.bind(dn("bob"), "bob-pass" + code) == SUCCESS
+    proxy.clock.advance(20)  # past the moments an accepted bind is also held in memory
+    proxy.store.forget_rebinds(entry_id("bob"))  # what every `user` command does
+    again = proxy.connect()
+    assert again is not None
+    assert again.bind(dn("bob"), "bob-pass" + code) == INVALID
+
+
 def test_the_same_code_from_another_address_or_later_is_a_replay(make_proxy: MakeProxy) -> None:
     """From another address, or after rebind_seconds, the code is a replay (49, a failure)."""
     proxy = make_proxy(rebind_seconds=600)
