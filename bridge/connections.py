@@ -20,11 +20,15 @@ class ConnectionCounter:
         self.open_by_address: dict[str, int] = {}
         self.refused = 0
 
-    def admit(self, host: str) -> tuple[str | None, Callable[[], None]]:
-        """(why it is refused, or None) and, when admitted, the call that frees its place."""
+    def admit(self, host: str, *, shared: bool = False) -> tuple[str | None, Callable[[], None]]:
+        """(why it is refused, or None) and, when admitted, the call that frees its place.
+
+        `shared`: the address speaks for many clients (a trusted reverse proxy), so only
+        the total limit applies to it.
+        """
         if self.open_total >= self.total:
             reason: str | None = "max-connections"
-        elif self.open_by_address.get(host, 0) >= self.per_address:
+        elif not shared and self.open_by_address.get(host, 0) >= self.per_address:
             reason = "max-connections-per-address"
         else:
             reason = None

@@ -176,8 +176,15 @@ class PortalChannel(http.HTTPChannel):
 class PortalSite(Site):
     """The portal's Site: connections limited in all and per address; no request log."""
 
-    def __init__(self, resource: Resource, limits: Limits, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: Resource,
+        limits: Limits,
+        trusted_proxies: tuple[Any, ...] = (),
+        **kwargs: Any,
+    ) -> None:
         Site.__init__(self, resource, timeout=limits.idle_timeout, **kwargs)
+        self._trusted_proxies = trusted_proxies  # their connections carry many clients
         self.protocol = PortalChannel  # type: ignore[assignment] # HTTP/1.1 only
         self.limits = limits
         self.connections = ConnectionCounter(
@@ -198,7 +205,8 @@ class PortalSite(Site):
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
         """A connection, or None (closed at once) beyond the limits."""
         host = str(getattr(addr, "host", "unknown"))
-        reason, release = self.connections.admit(host)
+        shared = bool(self._trusted_proxies) and _within(host, self._trusted_proxies)
+        reason, release = self.connections.admit(host, shared=shared)
         if reason is not None:
             if self._throttle.allow((reason, host)):
                 log.warn(
@@ -243,8 +251,8 @@ class PortalResource(Resource):
         prefix = SECURE_PREFIX if secure else b""
         self._session_cookie = prefix + SESSION_COOKIE
         self._csrf_cookie = prefix + CSRF_COOKIE
-        # Before sign-in the form's token is a MAC of the cookie's nonce: over plain HTTP an
-        # attacker may plant a cookie, but cannot compute the token that goes with it.
+        # Before sign-in the form's token is a MAC of the cookie's nonce and the client's
+        # address (see _form_token), under a key of this process.
         self._csrf_key = os.urandom(32)
         self._routes: dict[tuple[bytes, bytes], Callable[[Request], bytes | int]] = {
             (b"GET", b"/"): self._home,
@@ -306,7 +314,7 @@ class PortalResource(Resource):
         if session is not None:
             expected = session.csrf
         else:
-            expected = self._form_token(request.getCookie(self._csrf_cookie) or b"")
+            expected = self._form_token(request, request.getCookie(self._csrf_cookie) or b"")
         sent = _arg(request, "csrf")
         if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
             return self._forbidden(request)
@@ -390,14 +398,19 @@ class PortalResource(Resource):
             fresh = token()
             self._set_cookie(request, self._csrf_cookie, fresh)
             nonce = fresh.encode()
-        csrf = self._form_token(nonce)
+        csrf = self._form_token(request, nonce)
         return self._html(request, pages.sign_in(csrf, message=message, username=username))
 
-    def _form_token(self, nonce: bytes) -> str:
-        """The sign-in form's CSRF token for the cookie's nonce ("" without a nonce)."""
+    def _form_token(self, request: Request, nonce: bytes) -> str:
+        """The sign-in form's CSRF token: a MAC of the cookie's nonce and the client's address.
+
+        An attacker can fetch the form and learn the token for a nonce of theirs, but only
+        for their own address: planted in a victim's browser, the pair does not hold.
+        """
         if not nonce:
             return ""
-        return hmac.new(self._csrf_key, nonce, "sha256").hexdigest()
+        client = self._client(request).encode()
+        return hmac.new(self._csrf_key, nonce + b"\x00" + client, "sha256").hexdigest()
 
     def _later(self, request: Request, d: Deferred[Any], done: Callable[[Any], bytes]) -> int:
         """Answer when `d` fires (unless the client has gone)."""
@@ -457,8 +470,8 @@ class PortalResource(Resource):
         """A failed sign-in is answered at `when` (its arrival plus failure_delay), however
         long the directory took: the time tells nothing of why it failed."""
         wait = when - self._clock.seconds()
-        if result.result is SignInResult.OK or wait <= 0:
-            return result
+        if result.result in (SignInResult.OK, SignInResult.LIMITED) or wait <= 0:
+            return result  # a limited sign-in is refused before any check: nothing to hide
         return deferLater(self._clock, wait, lambda: result)
 
     def _signed_in(self, request: Request, result: SignIn, username: str) -> bytes:
@@ -549,7 +562,7 @@ def make_site(
         failure_delay=limits.failure_delay,
     )
     extra = {} if reactor is None else {"reactor": reactor}
-    site = PortalSite(resource, limits, **extra)
+    site = PortalSite(resource, limits, trusted_proxies, **extra)
     site.requestFactory = LimitedRequest
     site.displayTracebacks = False
     return site

@@ -7,6 +7,7 @@ MemoryReactorClock, so session expiry is tested without waiting.
 from __future__ import annotations
 
 import io
+import ipaddress
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -348,15 +349,13 @@ def test_the_per_user_limit_tells_a_wrong_password_nothing(portal: Any) -> None:
 
 def test_forwarded_address_is_believed_only_from_a_trusted_proxy(portal: Any) -> None:
     """Behind a configured proxy the per-address limit counts X-Forwarded-For's last hop."""
-    import ipaddress  # noqa: PLC0415
-
     proxy = ipaddress.ip_network("192.0.2.0/24")  # the Browser helper connects from 192.0.2.5
     audit: io.StringIO = portal.test_audit_out
 
     def sign_in(site: Any, forwarded: str) -> None:
         browser = Browser(site)
+        browser.extra = [f"X-Forwarded-For: {forwarded}"]  # the proxy adds it to every request
         token = browser.request("GET", "/")["csrf"]
-        browser.extra = [f"X-Forwarded-For: {forwarded}"]
         browser.request("POST", "/sign-in", {"csrf": token, "username": "ivy", "password": "x"})
 
     sign_in(make_site(portal, secure=False, trusted_proxies=(proxy,)), "203.0.113.9, 198.51.100.7")
@@ -366,11 +365,20 @@ def test_forwarded_address_is_believed_only_from_a_trusted_proxy(portal: Any) ->
 
 
 def test_a_csrf_pair_chosen_by_an_attacker_is_refused(portal: Any) -> None:
-    """Over plain HTTP a planted cookie is no use: the form token is a MAC of it, by the server."""
-    site = make_site(portal, secure=False)
+    """Over plain HTTP a planted cookie is no use: the form token is the server's MAC of it
+    and of the client's address, so a token fetched from elsewhere does not fit."""
+    proxy = ipaddress.ip_network("192.0.2.0/24")  # the Browser helper connects from .5
+    site = make_site(portal, secure=False, trusted_proxies=(proxy,))
     planted = Browser(site, cookies={"mfa_csrf": "attacker-nonce"})
     form = {"csrf": "attacker-nonce", "username": "ivy", "password": "ivy-pass"}
     assert planted.request("POST", "/sign-in", form)["status"] == 403
+    attacker = Browser(site, cookies={"mfa_csrf": "attacker-nonce"})
+    attacker.extra = ["X-Forwarded-For: 203.0.113.66"]
+    token = attacker.request("GET", "/")["csrf"]  # the token for the attacker's own address
+    victim = Browser(site, cookies={"mfa_csrf": "attacker-nonce"})
+    victim.extra = ["X-Forwarded-For: 198.51.100.20"]
+    form = {"csrf": token, "username": "ivy", "password": "ivy-pass"}
+    assert victim.request("POST", "/sign-in", form)["status"] == 403
     honest = Browser(site)
     token = honest.request("GET", "/")["csrf"]
     assert token and token != honest.cookies["mfa_csrf"]
@@ -563,3 +571,14 @@ def test_a_failed_sign_in_is_answered_failure_delay_after_it_came(
     assert b"Sign-in failed" in transport.value()
     good = Browser(site).sign_in("ivy")
     assert good["status"] == 303
+
+
+def test_a_trusted_proxy_is_held_only_to_the_total_limit(portal: Any) -> None:
+    """Behind a TLS-terminating proxy all users share its address: the per-address limit
+    does not apply to it, the total one does."""
+    clock = MemoryReactorClock()
+    limits = Limits(max_connections=4, max_connections_per_address=2)
+    proxy = ipaddress.ip_network("10.0.0.5/32")
+    site = make_site(portal, secure=False, limits=limits, trusted_proxies=(proxy,), reactor=clock)
+    assert all(connect(site, "10.0.0.5") is not None for _ in range(4))
+    assert connect(site, "10.0.0.5") is None  # the total
