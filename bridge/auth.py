@@ -320,8 +320,12 @@ class Authenticator:
             and name_key(typed) != name_key(decision.username)
         ):
             decision = replace(decision, login=typed)
-        if self.stopping and decision.reason is Reason.DIRECTORY_DOWN:
-            return decision  # the shutdown closed the directory: nothing was decided or sent
+        if (
+            self.stopping
+            and decision.reason is Reason.DIRECTORY_DOWN
+            and caller.protocol == "radius"
+        ):
+            return decision  # RADIUS has stopped: the closing directory decided nothing sent
         latency = self._clock.seconds() - started
         self._audit_log.record(decision, caller.protocol, caller.client, latency, caller.label)
         return decision

@@ -57,12 +57,19 @@ class Throttle:
     """
 
     def __init__(
-        self, clock: Callable[[], float], interval: float = 60.0, limit: int = 4096
+        self,
+        clock: Callable[[], float],
+        interval: float = 60.0,
+        limit: int = 4096,
+        most: int = 100,
     ) -> None:
         self._clock = clock
         self._interval = interval
         self._limit = limit
+        self._most = most  # lines per interval in all, however many keys a flood brings
         self._last: dict[Hashable, float] = {}
+        self._window = float("-inf")
+        self._written = 0
 
     def allow(self, key: Hashable) -> bool:
         """Whether a line for `key` may be written now (and, if so, note that it was)."""
@@ -70,7 +77,12 @@ class Throttle:
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
             return False
+        if now - self._window >= self._interval:
+            self._window, self._written = now, 0
+        if self._written >= self._most:
+            return False
         if len(self._last) >= self._limit:
             self._last.clear()
         self._last[key] = now
+        self._written += 1
         return True

@@ -234,7 +234,8 @@ class Daemon:
         self.radius = RadiusProtocol(
             config.radius, self.authenticator, reactor, setup_url=public_url
         )
-        drain_seconds = config.directory.timeout + 1.0  # the longest a login waits
+        # The longest a login waits: a search and a bind at each server, in turn.
+        drain_seconds = 2 * config.directory.timeout * len(config.directory.urls) + 1.0
         self.service.addService(RadiusListener(config.radius, self.radius, reactor, drain_seconds))
         if config.ldap_proxy is not None:
             self.service.addService(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,8 @@ from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailable
 from bridge.logs import Throttle
 
 log = Logger(namespace="bridge.ldap")
+
+_DIGITS = re.compile(r"0x[0-9a-fA-F]+|[0-9]+")
 
 MAX_PDU = 64 * 1024  # a bind or a search request is far smaller
 MAX_BUFFER = 4 * MAX_PDU  # what a client may have sent ahead while its bind is decided
@@ -608,7 +611,8 @@ class LdapProxyProtocol(Protocol):
     # --- closing -------------------------------------------------------------------------
 
     def _drop(self, why: str) -> None:
-        if self._throttle.allow(("drop", why, self.client)):
+        cause = _DIGITS.sub("N", why)  # "PDU of 9999 bytes": one cause, whatever the numbers
+        if self._throttle.allow(("drop", cause, self.client)):
             log.info(
                 "ldap.drop reason={reason} client={client} (once a minute per reason and client)",
                 reason=why,

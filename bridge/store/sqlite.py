@@ -148,11 +148,14 @@ def _sealed_with(path: Path) -> str | None:
     """
     if not path.exists():
         return None
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return _fingerprint_needed(db)
-    finally:
-        db.close()
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return _fingerprint_needed(db)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot read the store: {exc}") from exc
 
 
 def _fingerprint_needed(db: sqlite3.Connection) -> str | None:
@@ -242,6 +245,11 @@ class SqliteStore:
         """Refuse a key file other than the one this store's secrets were sealed with."""
         needed = _fingerprint_needed(self._db)
         mine = self._sealer.fingerprint
+        if needed == "unknown" and not self._opens_a_secret():
+            raise StoreError(
+                f"{self.path}: the key file given does not open its secrets: use the key"
+                " file that belongs to this store"
+            )
         if needed not in (None, "unknown", mine):
             raise StoreError(
                 f"{self.path}: its secrets were sealed with the key of fingerprint {needed},"
@@ -311,6 +319,20 @@ class SqliteStore:
             f" the config says {attribute!r}; set it back to {stored!r} (changing it would"
             " give every user a new enrollment period)"
         )
+
+    def _opens_a_secret(self) -> bool:
+        """Whether the key opens a secret of a store kept before fingerprints were."""
+        for table, name in (("users", "entry_id"), ("legacy_users", "username")):
+            row = self._db.execute(
+                f"SELECT {name}, secret FROM {table} WHERE secret IS NOT NULL LIMIT 1"  # noqa: S608
+            ).fetchone()
+            if row is not None:
+                try:
+                    self._sealer.open(row[0], row[1])
+                except KeyFileError:
+                    return False
+                return True
+        return True
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -979,6 +979,19 @@ def test_a_flood_of_refusals_is_counted_and_logged_once_a_minute(
     assert len(refusals) == 2
 
 
+def test_malformed_streams_differing_only_in_numbers_log_one_line(
+    make_proxy: MakeProxy, logged: list[dict[str, Any]]
+) -> None:
+    """50 connections each declaring another oversize length: one drop line, not 50."""
+    first = make_proxy()
+    for i in range(50):
+        connection = first.connect()
+        assert connection is not None
+        connection.protocol.dataReceived(b"\x30\x84" + (0x01000000 + i).to_bytes(4, "big"))
+    drops = [e for e in logged if e.get("log_format", "").startswith("ldap.drop")]
+    assert len(drops) == 1
+
+
 def test_connections_beyond_the_per_address_limit_are_refused(make_proxy: MakeProxy) -> None:
     """Beyond max_connections_per_address from one IP, its new connections are refused
     while other addresses are still served."""

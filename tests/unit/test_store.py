@@ -552,3 +552,23 @@ def test_the_database_and_its_wal_are_created_for_the_owner_only(tmp_path: Path)
     finally:
         os.umask(old)
     assert modes["state.db"] == 0o600 and modes["state.db-wal"] == 0o600
+
+
+def test_a_store_from_before_fingerprints_checks_the_key_on_a_secret(tmp_path: Path) -> None:
+    """The previous release kept no fingerprint: a wrong key file is refused (it opens no
+    secret) and not adopted, so the right one still opens the store afterwards."""
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "store-v2"
+    (tmp_path / "state.db").write_bytes((fixture / "state.db").read_bytes())
+    (tmp_path / "right.key").write_bytes((fixture / "state.key").read_bytes())
+    (tmp_path / "right.key").chmod(0o600)
+    SqliteStore.open(tmp_path / "other.db", tmp_path / "wrong.key").close()  # a key of its own
+    with pytest.raises(StoreError, match="does not open its secrets"):
+        SqliteStore.open(tmp_path / "state.db", tmp_path / "wrong.key")
+    SqliteStore.open(tmp_path / "state.db", tmp_path / "right.key").close()
+
+
+def test_a_store_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    """A damaged file where the store should be (and no key file): one clear StoreError."""
+    (tmp_path / "state.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot read the store"):
+        SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
