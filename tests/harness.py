@@ -220,6 +220,15 @@ class Bridge:
         self.write_config()
         self.proc.send_signal(signal.SIGHUP)
 
+    def wait_for_directory(self, timeout: float = 10.0) -> None:
+        """Until the daemon's directory connections are all open (each a service bind):
+        Status-Server is answered before, so a test counting binds waits for this."""
+        deadline = time.monotonic() + timeout
+        while "directory.ready" not in self.log():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the directory was not ready within {timeout}s")
+            time.sleep(0.02)
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")

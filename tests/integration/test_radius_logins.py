@@ -308,6 +308,7 @@ def test_empty_password_refused_before_the_directory(
     """An empty password is rejected without any bind (slapd here would accept it as anonymous)."""
     bridge = make_bridge()
     client = client_for(bridge)
+    bridge.wait_for_directory()  # its own connections' binds are not the login's
     binds = slapd.bind_count()
     reply = client.login("walter", "")
     assert reply is not None and reply.rejected
