@@ -261,7 +261,7 @@ class Authenticator:
         if record is None or record.secret is None:
             return None
         parts = (identity.entry_id, client, guard_tag(record.secret).hex(), field)
-        return self._store.rebind_mac(*(part.encode() for part in parts))
+        return self._store.mac(b"rebind", *(part.encode() for part in parts))
 
     def _remember(
         self, identity: Identity, rebind: Rebind, record: UserRecord | None, field: str

@@ -163,6 +163,11 @@ class Portal:
         }
         return SignIn(results.get(decision.reason, SignInResult.FAILED), decision=decision)
 
+    def form_token(self, nonce: bytes, client: str) -> str:
+        """The sign-in form's CSRF token for a cookie's nonce and a client address: a MAC
+        under the store's key, so it holds across restarts and instances sharing the store."""
+        return self._store.mac(b"csrf", nonce, client.encode()).hex()
+
     def sign_out(self, session: Session) -> None:
         """End the session (an unfinished set-up is forgotten with it)."""
         self.sessions.end(session.id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,9 +250,6 @@ class PortalResource(Resource):
         prefix = SECURE_PREFIX if secure else b""
         self._session_cookie = prefix + SESSION_COOKIE
         self._csrf_cookie = prefix + CSRF_COOKIE
-        # Before sign-in the form's token is a MAC of the cookie's nonce and the client's
-        # address (see _form_token), under a key of this process.
-        self._csrf_key = os.urandom(32)
         self._routes: dict[tuple[bytes, bytes], Callable[[Request], bytes | int]] = {
             (b"GET", b"/"): self._home,
             (b"POST", b"/sign-in"): self._sign_in,
@@ -409,8 +405,7 @@ class PortalResource(Resource):
         """
         if not nonce:
             return ""
-        client = self._client(request).encode()
-        return hmac.new(self._csrf_key, nonce + b"\x00" + client, "sha256").hexdigest()
+        return self._portal.form_token(nonce, self._client(request))
 
     def _later(self, request: Request, d: Deferred[Any], done: Callable[[Any], bytes]) -> int:
         """Answer when `d` fires (unless the client has gone)."""

@@ -29,12 +29,12 @@ class Sealer:
         if len(key) != KEY_BYTES:
             raise KeyFileError(f"key must be {KEY_BYTES} bytes, got {len(key)}")
         self._aead = AESGCM(key)
-        self._mac_key = hmac.new(key, b"mfa-bridge rebind mac key", "sha256").digest()
+        self._mac_key = hmac.new(key, b"mfa-bridge mac key", "sha256").digest()
         self.fingerprint = hmac.new(key, b"mfa-bridge key fingerprint", "sha256").hexdigest()[:16]
 
     def mac(self, data: bytes) -> bytes:
         """A keyed hash of `data` (HMAC-SHA256 under a key derived from the store's): what
-        is remembered of a password+code, never the thing itself."""
+        is kept of a password+code for a rebind, or signs a form token; never the data."""
         return hmac.digest(self._mac_key, data, "sha256")
 
     def seal(self, username: str, secret: bytes) -> bytes:

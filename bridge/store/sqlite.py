@@ -465,8 +465,9 @@ class SqliteStore:
 
     # Binds an app may repeat (SPEC 6): remembered as keyed hashes, for a while.
 
-    def rebind_mac(self, *parts: bytes) -> bytes:
-        """The keyed hash a rebind is remembered by (the parts joined unambiguously)."""
+    def mac(self, *parts: bytes) -> bytes:
+        """A keyed hash of `parts` (joined unambiguously) under a key derived from the
+        store's: the same on every instance that shares the store and its key file."""
         return self._sealer.mac(b"\x00".join(len(p).to_bytes(4, "big") + p for p in parts))
 
     def remember_rebind(self, mac: bytes, entry_id: str, expires: int, now: int) -> None:

@@ -582,3 +582,13 @@ def test_a_trusted_proxy_is_held_only_to_the_total_limit(portal: Any) -> None:
     site = make_site(portal, secure=False, limits=limits, trusted_proxies=(proxy,), reactor=clock)
     assert all(connect(site, "10.0.0.5") is not None for _ in range(4))
     assert connect(site, "10.0.0.5") is None  # the total
+
+
+def test_a_sign_in_form_outlives_a_restart(portal: Any) -> None:
+    """The form token is a MAC under the store's key: a form fetched before a restart (a
+    new site here) is still accepted after it, as it is by another instance sharing it."""
+    before = Browser(make_site(portal, secure=False))
+    token = before.request("GET", "/")["csrf"]
+    after = Browser(make_site(portal, secure=False), cookies=dict(before.cookies))
+    form = {"csrf": token, "username": "ivy", "password": "ivy-pass"}
+    assert after.request("POST", "/sign-in", form)["status"] == 303
