@@ -590,5 +590,5 @@ def test_a_sign_in_form_outlives_a_restart(portal: Any) -> None:
     before = Browser(make_site(portal, secure=False))
     token = before.request("GET", "/")["csrf"]
     after = Browser(make_site(portal, secure=False), cookies=dict(before.cookies))
-    form = {"csrf": token, "username": "ivy", "password": "ivy-pass"}
+    form = {"csrf": token, "username": "ivy", "password": password_of("ivy")}
     assert after.request("POST", "/sign-in", form)["status"] == 303
