@@ -583,11 +583,9 @@ class Directory:
     ) -> BindResult:
         """Search (unless the entry is remembered), then one bind as the user."""
         cached: Identity | None = self._entries.get(username)
-        identity = cached or await server.find(username)
+        identity = cached or await self._find(server, username)
         if identity is None:
             return BindResult(BindStatus.UNKNOWN_USER, server=server.url)
-        if cached is None:
-            self._entries.put(username, identity)
         ok = await _bind_as(server, bind, identity, plan)
         if not ok and cached is not None:
             # A remembered entry may be stale (moved, renamed): bind again only if it moved.
