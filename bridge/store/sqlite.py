@@ -563,10 +563,7 @@ class SqliteStore:
 
     def _legacy_record(self, row: tuple[Any, ...], entry_id: str) -> UserRecord:
         name, state, deadline, failures, last_step, sealed, lock, confirmed, created, updated = row
-        try:
-            secret = self._sealer.open(name, sealed) if sealed is not None else None
-        except KeyFileError as exc:
-            raise StoreError(f"{self.path}: user {name!r}: {exc}") from exc
+        secret = self._unseal(name, sealed, name)
         return UserRecord(
             username=name,
             state=State(state),
@@ -626,6 +623,15 @@ class SqliteStore:
             version,
         )
 
+    def _unseal(self, bound_to: str, sealed: bytes | None, username: str) -> bytes | None:
+        """A row's secret, opened with what it was sealed to; StoreError naming the user."""
+        if sealed is None:
+            return None
+        try:
+            return self._sealer.open(bound_to, sealed)
+        except KeyFileError as exc:
+            raise StoreError(f"{self.path}: user {username!r}: {exc}") from exc
+
     def _record(self, row: Row) -> UserRecord:
         (
             entry_id,
@@ -643,10 +649,7 @@ class SqliteStore:
             updated,
             version,
         ) = row
-        try:
-            secret = self._sealer.open(entry_id, sealed) if sealed is not None else None
-        except KeyFileError as exc:
-            raise StoreError(f"{self.path}: user {username!r}: {exc}") from exc
+        secret = self._unseal(entry_id, sealed, username)
         return UserRecord(
             username=username,
             state=State(state),
