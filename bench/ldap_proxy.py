@@ -1,17 +1,26 @@
 """Bind + search through mfa-bridge's LDAP proxy, against the same directly at slapd.
 
-    python3 bench/ldap_proxy.py [--users 2000] [--parallel 16] [--reps 3]
+    python3 bench/ldap_proxy.py [--users 4000] [--parallel 16] [--procs 4] [--reps 3]
+                                [--pattern kept per-login]
 
-One client (python-ldap's asynchronous calls on `parallel` connections, one thread) binds
-as each user once per run and then searches for the user's own entry, as a legacy app
-does at login. Through the proxy the password carries the current TOTP code (users are
-active, secrets imported); directly at slapd it is the password alone. Runs alternate
-between the two within a fresh TOTP step; figures are medians over the repetitions.
+The client is python-ldap (libldap, C) in `procs` processes, each keeping its share of
+`parallel` connections busy with asynchronous calls, so that the client is not what
+limits either path. Each user binds once per run and then reads their own entry, as a
+legacy app does at login, in one of two patterns:
+
+- kept: one connection binds user after user (an app's pool);
+- per-login: a new connection per login (connect, bind, search, unbind).
+
+Through the proxy the password carries the current TOTP code (users are active, secrets
+imported); directly at slapd it is the password alone. Runs alternate between the two
+within a fresh TOTP step; figures are medians over the repetitions, with the CPU time the
+proxy and slapd spent per bind + search.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import select
 import statistics
 import sys
@@ -26,20 +35,24 @@ sys.path.insert(0, str(REPO))
 
 import ldap  # noqa: E402
 
-from bench.run import SECRET, STEP, import_secrets, next_step  # noqa: E402
+from bench.run import STEP, cpu_seconds, import_secrets, next_step  # noqa: E402
 from bridge.core.totp import code_at_step, new_secret  # noqa: E402
 from tests.harness import Bridge, free_tcp_port, free_udp_port  # noqa: E402
 from tests.slapd import Slapd, SlapdUser  # noqa: E402
 
+SECRET = "bench-radius-secret-0123456789"  # noqa: S105 - a throwaway test secret
+
 
 @dataclass
 class Run:
-    """What one run measured."""
+    """What one run measured (one process's share, or all of them merged)."""
 
     done: int = 0
     failed: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    proxy_cpu: float = 0.0  # seconds per bind + search
+    slapd_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -52,14 +65,16 @@ class Run:
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
 
 
-def drive(url: str, jobs: list[tuple[str, str]], parallel: int) -> Run:
+def _connect(url: str) -> Any:
+    conn = ldap.initialize(url)
+    conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
+    conn.set_option(ldap.OPT_REFERRALS, 0)
+    return conn
+
+
+def drive(url: str, jobs: list[tuple[str, str]], parallel: int, per_login: bool) -> Run:
     """Bind then search for each (dn, password), `parallel` connections in flight."""
-    conns = []
-    for _ in range(parallel):
-        conn = ldap.initialize(url)
-        conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
-        conn.set_option(ldap.OPT_REFERRALS, 0)
-        conns.append(conn)
+    conns = [] if per_login else [_connect(url) for _ in range(parallel)]
     queue = list(reversed(jobs))
     state: dict[int, tuple[Any, str, str, float, int]] = {}  # fd -> conn, stage, dn, t0, msgid
     result = Run()
@@ -67,24 +82,43 @@ def drive(url: str, jobs: list[tuple[str, str]], parallel: int) -> Run:
 
     def start(conn: Any) -> None:
         dn, password = queue.pop()
+        t0 = time.perf_counter()
+        if conn is None:
+            conn = _connect(url)
         msgid = conn.simple_bind(dn, password)
         fd = conn.fileno()
         if fd not in state:
             poller.register(fd, select.POLLIN)
-        state[fd] = (conn, "bind", dn, time.perf_counter(), msgid)
+        state[fd] = (conn, "bind", dn, t0, msgid)
+
+    def finish(fd: int, conn: Any) -> None:
+        if per_login:
+            del state[fd]
+            poller.unregister(fd)
+            conn.unbind_ext()
+            if queue:
+                start(None)
+        elif queue:
+            start(conn)
+        else:
+            del state[fd]
+            poller.unregister(fd)
 
     started = time.perf_counter()
-    for conn in conns:
+    for i in range(parallel):
         if queue:
-            start(conn)
+            start(None if per_login else conns[i])
     while state:
         for fd, _ in poller.poll(1000):
+            if fd not in state:
+                continue
             conn, stage, dn, t0, msgid = state[fd]
             try:
                 kind, _data, _mid, _ctrls = conn.result3(msgid, 1, 0)
             except ldap.LDAPError:
                 result.failed += 1
-                kind, stage = "failed", "search"
+                finish(fd, conn)
+                continue
             if kind is None:
                 continue
             if stage == "bind":
@@ -92,25 +126,41 @@ def drive(url: str, jobs: list[tuple[str, str]], parallel: int) -> Run:
                 search = conn.search_ext(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["cn", "mail"])
                 state[fd] = (conn, "search", dn, t0, search)
                 continue
-            if kind != "failed":
-                result.done += 1
-                result.latencies.append(time.perf_counter() - t0)
-            if queue:
-                start(conn)
-            else:
-                del state[fd]
-                poller.unregister(fd)
+            result.done += 1
+            result.latencies.append(time.perf_counter() - t0)
+            finish(fd, conn)
     result.seconds = time.perf_counter() - started
     for conn in conns:
         conn.unbind_ext()
     return result
 
 
+def _share(args: tuple[str, list[tuple[str, str]], int, bool]) -> Run:
+    return drive(*args)
+
+
+def drive_all(
+    pool: Any, url: str, jobs: list[tuple[str, str]], parallel: int, procs: int, per_login: bool
+) -> Run:
+    """`drive` in `procs` processes at once, each with its share of jobs and connections."""
+    shares = [(url, jobs[i::procs], max(1, parallel // procs), per_login) for i in range(procs)]
+    started = time.perf_counter()
+    parts = pool.map(_share, shares)
+    merged = Run(seconds=time.perf_counter() - started)
+    for part in parts:
+        merged.done += part.done
+        merged.failed += part.failed
+        merged.latencies += part.latencies
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=4000)
     parser.add_argument("--parallel", type=int, default=16)
+    parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--pattern", nargs="+", default=["kept", "per-login"])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mfa-bench-ldap-"))
     users = [SlapdUser(f"user{i:06d}", f"pw-{i:06d}") for i in range(args.users)]
@@ -132,45 +182,70 @@ def main() -> None:
             "listen": f"127.0.0.1:{free_udp_port()}",
             "clients": [{"address": "127.0.0.1", "secret": SECRET}],
         },
-        "ldap_proxy": {"listen": f"127.0.0.1:{proxy_port}"},
+        "ldap_proxy": {"listen": f"127.0.0.1:{proxy_port}", "max_connections_per_address": 1000},
         "log": {"level": "warn"},
     }
     bridge = Bridge(work / "bridge", config)
-    runs: dict[str, list[Run]] = {"direct": [], "proxy": []}
+    runs: dict[tuple[str, str], list[Run]] = {}
+    pool = multiprocessing.get_context("fork").Pool(args.procs)
     try:
         import_secrets(bridge, secrets, work)
         bridge.start()
+        assert bridge.proc is not None and slapd.pid is not None
+        pids = {"proxy": bridge.proc.pid, "slapd": slapd.pid}
+        urls = {"direct": slapd.url, "proxy": f"ldap://127.0.0.1:{proxy_port}"}
         for rep in range(args.reps + 1):  # the first round warms both paths up
-            next_step()
-            step = int(time.time()) // STEP
-            jobs = {
-                "direct": [(slapd.user_dn(u.uid), u.password) for u in users],
-                "proxy": [
-                    (slapd.user_dn(u.uid), u.password + code_at_step(secrets[u.uid], step))
-                    for u in users
-                ],
-            }
-            urls = {"direct": slapd.url, "proxy": f"ldap://127.0.0.1:{proxy_port}"}
-            order = ["direct", "proxy"] if rep % 2 else ["proxy", "direct"]
-            for name in order:
-                run = drive(urls[name], jobs[name], args.parallel)
-                print(
-                    f"rep {rep} {name:<6} {run.rate:7.0f} bind+search/s  p50 {run.p(50):6.2f} ms"
-                    f"  p99 {run.p(99):6.2f} ms  failed {run.failed}",
-                    flush=True,
-                )
-                if rep:
-                    runs[name].append(run)
+            for pattern in args.pattern:
+                next_step()
+                step = int(time.time()) // STEP
+                jobs = {
+                    "direct": [(slapd.user_dn(u.uid), u.password) for u in users],
+                    "proxy": [
+                        (slapd.user_dn(u.uid), u.password + code_at_step(secrets[u.uid], step))
+                        for u in users
+                    ],
+                }
+                order = ["direct", "proxy"] if rep % 2 else ["proxy", "direct"]
+                for name in order:
+                    before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+                    run = drive_all(
+                        pool,
+                        urls[name],
+                        jobs[name],
+                        args.parallel,
+                        args.procs,
+                        pattern == "per-login",
+                    )
+                    count = max(1, run.done)
+                    run.proxy_cpu = (cpu_seconds(pids["proxy"]) - before["proxy"]) / count
+                    run.slapd_cpu = (cpu_seconds(pids["slapd"]) - before["slapd"]) / count
+                    print(
+                        f"rep {rep} {pattern:<9} {name:<6} {run.rate:7.0f} bind+search/s"
+                        f"  p50 {run.p(50):6.2f} ms  p99 {run.p(99):6.2f} ms"
+                        f"  proxy {run.proxy_cpu * 1e6:5.0f} us  slapd {run.slapd_cpu * 1e6:4.0f} us"
+                        f"  failed {run.failed}",
+                        flush=True,
+                    )
+                    if rep:
+                        runs.setdefault((pattern, name), []).append(run)
     finally:
+        pool.terminate()
         bridge.stop()
         slapd.stop()
-    direct = statistics.median(r.rate for r in runs["direct"])
-    proxy = statistics.median(r.rate for r in runs["proxy"])
     print(
-        f"\n{args.users:,} users, {args.parallel} in flight, median of {args.reps}: direct "
-        f"{direct:.0f}/s, through the proxy {proxy:.0f}/s, ratio {proxy / direct:.2f}; "
-        f"failures through the proxy: {sum(r.failed for r in runs['proxy'])}"
+        f"\n{args.users:,} users, {args.parallel} in flight from {args.procs} processes,"
+        f" median of {args.reps}:"
     )
+    for pattern in args.pattern:
+        direct = statistics.median(r.rate for r in runs[(pattern, "direct")])
+        proxied = runs[(pattern, "proxy")]
+        proxy = statistics.median(r.rate for r in proxied)
+        cpu = statistics.median(r.proxy_cpu for r in proxied) * 1e6
+        print(
+            f"  {pattern:<9} direct {direct:6.0f}/s  proxy {proxy:6.0f}/s  ratio "
+            f"{proxy / direct:.2f}  proxy CPU {cpu:.0f} us per bind+search  failures "
+            f"{sum(r.failed for r in proxied)}"
+        )
 
 
 if __name__ == "__main__":

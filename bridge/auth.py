@@ -166,15 +166,10 @@ class Authenticator:
         """
         started = self._clock.seconds()
         username = normalize_username(raw_username)
-        if username is None:
-            decision = rejected(raw_username[:64], Reason.BAD_USERNAME)
-            return succeed(LoginOutcome(self._audit(decision, caller, started)))
-        if not field:
-            decision = rejected(username, Reason.EMPTY_PASSWORD)
-            return succeed(LoginOutcome(self._audit(decision, caller, started)))
-        if self.upgrading:  # see bridge/upgrade.py: a record may still wait under another name
-            decision = rejected(username, Reason.UPGRADING)
-            return succeed(LoginOutcome(self._audit(decision, caller, started)))
+        early = self._refused_early(raw_username, username, field)
+        if early is not None:
+            return succeed(LoginOutcome(self._audit(early, caller, started)))
+        assert username is not None  # refused early otherwise
         planned: list[_Plan] = []
 
         def plan(identity: Identity) -> str:
@@ -201,12 +196,15 @@ class Authenticator:
             identity = chosen.identity
             exempt = name_key(identity.name) in self._exempt_users or result.in_exempt_group
 
+            macs: list[bytes | None] = []  # the bind's keyed hash, from the last decision
+
             def decide(current: UserRecord | None) -> tuple[UserRecord | None, Verdict]:
                 # Decided here, on the record as written (after the password was bound), so
                 # parallel binds of one app see each other, and a new key ends a rebind.
                 mac = None
                 if rebind is not None and chosen.attempt.code is not None and not exempt:
                     mac = self._rebind_mac(identity, rebind.client, current, field)
+                macs[:] = [mac]
                 if mac is not None and current is not None and self._rebinds(mac, identity):
                     verdict = conclude_rebind(current, identity, self._now())
                     return verdict.record, verdict
@@ -225,14 +223,18 @@ class Authenticator:
 
             if self._writes is None:
                 verdict = self._store.update_seen(identity.entry_id, chosen.record, decide)
-                return written(verdict, chosen, result)
+                return written(verdict, chosen, result, macs)
             d = self._writes.update_seen(identity.entry_id, chosen.record, decide)
-            return d.addCallback(written, chosen, result)
+            return d.addCallback(written, chosen, result, macs)
 
-        def written(verdict: Verdict, chosen: _Plan, result: BindResult) -> LoginOutcome:
+        def written(
+            verdict: Verdict, chosen: _Plan, result: BindResult, macs: list[bytes | None]
+        ) -> LoginOutcome:
             decision = self._audit(verdict.decision, caller, started, username)
             if rebind is not None and rebind.seconds > 0 and decision.reason in _CODE_ACCEPTS:
-                self._remember(chosen.identity, rebind, verdict.record, field)
+                mac = macs[0] if macs else None
+                if mac is not None:
+                    self._remember(mac, chosen.identity, rebind.seconds)
             if decision.accepted:
                 password = chosen.attempt.password
                 return LoginOutcome(decision, password, chosen.identity, result.server)
@@ -245,6 +247,16 @@ class Authenticator:
         else:
             checked = self._authenticate(username, plan, bind)
         return checked.addCallback(bound)
+
+    def _refused_early(self, raw: str, username: str | None, field: str) -> Decision | None:
+        """A login refused before the directory is asked, or None."""
+        if username is None:
+            return rejected(raw[:64], Reason.BAD_USERNAME)
+        if not field:
+            return rejected(username, Reason.EMPTY_PASSWORD)
+        if self.upgrading:  # see bridge/upgrade.py: a record may still wait under another name
+            return rejected(username, Reason.UPGRADING)
+        return None
 
     def _rebinds(self, mac: bytes, identity: Identity) -> bool:
         """Whether this bind was accepted with a code in time: moments ago in this process
@@ -263,14 +275,13 @@ class Authenticator:
         parts = (identity.entry_id, client, guard_tag(record.secret).hex(), field)
         return self._store.mac(b"rebind", *(part.encode() for part in parts))
 
-    def _remember(
-        self, identity: Identity, rebind: Rebind, record: UserRecord | None, field: str
-    ) -> None:
+    def _remember(self, mac: bytes, identity: Identity, seconds: int) -> None:
         """An LDAP bind accepted with a fresh code: the same one may come again, for a while."""
-        mac = self._rebind_mac(identity, rebind.client, record, field) if record else None
-        if mac is not None:
-            now = self._now()
-            self._store.remember_rebind(mac, identity.entry_id, now + rebind.seconds, now)
+        now = self._now()
+        if self._writes is None:
+            self._store.remember_rebind(mac, identity.entry_id, now + seconds, now)
+        else:
+            self._writes.remember_rebind(mac, identity.entry_id, now + seconds, now)
 
     def _record_for(self, identity: Identity, typed: str, now: int) -> UserRecord | None:
         """The entry's record, with any record from before SPEC 8 under its names merged in."""

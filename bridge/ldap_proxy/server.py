@@ -51,6 +51,7 @@ from bridge.config import DirectoryConfig, LdapProxyConfig
 from bridge.connections import ConnectionCounter
 from bridge.core.types import Decision, Reason
 from bridge.directory import Binder, UnavailableError
+from bridge.ldap_proxy.ber import BindRequest, bind_response, parse_bind_request
 from bridge.ldap_proxy.framing import FramingError, operation_tag, pdu_size
 from bridge.ldap_proxy.login import LoginResult
 from bridge.ldap_proxy.names import DnKey, UserMapper, dn_key, same_dn
@@ -203,6 +204,21 @@ def decode_request(pdu: bytes) -> Any:
     return message
 
 
+def _bind_request(msg_id: int, op: Any, controls: Any) -> BindRequest:
+    """The proxy's view of a BindRequest that ldaptor decoded (SASL, controls, ...)."""
+
+    def octets(value: Any) -> bytes:
+        return value.encode() if isinstance(value, str) else bytes(value or b"")
+
+    return BindRequest(
+        msg_id,
+        op.version,
+        octets(op.dn),
+        None if op.sasl else octets(op.auth),
+        critical_control=any(critical for _type, critical, _value in controls or ()),
+    )
+
+
 def root_dse_entry(starttls: bool = False) -> Any:
     """The RootDSE an unbound client sees: enough to know it talks LDAPv3 (and StartTLS)."""
     extensions = [WHOAMI_OID, PASSWORD_MODIFY_OID, *([STARTTLS_OID] if starttls else [])]
@@ -350,6 +366,11 @@ class LdapProxyProtocol(Protocol):
                 self._touch()
                 self._upstream.send(pdu)  # the directory judges the request itself
                 continue
+            bind = parse_bind_request(pdu)  # the hot path, read without ldaptor
+            if bind is not None:
+                self._touch()
+                self._bind(bind)
+                continue
             try:
                 message = decode_request(pdu)
             except Exception as exc:  # ldaptor raises anything on bad input
@@ -369,7 +390,7 @@ class LdapProxyProtocol(Protocol):
     def _dispatch(self, message: Any, pdu: bytes) -> None:
         op, msg_id = message.value, message.id
         if isinstance(op, pureldap.LDAPBindRequest):
-            self._bind(msg_id, op, message.controls)
+            self._bind(_bind_request(msg_id, op, message.controls))
         elif isinstance(op, pureldap.LDAPUnbindRequest):
             self._reset()
             self._close()
@@ -419,19 +440,20 @@ class LdapProxyProtocol(Protocol):
 
     # --- binds ---------------------------------------------------------------------------
 
-    def _bind(self, msg_id: int, op: Any, controls: Any) -> None:
+    def _bind(self, request: BindRequest) -> None:
         self._reset()  # a bind drops the current identity, whatever its outcome
-        if op.version != 3:
+        msg_id = request.message_id
+        if request.version != 3:
             self._answer_bind(msg_id, PROTOCOL_ERROR, "only LDAPv3 is supported")
             return
-        if op.sasl:
+        if request.password is None:
             self._answer_bind(msg_id, AUTH_METHOD_NOT_SUPPORTED, "only simple binds")
             return
         if self._settings.require_tls and not self.tls:
-            self._refuse("confidentiality-required", _text(op.dn) or "")
+            self._refuse("confidentiality-required", _text(request.dn) or "")
             self._answer_bind(msg_id, CONFIDENTIALITY_REQUIRED, "use StartTLS or LDAPS to bind")
             return
-        if any(critical for _type, critical, _value in controls or ()):
+        if request.critical_control:
             self._answer_bind(msg_id, UNAVAILABLE_CRITICAL_EXTENSION, "")
             return
         self._binding = True
@@ -440,7 +462,7 @@ class LdapProxyProtocol(Protocol):
         transport: Any = self.transport
         if transport is not None:
             transport.pauseProducing()
-        decided = Deferred.fromCoroutine(self._decide(_text(op.dn), _text(op.auth)))
+        decided = Deferred.fromCoroutine(self._decide(_text(request.dn), _text(request.password)))
         decided.addErrback(self._bind_failed)
         decided.addCallback(self._bound, msg_id, generation)
         decided.addErrback(self._fatal)
@@ -468,7 +490,8 @@ class LdapProxyProtocol(Protocol):
         self._drain()
 
     def _answer_bind(self, msg_id: int, code: int, message: str) -> None:
-        self._reply(msg_id, pureldap.LDAPBindResponse(resultCode=code, errorMessage=message))
+        if not self._closed and self.transport is not None:
+            self.transport.write(bind_response(msg_id, code, message))
 
     async def _decide(self, dn: str | None, password: str | None) -> _Outcome:
         """The outcome of a simple bind; refusals are logged here with their reason."""

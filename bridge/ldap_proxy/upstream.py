@@ -8,9 +8,9 @@ referrals, controls and intermediate responses reach the client exactly as the
 directory sent them. A later bind on the same session rebinds the same connection (the
 directory resets its identity), which saves a TCP connection per bind for the apps that
 bind user after user on one connection. Only the proxy's own StartTLS and binds are
-encoded and decoded here, with ldaptor's codec, under message IDs counted down from the
-top of the range so they never meet a client's. Nothing blocks: Twisted's TCP and TLS,
-no threads.
+encoded and decoded here (binds by `ber`, StartTLS with ldaptor), under message IDs
+counted down from the top of the range so they never meet a client's. Nothing blocks:
+Twisted's TCP and TLS, no threads.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ldaptor.protocols import pureber, pureldap
-from ldaptor.protocols.ldap.ldapclient import LDAPClient
+from ldaptor.protocols import pureldap
 from twisted.internet import ssl
 from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -37,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge.config import DirectoryConfig
+from bridge.ldap_proxy.ber import bind_request, message_id, result_code, unbind_request
 from bridge.ldap_proxy.framing import FramingError, complete_prefix, pdu_size
 
 log = Logger(namespace="bridge.ldap")
@@ -92,17 +92,18 @@ class Link(Protocol):
 
     # --- the handshake -------------------------------------------------------------------
 
-    def request(self, op: Any) -> Deferred[Any]:
-        """Send one of the proxy's own requests; fires with ldaptor's decoded response."""
+    def request(self, encode: Callable[[int], bytes]) -> Deferred[int]:
+        """Send one of the proxy's own requests (`encode` of a message ID); fires with the
+        response's result code."""
         msg_id, self._next_id = self._next_id, self._next_id - 1
-        waiter: Deferred[Any] = Deferred(lambda _d: self.abort())
+        waiter: Deferred[int] = Deferred(lambda _d: self.abort())
         self._waiter, self._waiting_for = waiter, msg_id
         assert self.transport is not None  # connected before any request
-        self.transport.write(pureldap.LDAPMessage(op, id=msg_id).toWire())
+        self.transport.write(encode(msg_id))
         return waiter
 
     def _answer(self) -> None:
-        """Decode whole responses until the one the proxy waits for has come.
+        """Read whole responses until the one the proxy waits for has come.
 
         Others are late answers to a client's requests from before a rebind: they go to
         the relay (whose session drops what belongs to an identity it has left).
@@ -113,16 +114,16 @@ class Link(Protocol):
                 return
             pdu = bytes(self._buffer[:size])
             del self._buffer[:size]
-            message, used = pureber.berDecodeObject(LDAPClient.berdecoder, pdu)
-            if not isinstance(message, pureldap.LDAPMessage) or used != size:
-                raise FramingError("undecodable response")
-            if message.id != self._waiting_for:
+            if message_id(pdu) != self._waiting_for:
                 if self._on_pdus is not None:
                     self._on_pdus(pdu)
                 continue
+            answer = result_code(pdu)
+            if answer is None:
+                raise FramingError("undecodable response")
             waiter, self._waiter = self._waiter, None
             if not waiter.called:
-                waiter.callback(message.value)
+                waiter.callback(answer[1])
         self._forward()
 
     # --- the relay -----------------------------------------------------------------------
@@ -153,7 +154,7 @@ class Link(Protocol):
         self.closed = True
         self._on_pdus = self._on_lost = None
         if self.transport is not None:
-            self.transport.write(pureldap.LDAPMessage(pureldap.LDAPUnbindRequest()).toWire())
+            self.transport.write(unbind_request(self._next_id))
             self.transport.loseConnection()
 
     def abort(self) -> None:
@@ -274,11 +275,10 @@ class Opener:
             link = await self._connect(url)
         try:
             # TLS (if any) completes before this is sent: a failed check sends nothing.
-            answer = await link.request(pureldap.LDAPBindRequest(dn=dn, auth=password))
+            code = await link.request(lambda msg_id: bind_request(msg_id, dn, password))
         except BaseException:
             link.abort()
             raise
-        code = answer.resultCode
         if code == SUCCESS:
             return link
         if code in _REFUSING_CODES:
@@ -296,9 +296,11 @@ class Opener:
         )
 
     async def _start_tls(self, link: Link, host: str) -> None:
-        answer = await link.request(pureldap.LDAPStartTLSRequest())
-        if answer.resultCode != SUCCESS:
-            raise UpstreamUnavailableError(f"StartTLS refused ({answer.resultCode})")
+        code = await link.request(
+            lambda msg_id: pureldap.LDAPMessage(pureldap.LDAPStartTLSRequest(), id=msg_id).toWire()
+        )
+        if code != SUCCESS:
+            raise UpstreamUnavailableError(f"StartTLS refused ({code})")
         transport: Any = link.transport
         transport.startTLS(self._tls_options(host))
 

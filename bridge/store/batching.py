@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from bridge.core.types import UserRecord
-from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite import RebindRow, SqliteStore
 
 Change = Callable[[UserRecord | None], tuple[UserRecord | None, Any]]
 
@@ -29,6 +29,7 @@ class WriteBatcher:
         self._store = store
         self._clock = clock
         self._queue: list[tuple[str, UserRecord | None, Change, Deferred[Any]]] = []
+        self._rebinds: list[RebindRow] = []
         self._flush_call: IDelayedCall | None = None
         self.batches = 0
         self.writes = 0
@@ -37,9 +38,21 @@ class WriteBatcher:
         """Queue a compare-and-set write; fires with `change`'s result once committed."""
         done: Deferred[Any] = Deferred()
         self._queue.append((entry_id, seen, change, done))
+        self._schedule()
+        return done
+
+    def remember_rebind(self, mac: bytes, entry_id: str, expires: int, now: int) -> None:
+        """Queue an accepted bind to remember: it commits with the next turn's writes.
+
+        Until then the Authenticator knows it in memory; only an instance sharing the
+        store could miss it, for one reactor turn.
+        """
+        self._rebinds.append(RebindRow(mac, entry_id, expires, now))
+        self._schedule()
+
+    def _schedule(self) -> None:
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
-        return done
 
     def flush(self) -> None:
         """Commit everything queued (also called at shutdown, so nothing queued is lost)."""
@@ -47,12 +60,15 @@ class WriteBatcher:
         if call is not None and call.active():
             call.cancel()
         queue, self._queue = self._queue, []
-        if not queue:
+        rebinds, self._rebinds = self._rebinds, []
+        if not queue and not rebinds:
             return
         self.batches += 1
         self.writes += len(queue)
         try:
-            results: list[Any] = self._store.update_seen_many([(u, s, c) for u, s, c, _d in queue])
+            results: list[Any] = self._store.update_seen_many(
+                [(u, s, c) for u, s, c, _d in queue], rebinds
+            )
         except Exception:  # the store failed: every login of the batch fails closed
             failure = Failure()
             for *_rest, done in queue:

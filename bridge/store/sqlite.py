@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from bridge.core.identity import merge, name_key
 from bridge.core.policy import admin_lock
@@ -102,6 +102,18 @@ _LEGACY_COLUMNS = (
     " created, updated"
 )
 _SELECT_LEGACY = f"SELECT {_LEGACY_COLUMNS} FROM legacy_users WHERE username = ?"  # noqa: S608
+
+REBIND_PURGE_SECONDS = 60  # expired rebind rows are deleted at most this often
+
+
+class RebindRow(NamedTuple):
+    """An accepted bind an app may repeat (SPEC 6): its keyed hash, entry and expiry."""
+
+    mac: bytes
+    entry_id: str
+    expires: int
+    now: int
+
 
 SeenChange = tuple[
     str, UserRecord | None, Callable[[UserRecord | None], tuple[UserRecord | None, T]]
@@ -198,6 +210,7 @@ class SqliteStore:
     ) -> None:
         self.path = path
         self._sealer = sealer
+        self._rebinds_purged_at = 0  # when expired rebind rows were last deleted
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Created 0600 whatever the umask (SQLite gives its -wal and -shm files the same
@@ -415,12 +428,15 @@ class SqliteStore:
             return result
         return self.update(entry_id, change)
 
-    def update_seen_many(self, changes: Sequence[SeenChange[T]]) -> builtins.list[T | Exception]:
+    def update_seen_many(
+        self, changes: Sequence[SeenChange[T]], rebinds: Sequence[RebindRow] = ()
+    ) -> builtins.list[T | Exception]:
         """Several `update_seen` in one transaction: one commit for a burst of logins.
 
         Each change is a compare-and-set as in `update_seen`; one that lost the race runs
         again on the current record, inside the same transaction. A change that raises
         gets its exception in the result list and writes nothing; the others still commit.
+        `rebinds` (accepted binds to remember, see `remember_rebind`) commit with them.
         """
         results: builtins.list[T | Exception] = []
         with self._transaction():
@@ -435,6 +451,7 @@ class SqliteStore:
                     results.append(exc)
                     continue
                 results.append(result)
+            self._insert_rebinds(rebinds)
         return results
 
     def _set_seen(self, entry_id: str, seen: UserRecord | None, after: UserRecord | None) -> bool:
@@ -473,11 +490,20 @@ class SqliteStore:
     def remember_rebind(self, mac: bytes, entry_id: str, expires: int, now: int) -> None:
         """Remember an accepted bind until `expires` (and forget those that have expired)."""
         with self._transaction():
+            self._insert_rebinds([RebindRow(mac, entry_id, expires, now)])
+
+    def _insert_rebinds(self, rows: Sequence[RebindRow]) -> None:
+        """Write `rows` (inside a transaction); expired rows go, at most once a minute."""
+        if not rows:
+            return
+        now = max(row.now for row in rows)
+        if now >= self._rebinds_purged_at + REBIND_PURGE_SECONDS:
             self._db.execute("DELETE FROM rebinds WHERE expires <= ?", (now,))
-            self._db.execute(
-                "INSERT OR REPLACE INTO rebinds (mac, entry_id, expires) VALUES (?, ?, ?)",
-                (mac, entry_id, expires),
-            )
+            self._rebinds_purged_at = now
+        self._db.executemany(
+            "INSERT OR REPLACE INTO rebinds (mac, entry_id, expires) VALUES (?, ?, ?)",
+            [(row.mac, row.entry_id, row.expires) for row in rows],
+        )
 
     def forget_rebinds(self, entry_id: str) -> None:
         """Forget every bind remembered for the entry (an admin changed its state or key)."""

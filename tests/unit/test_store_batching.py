@@ -113,7 +113,7 @@ def test_batcher_fails_every_login_when_the_store_fails(
     clock = MemoryReactorClock()
     batcher = WriteBatcher(store, clock)
 
-    def locked(_changes: object) -> list[object]:
+    def locked(_changes: object, _rebinds: object = ()) -> list[object]:
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(store, "update_seen_many", locked)
@@ -125,6 +125,23 @@ def test_batcher_fails_every_login_when_the_store_fails(
     assert errors == ["database is locked"] * 2
 
 
+def test_a_remembered_bind_commits_with_the_turns_logins(store: SqliteStore) -> None:
+    """A rebind row queued in a turn is written in that turn's one transaction, not alone."""
+    clock = MemoryReactorClock()
+    batcher = WriteBatcher(store, clock)
+    batcher.update_seen(eid("alice"), None, step_new("alice"))
+    batcher.remember_rebind(b"m" * 32, eid("alice"), expires=700, now=100)
+    assert not store.knows_rebind(b"m" * 32, eid("alice"), 100)  # nothing before the commit
+    clock.advance(0)
+    assert (batcher.batches, batcher.writes) == (1, 1)
+    assert store.knows_rebind(b"m" * 32, eid("alice"), 699)
+    assert not store.knows_rebind(b"m" * 32, eid("alice"), 700)  # expired
+    batcher.remember_rebind(b"n" * 32, eid("alice"), expires=800, now=200)  # alone in a turn
+    clock.advance(0)
+    assert batcher.batches == 2
+    assert store.knows_rebind(b"n" * 32, eid("alice"), 200)
+
+
 def test_flush_at_shutdown_commits_what_is_queued(store: SqliteStore) -> None:
     """flush() commits at once (the daemon stopping), and the pending timer is cancelled."""
     clock = MemoryReactorClock()
@@ -133,3 +150,17 @@ def test_flush_at_shutdown_commits_what_is_queued(store: SqliteStore) -> None:
     batcher.flush()
     assert store.get(eid("dave")) is not None
     assert clock.getDelayedCalls() == []
+
+
+def test_expired_rebind_rows_are_deleted_at_most_once_a_minute(store: SqliteStore) -> None:
+    """The table of remembered binds does not grow without bound, nor pay a purge per login."""
+
+    def rows() -> int:
+        return int(store.query("SELECT count(*) FROM rebinds")[0][0])
+
+    store.remember_rebind(b"a" * 32, eid("alice"), expires=150, now=100)
+    store.remember_rebind(b"b" * 32, eid("bob"), expires=1000, now=155)  # a is expired, kept
+    assert rows() == 2
+    store.remember_rebind(b"c" * 32, eid("carol"), expires=1000, now=160)  # a minute since
+    assert rows() == 2
+    assert not store.knows_rebind(b"a" * 32, eid("alice"), 160)
