@@ -6,6 +6,7 @@ is ever built by string concatenation here.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import ldap
@@ -34,8 +35,12 @@ def _key(rdns: list[list[tuple[str, str, int]]]) -> DnKey:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def dn_key(text: str) -> DnKey | None:
-    """A comparable form of the DN `text` (case-insensitive), or None when not a DN."""
+    """A comparable form of the DN `text` (case-insensitive), or None when not a DN.
+
+    Remembered for the last few thousand DNs: a bind compares its DN twice or more.
+    """
     rdns = parse_dn(text)
     return None if rdns is None else _key(rdns)
 
