@@ -1,0 +1,457 @@
+"""The store's one implementation of users' records, over any SQL database we support.
+
+SQLite (`sqlite.py`) and PostgreSQL (`postgres.py`) differ in how they are opened,
+created and upgraded, and in how a transaction takes its lock; what a record is, how a
+login's compare-and-set is written and how binds are remembered is the same for both
+and lives here. Statements are written with `?` placeholders and portable SQL
+(`INSERT ... ON CONFLICT`), translated once for drivers that want `%s`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
+
+from bridge.core.identity import name_key
+from bridge.core.types import Identity, LockReason, State, UserRecord
+from bridge.store.sealing import KeyFileError, Sealer
+
+T = TypeVar("T")
+
+COLUMNS = (
+    "entry_id, username, name_key, state, deadline, failures, last_step, step_key, secret,"
+    " lock_reason, confirmed, created, updated, version"
+)
+_SET_ALL = ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in COLUMNS.split(",")[1:])
+# Only the constant column list is interpolated into these statements.
+_SELECT_ONE = f"SELECT {COLUMNS} FROM users WHERE entry_id = ?"  # noqa: S608
+_SELECT_NAMED = f"SELECT {COLUMNS} FROM users WHERE name_key = ? ORDER BY username"  # noqa: S608
+_SELECT_ALL = f"SELECT {COLUMNS} FROM users ORDER BY username, entry_id"  # noqa: S608
+_VALUES = "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_UPSERT = f"INSERT INTO users ({COLUMNS}) {_VALUES} ON CONFLICT (entry_id) DO UPDATE SET {_SET_ALL}"
+_INSERT = f"INSERT INTO users ({COLUMNS}) {_VALUES} ON CONFLICT (entry_id) DO NOTHING"
+_UPDATE_SEEN = (
+    "UPDATE users SET username = ?, name_key = ?, state = ?, deadline = ?, failures = ?,"
+    " last_step = ?, step_key = ?, lock_reason = ?, confirmed = ?, updated = ?,"
+    " version = version + 1 WHERE entry_id = ? AND version = ?"
+)
+_DELETE_SEEN = "DELETE FROM users WHERE entry_id = ? AND version = ?"
+_REMEMBER_REBIND = (
+    "INSERT INTO rebinds (mac, entry_id, expires) VALUES (?, ?, ?)"
+    " ON CONFLICT (mac) DO UPDATE SET entry_id = excluded.entry_id, expires = excluded.expires"
+)
+
+REBIND_PURGE_SECONDS = 60  # expired rebind rows are deleted at most this often
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says what to fix."""
+
+
+class RebindRow(NamedTuple):
+    """An accepted bind an app may repeat (SPEC 6): its keyed hash, entry and expiry."""
+
+    mac: bytes
+    entry_id: str
+    expires: int
+    now: int
+
+
+SeenChange = tuple[
+    str, UserRecord | None, Callable[[UserRecord | None], tuple[UserRecord | None, T]]
+]
+Row = tuple[Any, ...]  # the columns of COLUMNS, in order
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    """Records from before SPEC section 8 that turned out to be one entry's, and the result."""
+
+    record: UserRecord  # what the entry's record is now
+    merged: tuple[UserRecord, ...]  # every record that went into it (old ones included)
+
+    def summary(self) -> str:
+        """One line for the log: which records met, and which one was kept."""
+        met = ", ".join(f"{r.username!r} ({r.state.value})" for r in self.merged)
+        kept = self.record
+        return (
+            f"records {met} belong to one directory entry ({kept.username}, id"
+            f" {kept.entry_id}): kept {kept.state.value}, the strictest"
+        )
+
+
+def first_version() -> int:
+    """A new row's version: random, so a row deleted and made again never repeats the
+    version a compare-and-set read from the old one (it would write over the new row)."""
+    return secrets.randbelow(1 << 31) + 1
+
+
+@functools.lru_cache(maxsize=256)
+def pyformat(sql: str) -> str:
+    """`?` placeholders as `%s` (no statement here has a literal `?` or `%`)."""
+    return sql.replace("?", "%s")
+
+
+class RecordStore:
+    """Users' MFA records, one row per directory entry, secrets sealed; shared by backends.
+
+    A backend gives a DB-API connection in autocommit mode (`_db`), the statement that
+    opens a write transaction, the exceptions its driver raises, and `where` (the file
+    or URL, for messages).
+    """
+
+    _begin = "BEGIN"
+    _placeholder_style = "qmark"  # or "format" (psycopg)
+    _driver_error: type[Exception] | tuple[type[Exception], ...] = Exception
+
+    def __init__(self, sealer: Sealer, where: str) -> None:
+        self._sealer = sealer
+        self.where = where
+        self._db: Any = None
+        self._rebinds_purged_at = 0  # when expired rebind rows were last deleted
+
+    # --- statements ----------------------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return sql if self._placeholder_style == "qmark" else pyformat(sql)
+
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> Any:
+        return self._db.execute(self._sql(sql), params)
+
+    def _one(self, sql: str, params: Sequence[object] = ()) -> Any:
+        return self._execute(sql, params).fetchone()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute(self._begin)
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _lock_entry(self, entry_id: str) -> None:
+        """Inside a transaction: hold off other writers of this entry until it ends.
+
+        SQLite's `BEGIN IMMEDIATE` already locks the whole file; PostgreSQL locks here.
+        """
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    # --- records -------------------------------------------------------------------------
+
+    def get(self, entry_id: str) -> UserRecord | None:
+        """The entry's record, or None when the bridge has never seen it."""
+        row = self._one(_SELECT_ONE, (entry_id,))
+        return self._record(row) if row else None
+
+    def named(self, name: str) -> builtins.list[UserRecord]:
+        """Records whose stored name is `name` (as the directory compares names).
+
+        For the admin while the directory cannot be asked; logins never use this.
+        """
+        key = name_key(name)
+        if key is None:
+            return []
+        return [self._record(row) for row in self._execute(_SELECT_NAMED, (key,)).fetchall()]
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> builtins.list[tuple[Any, ...]]:
+        """Rows of a read-only statement (counts for the metrics)."""
+        return [tuple(row) for row in self._execute(sql, params).fetchall()]
+
+    def list(self) -> builtins.list[UserRecord]:
+        """Every record, by user name."""
+        return [self._record(row) for row in self._execute(_SELECT_ALL).fetchall()]
+
+    def update(
+        self, entry_id: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
+    ) -> T:
+        """Read, decide and write one entry's record atomically; returns change's result.
+
+        `change` gets the current record and returns the new one (None removes it) and a
+        result; nothing is written when the record is unchanged.
+        """
+        with self._transaction():
+            return self._read_modify_write(entry_id, change)
+
+    def update_many(
+        self,
+        changes: Sequence[tuple[str, Callable[[UserRecord | None], tuple[UserRecord | None, T]]]],
+    ) -> builtins.list[T]:
+        """Several `update` in one transaction: all of them or, if one raises, none."""
+        with self._transaction():
+            return [self._read_modify_write(entry_id, change) for entry_id, change in changes]
+
+    def _read_modify_write(
+        self, entry_id: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
+    ) -> T:
+        """`change` on the current record, written if it changed (inside a transaction)."""
+        self._lock_entry(entry_id)
+        before = self.get(entry_id)
+        after, result = change(before)
+        if after != before:
+            self._write(entry_id, after, before)
+        return result
+
+    def update_seen(
+        self,
+        entry_id: str,
+        seen: UserRecord | None,
+        change: Callable[[UserRecord | None], tuple[UserRecord | None, T]],
+    ) -> T:
+        """`update` for a caller that has just read `seen`: one statement, no transaction.
+
+        The write is a compare-and-set on the row version read with `seen`; when another
+        writer (a login of the same user, the CLI) got there first, `change` is run again
+        on the current record inside `update`. The hot path of a login: the record read
+        before the bind is decided on after it, without reading it again.
+        """
+        after, result = change(seen)
+        if after == seen or self._set_seen(entry_id, seen, after):
+            return result
+        return self.update(entry_id, change)
+
+    def update_seen_many(
+        self, changes: Sequence[SeenChange[T]], rebinds: Sequence[RebindRow] = ()
+    ) -> builtins.list[T | Exception]:
+        """Several `update_seen` in one transaction: one commit for a burst of logins.
+
+        Each change is a compare-and-set as in `update_seen`; one that lost the race runs
+        again on the current record, inside the same transaction. A change that raises
+        gets its exception in the result list and writes nothing; the others still commit.
+        `rebinds` (accepted binds to remember, see `remember_rebind`) commit with them.
+        """
+        results: builtins.list[T | Exception] = []
+        with self._transaction():
+            for entry_id, seen, change in changes:
+                try:
+                    after, result = change(seen)
+                    if after != seen and not self._set_seen(entry_id, seen, after):
+                        result = self._read_modify_write(entry_id, change)
+                except self._driver_error:
+                    raise  # the store itself failed: nothing of the batch is committed
+                except Exception as exc:  # a bug in one decision must not lose the others
+                    results.append(exc)
+                    continue
+                results.append(result)
+            self._insert_rebinds(rebinds)
+        return results
+
+    def _set_seen(self, entry_id: str, seen: UserRecord | None, after: UserRecord | None) -> bool:
+        """Write `after` over `seen` if the row is still at `seen`'s version."""
+        if seen is None:
+            assert after is not None
+            written = self._execute(_INSERT, self._row(after, first_version())).rowcount
+        elif after is None:
+            written = self._execute(_DELETE_SEEN, (entry_id, seen.version)).rowcount
+        elif after.secret == seen.secret and after.created == seen.created:
+            written = self._execute(_UPDATE_SEEN, self._changes(after, seen)).rowcount
+        else:
+            written = 0  # a new secret: take the full path
+        return bool(written == 1)
+
+    def _write(self, entry_id: str, record: UserRecord | None, before: UserRecord | None) -> None:
+        if record is None:
+            self._execute("DELETE FROM users WHERE entry_id = ?", (entry_id,))
+            return
+        if record.entry_id != entry_id:
+            raise ValueError("a record is written under its own entry only")
+        version = before.version + 1 if before else first_version()
+        self._execute(_UPSERT, self._row(record, version))
+
+    # --- binds an app may repeat (SPEC 6): keyed hashes, for a while ----------------------
+
+    def mac(self, *parts: bytes) -> bytes:
+        """A keyed hash of `parts` (joined unambiguously) under a key derived from the
+        store's: the same on every instance that shares the store and its key file."""
+        return self._sealer.mac(b"\x00".join(len(p).to_bytes(4, "big") + p for p in parts))
+
+    def remember_rebind(self, mac: bytes, entry_id: str, expires: int, now: int) -> None:
+        """Remember an accepted bind until `expires` (and forget those that have expired)."""
+        with self._transaction():
+            self._insert_rebinds([RebindRow(mac, entry_id, expires, now)])
+
+    def _insert_rebinds(self, rows: Sequence[RebindRow]) -> None:
+        """Write `rows` (inside a transaction); expired rows go, at most once a minute."""
+        if not rows:
+            return
+        now = max(row.now for row in rows)
+        if now >= self._rebinds_purged_at + REBIND_PURGE_SECONDS:
+            self._execute("DELETE FROM rebinds WHERE expires <= ?", (now,))
+            self._rebinds_purged_at = now
+        for row in rows:
+            self._execute(_REMEMBER_REBIND, (row.mac, row.entry_id, row.expires))
+
+    def forget_rebinds(self, entry_id: str) -> None:
+        """Forget every bind remembered for the entry (an admin changed its state or key)."""
+        self._execute("DELETE FROM rebinds WHERE entry_id = ?", (entry_id,))
+
+    def knows_rebind(self, mac: bytes, entry_id: str, now: int) -> bool:
+        """Whether this entry's bind `mac` was accepted and has not expired."""
+        row = self._one(
+            "SELECT 1 FROM rebinds WHERE mac = ? AND entry_id = ? AND expires > ?",
+            (mac, entry_id, now),
+        )
+        return row is not None
+
+    # --- records from before SPEC section 8: only SQLite stores can have them -------------
+
+    @property
+    def has_legacy(self) -> bool:
+        """Whether records keyed by typed names may still wait to be attached."""
+        return False
+
+    def legacy_names(self) -> builtins.list[str]:
+        """The names of the records still waiting for their directory entry."""
+        return []
+
+    def attach(self, owner: Identity, names: Iterable[str], now: int) -> Attached | None:
+        """Move old records under any of `names` to `owner`'s record (see SqliteStore)."""
+        return None
+
+    def lock_legacy(self, name: str, now: int) -> builtins.list[UserRecord]:
+        """Lock old records still waiting for their entry, found by name (see SqliteStore)."""
+        return []
+
+    # --- the meta table: what the rows were written with ----------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(row[0]) if row is not None else None
+
+    def _set_meta(self, key: str, value: str, *, replace: bool = True) -> None:
+        action = "DO UPDATE SET value = excluded.value" if replace else "DO NOTHING"
+        self._execute(
+            f"INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) {action}",  # noqa: S608
+            (key, value),
+        )
+
+    def _check_id_attribute(self, attribute: str) -> None:
+        """Refuse a store whose records are keyed by another id attribute than configured.
+
+        Changing `directory.id_attribute` would give every user a record that no login
+        finds again: a fresh enrollment period for everyone, that is MFA switched off.
+        """
+        stored = self._meta("id_attribute")
+        if stored is None:
+            with self._transaction():
+                self._set_meta("id_attribute", attribute, replace=False)
+            stored = self._meta("id_attribute") or attribute
+        if stored.lower() == attribute.lower():
+            return
+        (count,) = self._one("SELECT count(*) FROM users")
+        if count == 0:
+            with self._transaction():
+                self._set_meta("id_attribute", attribute)
+            return
+        raise StoreError(
+            f"{self.where}: its {count} records are keyed by directory.id_attribute {stored!r},"
+            f" the config says {attribute!r}; set it back to {stored!r} (changing it would"
+            " give every user a new enrollment period)"
+        )
+
+    def _check_fingerprint(self, needed: str | None) -> None:
+        """Refuse a key file other than the one the secrets were sealed with; note ours."""
+        mine = self._sealer.fingerprint
+        if needed not in (None, "unknown", mine):
+            raise StoreError(
+                f"{self.where}: its secrets were sealed with the key of fingerprint {needed},"
+                f" the key file given has {mine}: use the key file that belongs to this store"
+            )
+        if needed != mine:
+            with self._transaction():
+                self._set_meta("key_fingerprint", mine)
+
+    # --- rows ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _changes(after: UserRecord, seen: UserRecord) -> tuple[object, ...]:
+        return (
+            after.username,
+            name_key(after.username) or after.username,
+            after.state.value,
+            after.deadline,
+            after.failures,
+            after.last_step,
+            after.step_key,
+            after.lock_reason.value if after.lock_reason else None,
+            int(after.confirmed),
+            after.updated,
+            seen.entry_id,
+            seen.version,
+        )
+
+    def _row(self, record: UserRecord, version: int = 1) -> Row:
+        if record.state is State.EXEMPT:
+            raise ValueError("exempt is derived from the config, never stored")
+        if not record.entry_id:
+            raise ValueError("a record belongs to a directory entry")
+        sealed = (
+            self._sealer.seal(record.entry_id, record.secret) if record.secret is not None else None
+        )
+        return (
+            record.entry_id,
+            record.username,
+            name_key(record.username) or record.username,
+            record.state.value,
+            record.deadline,
+            record.failures,
+            record.last_step,
+            record.step_key,
+            sealed,
+            record.lock_reason.value if record.lock_reason else None,
+            int(record.confirmed),
+            record.created,
+            record.updated,
+            version,
+        )
+
+    def _unseal(self, bound_to: str, sealed: bytes | None, username: str) -> bytes | None:
+        """A row's secret, opened with what it was sealed to; StoreError naming the user."""
+        if sealed is None:
+            return None
+        try:
+            return self._sealer.open(bound_to, bytes(sealed))
+        except KeyFileError as exc:
+            raise StoreError(f"{self.where}: user {username!r}: {exc}") from exc
+
+    def _record(self, row: Row) -> UserRecord:
+        (
+            entry_id,
+            username,
+            _name_key,
+            state,
+            deadline,
+            failures,
+            last_step,
+            step_key,
+            sealed,
+            lock,
+            confirmed,
+            created,
+            updated,
+            version,
+        ) = row
+        return UserRecord(
+            username=username,
+            state=State(state),
+            deadline=deadline,
+            failures=failures,
+            last_step=last_step,
+            step_key=bytes(step_key) if step_key is not None else None,
+            secret=self._unseal(entry_id, sealed, username),
+            lock_reason=LockReason(lock) if lock else None,
+            confirmed=bool(confirmed),
+            created=created,
+            updated=updated,
+            version=version,
+            entry_id=entry_id,
+        )
