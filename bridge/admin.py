@@ -26,7 +26,7 @@ from bridge.core.policy import (
 from bridge.core.totp import decode_secret, encode_secret, new_secret, provisioning_uri
 from bridge.core.types import Identity, State, UserRecord
 from bridge.directory import NoEntryIdError, UnavailableError
-from bridge.store import SqliteStore
+from bridge.store import RecordStore
 
 
 class AdminError(Exception):
@@ -115,7 +115,7 @@ class Admin:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: RecordStore,
         policy: Policy,
         issuer: str,
         exempt: frozenset[str],

@@ -31,7 +31,7 @@ from bridge.core.policy import (
 from bridge.core.totp import guard_tag
 from bridge.core.types import Decision, Identity, Outcome, Reason, UserRecord
 from bridge.directory import Binder, BindResult, BindStatus, Plan
-from bridge.store import SqliteStore
+from bridge.store import RecordStore
 from bridge.store.batching import WriteBatcher
 
 log = Logger(namespace="bridge.auth")
@@ -109,7 +109,7 @@ class Authenticator:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: RecordStore,
         authenticate: Authenticate,
         policy: Policy,
         exempt_users: frozenset[str],

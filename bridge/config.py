@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+import psycopg
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 
 DEFAULT_CONFIG_PATH: Final = Path("config/bridge.yaml")
 CONFIG_ENV: Final = "MFA_BRIDGE_CONFIG"
@@ -77,8 +79,10 @@ class MfaConfig:
 class StoreConfig:
     """Where the bridge keeps users' MFA state and TOTP secrets."""
 
-    path: Path  # SQLite database
+    path: Path  # SQLite database (Path() when `url` is set)
     key_file: Path  # key that protects the stored secrets; default beside the database
+    url: str | None = None  # postgresql://...: a store shared by several instances
+    password_file: Path | None = None  # the database password, when the URL has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -759,10 +763,17 @@ def _mfa(report: _Report, data: Mapping[object, object]) -> MfaConfig:
 
 
 def _store(report: _Report, data: Mapping[object, object]) -> StoreConfig:
-    m = _Map(report, "store", data, ("path", "key_file", "url"))
-    if m.get("url") is not None:
-        m.error("url", "shared stores are not supported yet; use store.path")
-    path = m.path("path", required=m.get("url") is None)
+    m = _Map(report, "store", data, ("path", "key_file", "url", "password_file"))
+    url = _store_url(m)
+    if url is not None:
+        if m.get("path") is not None:
+            m.error("path", "give store.path (SQLite) or store.url (PostgreSQL), not both")
+        key_file = m.path("key_file", required=True)
+        password_file = m.path("password_file", must_be_file=True)
+        return StoreConfig(Path(), key_file or Path(), url=url, password_file=password_file)
+    if m.get("password_file") is not None:
+        m.error("password_file", "only for store.url (a PostgreSQL store)")
+    path = m.path("path", required=True)
     if path is not None and (path.is_dir() or not path.name):
         m.error("path", f"{path} is a directory; give the database file, e.g. state.db")
         path = None
@@ -774,6 +785,22 @@ def _store(report: _Report, data: Mapping[object, object]) -> StoreConfig:
     elif key_file is not None and key_file.is_dir():
         m.error("key_file", f"{key_file} is a directory; give the key file, e.g. state.key")
     return StoreConfig(path=path or Path(), key_file=key_file or Path())
+
+
+def _store_url(m: _Map) -> str | None:
+    """`store.url`, checked as libpq will read it; None when not given."""
+    if m.get("url") is None:
+        return None
+    url = m.string("url")
+    if not url.lower().startswith(("postgresql://", "postgres://")):
+        m.error("url", "must be a PostgreSQL URL: postgresql://USER@HOST:PORT/DBNAME")
+        return None
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        m.error("url", f"not a valid PostgreSQL URL: {str(exc).strip()}")
+        return None
+    return url
 
 
 def _check_tcp_ports(

@@ -20,7 +20,7 @@ import ldap
 
 from bridge.config import Config
 from bridge.directory import NoEntryIdError, UnavailableError, connect, identity_of, user_query
-from bridge.store import SqliteStore, StoreError
+from bridge.store import StoreError, open_store
 
 # Where directories publish their time: AD's RootDSE, OpenLDAP's monitor backend.
 _TIME_SOURCES = (
@@ -140,15 +140,13 @@ def run(
         with contextlib.suppress(ldap.LDAPError):
             reached.unbind_s()
     try:
-        store = SqliteStore.open(
-            config.store.path, config.store.key_file, config.directory.id_attribute
-        )
+        store = open_store(config.store, config.directory.id_attribute)
     except StoreError as exc:
         findings.append(Finding("fail", "store", str(exc)))
     else:
         count, waiting = len(store.list()), len(store.legacy_names())
         store.close()
-        findings.append(Finding("ok", "store", f"{config.store.path}: {count} users"))
+        findings.append(Finding("ok", "store", f"{store.where}: {count} users"))
         if waiting:
             findings.append(
                 Finding(

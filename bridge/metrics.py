@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from bridge.core.types import Decision, State
-from bridge.store import SqliteStore
+from bridge.store import RecordStore
 
 WEEK = 7 * 86_400
 _STATES = ("grace", "pending", "active", "locked")
@@ -78,7 +78,7 @@ class Metrics:
         """Export the RADIUS listener's packet counters (read when scraped)."""
         self.registry.register(_RadiusCollector(counters))
 
-    def watch_store(self, store: SqliteStore, clock: Callable[[], float]) -> None:
+    def watch_store(self, store: RecordStore, clock: Callable[[], float]) -> None:
         """Export users by state and deadlines due within 7 days (read when scraped)."""
         self.registry.register(_StoreCollector(store, clock))
 
@@ -104,7 +104,7 @@ class _RadiusCollector(Collector):
 
 
 class _StoreCollector(Collector):
-    def __init__(self, store: SqliteStore, clock: Callable[[], float]) -> None:
+    def __init__(self, store: RecordStore, clock: Callable[[], float]) -> None:
         self._store = store
         self._clock = clock
 

@@ -29,7 +29,8 @@ from bridge.portal.flows import Portal
 from bridge.portal.sessions import AttemptLimiter, Sessions
 from bridge.portal.web import Limits, make_site
 from bridge.radius.server import RadiusProtocol
-from bridge.store import SqliteStore
+from bridge.store import RecordStore
+from bridge.store import open_store as open_configured_store
 from bridge.store.batching import WriteBatcher
 from bridge.upgrade import Upgrade
 
@@ -46,9 +47,9 @@ def policy_from(config: Config) -> Policy:
     )
 
 
-def open_store(config: Config) -> SqliteStore:
+def open_store(config: Config) -> RecordStore:
     """The store named by the `store` section (created on first use)."""
-    return SqliteStore.open(config.store.path, config.store.key_file, config.directory.id_attribute)
+    return open_configured_store(config.store, config.directory.id_attribute)
 
 
 PROBE_RETRY_SECONDS = 5.0
@@ -118,7 +119,7 @@ class ClosingService(Service):
 class StoreService(Service):
     """Commits queued writes and closes the store when the daemon stops."""
 
-    def __init__(self, store: SqliteStore, writes: WriteBatcher) -> None:
+    def __init__(self, store: RecordStore, writes: WriteBatcher) -> None:
         self.store = store
         self.writes = writes
 
@@ -353,7 +354,7 @@ def make_daemon(config: Config, reactor: Any, stdout: TextIO = sys.stdout) -> Da
 
 
 def make_portal(
-    config: Config, authenticator: Authenticator, store: SqliteStore, audit: AuditLog, reactor: Any
+    config: Config, authenticator: Authenticator, store: RecordStore, audit: AuditLog, reactor: Any
 ) -> Portal:
     """The portal's logic with its sessions and attempt limits."""
     portal = config.portal

@@ -18,7 +18,7 @@ from twisted.internet.defer import DeferredSemaphore, gatherResults
 from twisted.logger import Logger
 
 from bridge.directory import BindResult, BindStatus, Directory
-from bridge.store import SqliteStore
+from bridge.store import RecordStore
 
 log = Logger(namespace="bridge.upgrade")
 
@@ -31,7 +31,7 @@ class Upgrade:
     answer; `on_done` is called once every name has had an answer."""
 
     def __init__(
-        self, store: SqliteStore, directory: Directory, clock: Any, on_done: Callable[[], None]
+        self, store: RecordStore, directory: Directory, clock: Any, on_done: Callable[[], None]
     ) -> None:
         self._store = store
         self._directory = directory

@@ -27,7 +27,7 @@ from bridge.core.selfservice import SetupResult, confirm_secret, may_set_up
 from bridge.core.totp import encode_secret, new_secret, provisioning_uri
 from bridge.core.types import Decision, Outcome, Reason, State, UserRecord
 from bridge.portal.sessions import AttemptLimiter, Session, Sessions
-from bridge.store import SqliteStore
+from bridge.store import RecordStore
 
 PROOF_SECONDS = 300  # a proof of the old device is good for this long
 
@@ -67,7 +67,7 @@ class Portal:
     def __init__(
         self,
         authenticator: Authenticator,
-        store: SqliteStore,
+        store: RecordStore,
         *,
         policy: Policy,
         issuer: str,

@@ -1,5 +1,24 @@
-"""Where users' MFA state lives: SQLite by default."""
+"""Where users' MFA state lives: SQLite by default, PostgreSQL when instances share it.
 
-from bridge.store.sqlite import Attached, SqliteStore, StoreError
+`RecordStore` is what the rest of the bridge uses; `open_store` picks the backend the
+`store` section names.
+"""
 
-__all__ = ["Attached", "SqliteStore", "StoreError"]
+from bridge.config import StoreConfig
+from bridge.store.postgres import PostgresStore
+from bridge.store.records import Attached, RecordStore, StoreError
+from bridge.store.sqlite import SqliteStore
+
+__all__ = ["Attached", "PostgresStore", "RecordStore", "SqliteStore", "StoreError", "open_store"]
+
+
+def open_store(config: StoreConfig, id_attribute: str) -> RecordStore:
+    """The configured store, opened (StoreError says what to fix when it cannot be)."""
+    if config.url is not None:
+        return PostgresStore.open(
+            config.url,
+            config.key_file,
+            password_file=config.password_file,
+            id_attribute=id_attribute,
+        )
+    return SqliteStore.open(config.path, config.key_file, id_attribute)

@@ -17,15 +17,15 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from bridge.core.types import UserRecord
-from bridge.store.sqlite import RebindRow, SqliteStore
+from bridge.store.records import RebindRow, RecordStore
 
 Change = Callable[[UserRecord | None], tuple[UserRecord | None, Any]]
 
 
 class WriteBatcher:
-    """`SqliteStore.update_seen`, asynchronous, committed once per reactor turn."""
+    """`RecordStore.update_seen`, asynchronous, committed once per reactor turn."""
 
-    def __init__(self, store: SqliteStore, clock: IReactorTime) -> None:
+    def __init__(self, store: RecordStore, clock: IReactorTime) -> None:
         self._store = store
         self._clock = clock
         self._queue: list[tuple[str, UserRecord | None, Change, Deferred[Any]]] = []

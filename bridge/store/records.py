@@ -10,6 +10,7 @@ and lives here. Statements are written with `?` placeholders and portable SQL
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,13 +28,13 @@ COLUMNS = (
     "entry_id, username, name_key, state, deadline, failures, last_step, step_key, secret,"
     " lock_reason, confirmed, created, updated, version"
 )
-_SET_ALL = ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in COLUMNS.split(",")[1:])
+_SET_ALL = ", ".join(f"{c.strip()} = ?" for c in COLUMNS.split(",")[1:])
 # Only the constant column list is interpolated into these statements.
 _SELECT_ONE = f"SELECT {COLUMNS} FROM users WHERE entry_id = ?"  # noqa: S608
 _SELECT_NAMED = f"SELECT {COLUMNS} FROM users WHERE name_key = ? ORDER BY username"  # noqa: S608
 _SELECT_ALL = f"SELECT {COLUMNS} FROM users ORDER BY username, entry_id"  # noqa: S608
 _VALUES = "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_UPSERT = f"INSERT INTO users ({COLUMNS}) {_VALUES} ON CONFLICT (entry_id) DO UPDATE SET {_SET_ALL}"
+_REPLACE = f"UPDATE users SET {_SET_ALL} WHERE entry_id = ? AND version = ?"  # noqa: S608
 _INSERT = f"INSERT INTO users ({COLUMNS}) {_VALUES} ON CONFLICT (entry_id) DO NOTHING"
 _UPDATE_SEEN = (
     "UPDATE users SET username = ?, name_key = ?, state = ?, deadline = ?, failures = ?,"
@@ -47,6 +48,7 @@ _REMEMBER_REBIND = (
 )
 
 REBIND_PURGE_SECONDS = 60  # expired rebind rows are deleted at most this often
+MAX_RETRIES = 20  # a record rewritten by others this often under one write: give up
 
 
 class StoreError(Exception):
@@ -107,7 +109,7 @@ class RecordStore:
 
     _begin = "BEGIN"
     _placeholder_style = "qmark"  # or "format" (psycopg)
-    _driver_error: type[Exception] | tuple[type[Exception], ...] = Exception
+    _driver_error: type[Exception] = Exception  # what the driver raises
 
     def __init__(self, sealer: Sealer, where: str) -> None:
         self._sealer = sealer
@@ -128,19 +130,14 @@ class RecordStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._db.execute(self._begin)
+        self._execute(self._begin)
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            with contextlib.suppress(self._driver_error):  # a lost connection has no transaction
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-
-    def _lock_entry(self, entry_id: str) -> None:
-        """Inside a transaction: hold off other writers of this entry until it ends.
-
-        SQLite's `BEGIN IMMEDIATE` already locks the whole file; PostgreSQL locks here.
-        """
 
     def close(self) -> None:
         """Close the connection."""
@@ -193,13 +190,18 @@ class RecordStore:
     def _read_modify_write(
         self, entry_id: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
     ) -> T:
-        """`change` on the current record, written if it changed (inside a transaction)."""
-        self._lock_entry(entry_id)
-        before = self.get(entry_id)
-        after, result = change(before)
-        if after != before:
-            self._write(entry_id, after, before)
-        return result
+        """`change` on the current record, written if it changed (inside a transaction).
+
+        The write is itself a compare-and-set: a writer that does not hold SQLite's file
+        lock (another instance on PostgreSQL) may have written the row since it was read,
+        and then `change` runs again on what it wrote.
+        """
+        for _attempt in range(MAX_RETRIES):
+            before = self.get(entry_id)
+            after, result = change(before)
+            if after == before or self._write(entry_id, after, before):
+                return result
+        raise StoreError(f"{self.where}: user record {entry_id!r} kept changing under a write")
 
     def update_seen(
         self,
@@ -246,26 +248,35 @@ class RecordStore:
         return results
 
     def _set_seen(self, entry_id: str, seen: UserRecord | None, after: UserRecord | None) -> bool:
-        """Write `after` over `seen` if the row is still at `seen`'s version."""
-        if seen is None:
-            assert after is not None
-            written = self._execute(_INSERT, self._row(after, first_version())).rowcount
-        elif after is None:
-            written = self._execute(_DELETE_SEEN, (entry_id, seen.version)).rowcount
-        elif after.secret == seen.secret and after.created == seen.created:
-            written = self._execute(_UPDATE_SEEN, self._changes(after, seen)).rowcount
-        else:
-            written = 0  # a new secret: take the full path
-        return bool(written == 1)
+        """Write `after` over `seen` if the row is still at `seen`'s version.
 
-    def _write(self, entry_id: str, record: UserRecord | None, before: UserRecord | None) -> None:
-        if record is None:
-            self._execute("DELETE FROM users WHERE entry_id = ?", (entry_id,))
-            return
-        if record.entry_id != entry_id:
+        The common case (same key: a login's guard, failures, state) leaves the sealed
+        secret alone; anything else is a full `_write`.
+        """
+        if (
+            after is None
+            or seen is None
+            or (after.secret, after.created)
+            != (
+                seen.secret,
+                seen.created,
+            )
+        ):
+            return self._write(entry_id, after, seen)
+        return bool(self._execute(_UPDATE_SEEN, self._changes(after, seen)).rowcount == 1)
+
+    def _write(self, entry_id: str, record: UserRecord | None, before: UserRecord | None) -> bool:
+        """Replace `before` (as read) by `record`; False when the row is no longer `before`."""
+        if record is not None and record.entry_id != entry_id:
             raise ValueError("a record is written under its own entry only")
-        version = before.version + 1 if before else first_version()
-        self._execute(_UPSERT, self._row(record, version))
+        if before is None:
+            if record is None:
+                return True
+            return bool(self._execute(_INSERT, self._row(record, first_version())).rowcount == 1)
+        if record is None:
+            return bool(self._execute(_DELETE_SEEN, (entry_id, before.version)).rowcount == 1)
+        row = self._row(record, before.version + 1)
+        return bool(self._execute(_REPLACE, (*row[1:], entry_id, before.version)).rowcount == 1)
 
     # --- binds an app may repeat (SPEC 6): keyed hashes, for a while ----------------------
 

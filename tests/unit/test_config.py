@@ -657,13 +657,38 @@ def test_issuer_must_not_contain_a_colon(tmp_path: Path) -> None:
     assert problem.startswith("mfa.issuer: must not contain ':'")
 
 
-def test_store_url_is_not_supported_yet(tmp_path: Path) -> None:
-    """store.url is recognised and answered with a clear "not yet"."""
+def test_store_url_chooses_postgresql_with_its_own_key_file(tmp_path: Path) -> None:
+    """store.url replaces store.path; the key file must be named (each instance has it)."""
+    secret = tmp_path / "db-password"
+    secret.write_text("pw\n")
     data = minimal()
-    data["store"] = {"url": "postgresql://db/mfa"}
-    assert problems_of(data, tmp_path) == (
-        "store.url: shared stores are not supported yet; use store.path",
-    )
+    data["store"] = {
+        "url": "postgresql://bridge@db1,db2/mfa?target_session_attrs=read-write",
+        "key_file": str(tmp_path / "state.key"),
+        "password_file": str(secret),
+    }
+    store = parse_config(data, tmp_path).store
+    assert store.url == "postgresql://bridge@db1,db2/mfa?target_session_attrs=read-write"
+    assert (store.key_file, store.password_file) == (tmp_path / "state.key", secret)
+
+
+@pytest.mark.parametrize(
+    ("store", "problem"),
+    [
+        ({"url": "postgresql://db/mfa"}, "store.key_file: required"),
+        ({"url": "mysql://db/mfa", "key_file": "k"}, "store.url: must be a PostgreSQL URL"),
+        ({"url": "postgresql://db/mfa?bogus=1", "key_file": "k"}, "store.url: not a valid"),
+        ({"url": "postgresql://db/mfa", "key_file": "k", "path": "s.db"}, "store.path: give"),
+        ({"path": "s.db", "password_file": "p"}, "store.password_file: only for store.url"),
+    ],
+)
+def test_store_url_mistakes_name_the_key(
+    tmp_path: Path, store: dict[str, str], problem: str
+) -> None:
+    data = minimal()
+    data["store"] = store
+    found = problems_of(data, tmp_path)
+    assert any(p.startswith(problem) for p in found), found
 
 
 def test_path_with_nul_character_is_an_error(tmp_path: Path) -> None:

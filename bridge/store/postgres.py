@@ -1,0 +1,198 @@
+"""The PostgreSQL store: one database shared by any number of bridge instances (SPEC 9).
+
+The rows and every write are the ones of `records.RecordStore`; what is PostgreSQL's own
+is here. Each write is a compare-and-set on the row's version, so instances need no lock
+between them: a login that lost the race decides again on what the other wrote (a code
+accepted by one instance is a replay on all). The schema is created and upgraded by the
+first instance to start, under an advisory lock, so instances starting together wait
+for each other instead of racing. A lost connection fails the statement (the login is
+rejected, never accepted without its state) and is made again on the next use; libpq's
+multi-host URLs (`postgresql://h1,h2/db?target_session_attrs=read-write`) give failover.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from twisted.logger import Logger
+
+from bridge.store.records import RecordStore, StoreError
+from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
+
+log = Logger(namespace="bridge.store")
+
+SCHEMA_VERSION = 1
+_SCHEMA_LOCK = 0x6D66_6162_7269_6467  # advisory lock id: "mfabridg"
+CONNECT_TIMEOUT = 3  # seconds; libpq tries the next host of a multi-host URL after it
+STATEMENT_TIMEOUT_MS = 5000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    entry_id    TEXT PRIMARY KEY,  -- directory.id_attribute of the entry: one record a person
+    username    TEXT NOT NULL,     -- directory.name_attribute when last seen
+    name_key    TEXT NOT NULL,     -- username folded: the admin's lookup by stored name
+    state       TEXT NOT NULL CHECK (state IN ('grace', 'pending', 'active', 'locked')),
+    deadline    BIGINT,
+    failures    INTEGER NOT NULL DEFAULT 0,
+    last_step   BIGINT,
+    step_key    BYTEA,             -- which key last_step was used with (a hash, not the key)
+    secret      BYTEA,
+    lock_reason TEXT,
+    confirmed   INTEGER NOT NULL DEFAULT 0,
+    created     BIGINT NOT NULL,
+    updated     BIGINT NOT NULL,
+    version     BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS users_by_name ON users (name_key);
+CREATE TABLE IF NOT EXISTS rebinds (
+    mac      BYTEA PRIMARY KEY,
+    entry_id TEXT NOT NULL,
+    expires  BIGINT NOT NULL
+);
+"""
+
+
+class PostgresStore(RecordStore):
+    """Users' MFA records in a PostgreSQL database, shared by the instances that use it."""
+
+    _begin = "BEGIN"
+    _placeholder_style = "format"
+    _driver_error = psycopg.Error
+
+    def __init__(
+        self,
+        url: str,
+        sealer: Sealer,
+        *,
+        password: str | None = None,
+        id_attribute: str = "entryUUID",
+    ) -> None:
+        super().__init__(sealer, _redacted(url))
+        self._url = url
+        self._password = password
+        try:
+            self._db = self._connect()
+            self._create_schema()
+            self._check_fingerprint(self._fingerprint_needed())
+            self._check_id_attribute(id_attribute)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: cannot open the store: {_reason(exc)}") from exc
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        key_file: Path,
+        *,
+        password_file: Path | None = None,
+        id_attribute: str = "entryUUID",
+    ) -> PostgresStore:
+        """Connect, create or upgrade the schema, and check the key file against it.
+
+        The key file is never created beside a database that holds sealed secrets (a new
+        key would open none of them): every instance must be given the same one.
+        """
+        try:
+            password = password_file.read_text().strip() if password_file else None
+        except OSError as exc:
+            raise StoreError(f"store.password_file: cannot read {password_file}: {exc}") from exc
+        try:
+            key = load_or_create_key(key_file) if key_file.exists() else None
+        except (KeyFileError, OSError) as exc:
+            raise StoreError(str(exc)) from exc
+        if key is None:
+            probe = cls._probe(url, password)
+            if probe is not None:
+                raise StoreError(
+                    f"{key_file}: the key file is missing, and {_redacted(url)} holds secrets"
+                    f" sealed with a key (fingerprint {probe}): copy that key file here from"
+                    " another instance or a backup (a new key would open none of them)"
+                )
+            try:
+                key = load_or_create_key(key_file)
+            except (KeyFileError, OSError) as exc:
+                raise StoreError(str(exc)) from exc
+        return cls(url, Sealer(key), password=password, id_attribute=id_attribute)
+
+    @classmethod
+    def _probe(cls, url: str, password: str | None) -> str | None:
+        """The fingerprint the database's secrets need, read without a key; None if none."""
+        try:
+            with psycopg.connect(url, **_connect_options(password)) as db:
+                tables = db.execute("SELECT to_regclass('meta'), to_regclass('users')").fetchone()
+                if tables is None or tables[1] is None:
+                    return None
+                if db.execute("SELECT 1 FROM users WHERE secret IS NOT NULL LIMIT 1").fetchone():
+                    row = db.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'")
+                    found = row.fetchone()
+                    return str(found[0]) if found else "unknown"
+                return None
+        except psycopg.Error as exc:
+            raise StoreError(f"{_redacted(url)}: cannot open the store: {_reason(exc)}") from exc
+
+    def _connect(self) -> Any:
+        return psycopg.connect(self._url, **_connect_options(self._password))
+
+    def _execute(self, sql: str, params: Any = ()) -> Any:
+        """A statement; a connection found broken is made again first (the database came
+        back). A failure inside a transaction is not retried: the caller's login fails."""
+        if self._db.broken or self._db.closed:
+            self._reconnect()
+        return self._db.execute(self._sql(sql), params)
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._db.close()
+        self._db = self._connect()
+        log.info("store.reconnected store={store}", store=self.where)
+
+    def _create_schema(self) -> None:
+        """Create or upgrade the schema; instances starting together take turns."""
+        with self._transaction():
+            self._execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._execute(statement)
+            version = self._meta("schema_version")
+            if version is not None and int(version) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.where}: schema version {version} is newer than this release"
+                    f" understands ({SCHEMA_VERSION}); upgrade mfa-bridge"
+                )
+            self._set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def _fingerprint_needed(self) -> str | None:
+        if self._one("SELECT 1 FROM users WHERE secret IS NOT NULL LIMIT 1") is None:
+            return None
+        return self._meta("key_fingerprint") or "unknown"
+
+
+def _connect_options(password: str | None) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "autocommit": True,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "application_name": "mfa-bridge",
+        "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+    }
+    if password is not None:
+        options["password"] = password
+    return options
+
+
+def _redacted(url: str) -> str:
+    """The URL without a password in it, for messages and logs."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "store.url"
+    hosts = info.get("host") or "localhost"
+    port = f":{info['port']}" if info.get("port") else ""
+    user = f"{info['user']}@" if info.get("user") else ""
+    return f"postgresql://{user}{hosts}{port}/{info.get('dbname') or ''}"
+
+
+def _reason(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
