@@ -75,11 +75,18 @@ class PostgresStore(RecordStore):
         self._password = password
         try:
             self._db = self._connect()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: cannot open the store: {_reason(exc)}") from exc
+        try:
             self._create_schema()
             self._check_fingerprint(self._fingerprint_needed())
             self._check_id_attribute(id_attribute)
         except psycopg.Error as exc:
+            self._db.close()
             raise StoreError(f"{self.where}: cannot open the store: {_reason(exc)}") from exc
+        except StoreError:
+            self._db.close()
+            raise
 
     @classmethod
     def open(

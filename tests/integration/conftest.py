@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import require_binary
 from tests.harness import Bridge, RadiusClient, free_udp_port
+from tests.postgres import Postgres, server_bin
 from tests.slapd import Slapd, SlapdUser
 
 USERS = [
@@ -51,6 +52,19 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
     require_binary("slapd")
     require_binary("ldapwhoami")
     server = Slapd(tmp_path_factory.mktemp("slapd"), users=USERS, groups={"mfa-exempt": ["dave"]})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the session; each test takes a database of its own."""
+    try:
+        server_bin()
+    except FileNotFoundError:
+        require_binary("initdb")  # not on PATH either: fails in CI, skips elsewhere
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
     server.start()
     yield server
     server.stop()
