@@ -6,12 +6,14 @@ the other, and every decision is written to the audit log here, once, with its r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bridge.audit import AuditLog
 from bridge.core.credentials import normalize_username
@@ -31,8 +33,11 @@ from bridge.core.policy import (
 from bridge.core.totp import guard_tag
 from bridge.core.types import Decision, Identity, Outcome, Reason, UserRecord
 from bridge.directory import Binder, BindResult, BindStatus, Plan
-from bridge.store import RecordStore
+from bridge.logs import Throttle
+from bridge.store import RecordStore, StoreUnavailableError
 from bridge.store.batching import WriteBatcher
+from bridge.store.records import ChallengeRow
+from bridge.store.worker import StoreWorker
 
 log = Logger(namespace="bridge.auth")
 
@@ -117,8 +122,10 @@ class Authenticator:
         *,
         audit: AuditLog,
         writes: WriteBatcher | None = None,
+        worker: StoreWorker | None = None,
     ) -> None:
         self._store = store
+        self._worker = worker or StoreWorker(clock, threaded=False)  # where store calls run
         self._audit_log = audit
         self._writes = writes  # None: each login's write commits on its own, at once
         self._authenticate = authenticate
@@ -128,6 +135,7 @@ class Authenticator:
         self.upgrading = False  # records of an earlier release still wait: refuse logins
         # LDAP binds accepted with a code, until their rebind rows are committed.
         self._accepted_binds = _Recent(limit=65_536)
+        self._throttle = Throttle(clock.seconds)  # log lines about the store being down
         self.stopping = False  # shutting down: the directory is being closed under logins
 
     def reconfigure(self, policy: Policy, exempt_users: frozenset[str]) -> None:
@@ -172,15 +180,7 @@ class Authenticator:
         assert username is not None  # refused early otherwise
         planned: list[_Plan] = []
 
-        def plan(identity: Identity) -> str:
-            now = self._now()
-            record = self._record_for(identity, username, now)
-            if code is None:
-                attempt = plan_attempt(record, field, mode, now, self._policy)
-            else:
-                attempt = plan_given(record, field, code)
-            planned.append(_Plan(identity, record, attempt))
-            return attempt.password
+        plan = self._planner(username, field, mode, code, planned)
 
         def bound(result: BindResult) -> LoginOutcome | Deferred[LoginOutcome]:
             if result.status is not BindStatus.OK or not planned:
@@ -246,7 +246,32 @@ class Authenticator:
             checked = self._authenticate(username, plan)
         else:
             checked = self._authenticate(username, plan, bind)
-        return checked.addCallback(bound)
+        outcome: Deferred[LoginOutcome] = checked.addCallback(bound)
+        outcome.addErrback(self._store_down, username, caller, started)
+        return outcome
+
+    def _planner(
+        self, username: str, field: str, mode: Mode, code: str | None, planned: list[_Plan]
+    ) -> Plan:
+        """What the directory calls once it has found the entry: read its record, choose
+        the password to bind with (noting the choice in `planned`)."""
+
+        def plan(identity: Identity) -> str | Deferred[str]:
+            now = self._now()
+
+            def choose(record: UserRecord | None) -> str:
+                if code is None:
+                    attempt = plan_attempt(record, field, mode, now, self._policy)
+                else:
+                    attempt = plan_given(record, field, code)
+                planned.append(_Plan(identity, record, attempt))
+                return attempt.password
+
+            if not self._worker.threaded:
+                return choose(self._record_for(identity, username, now))
+            return self._worker.run(self._record_for, identity, username, now).addCallback(choose)
+
+        return plan
 
     def _refused_early(self, raw: str, username: str | None, field: str) -> Decision | None:
         """A login refused before the directory is asked, or None."""
@@ -293,14 +318,71 @@ class Authenticator:
                 return attached.record
         return self._store.get(identity.entry_id)
 
-    def answer_challenge(
-        self, owner: Identity, code: str, caller: Caller, typed: str | None = None
-    ) -> Decision:
-        """Decide the code sent in answer to a challenge (the password was checked then).
+    def issue_challenge(
+        self, state: bytes, username: str, owner: Identity, client: str, seconds: float
+    ) -> None:
+        """Remember an Access-Challenge's State (in the store: any instance may get the
+        answer) for `seconds`: its user, whose entry it is and the client asked."""
+        row = ChallengeRow(
+            state,
+            username,
+            owner.entry_id,
+            owner.name,
+            owner.dn,
+            client,
+            self._clock.seconds() + seconds,
+        )
+        if self._writes is None:
+            self._store.remember_challenge(row, self._clock.seconds())
+        else:
+            self._writes.remember_challenge(row)
 
-        `typed` is the name the client logs in with, for the audit line.
-        """
+    def answer_state(
+        self, state: bytes, raw_username: str, client: str, code: str, caller: Caller
+    ) -> Deferred[Decision]:
+        """Decide the answer to a challenge: a State issued (by any instance sharing the
+        store), not yet answered, unexpired, for this client and this user."""
         started = self._clock.seconds()
+
+        def answer(challenge: ChallengeRow | None) -> Decision | Deferred[Decision]:
+            if (
+                challenge is None
+                or challenge.client != client
+                or not self.same_user(raw_username, challenge.username)
+            ):
+                return self.refuse(raw_username, Reason.BAD_STATE, caller)
+            owner = Identity(challenge.entry_id, challenge.name, challenge.dn)
+            decided = self._worker.run(self._store.update, owner.entry_id, self._check(owner, code))
+            return decided.addCallback(self._audit, caller, started, challenge.username)
+
+        taken = self._worker.run(self._store.take_challenge, state, started)
+        decided: Deferred[Decision] = taken.addCallback(answer)
+        decided.addErrback(self._store_down_decision, raw_username, caller, started)
+        return decided
+
+    def _store_down(
+        self, failure: Failure, username: str, caller: Caller, started: float
+    ) -> LoginOutcome:
+        """The store could not be reached: the login is rejected, never decided without it."""
+        return LoginOutcome(self._store_down_decision(failure, username, caller, started))
+
+    def _store_down_decision(
+        self, failure: Failure, username: str, caller: Caller, started: float
+    ) -> Decision:
+        failure.trap(StoreUnavailableError)
+        if self._throttle.allow("store.unavailable"):
+            log.warn(
+                "store.unavailable error={error} (logins are rejected until it answers;"
+                " once a minute)",
+                error=failure.getErrorMessage(),
+            )
+        decision = rejected(normalize_username(username) or username[:64], Reason.STORE_DOWN)
+        return self._audit(decision, caller, started)
+
+    def _check(
+        self, owner: Identity, code: str
+    ) -> Callable[[UserRecord | None], tuple[UserRecord | None, Decision]]:
+        """The decision on a code given in answer to a challenge (the password was checked)."""
 
         def decide(current: UserRecord | None) -> tuple[UserRecord | None, Decision]:
             if current is None:
@@ -308,8 +390,7 @@ class Authenticator:
             verdict = check_code(current, code, now=self._now(), policy=self._policy)
             return verdict.record, verdict.decision
 
-        decision = self._store.update(owner.entry_id, decide)
-        return self._audit(decision, caller, started, typed)
+        return decide
 
     def refuse(self, raw_username: str, reason: Reason, caller: Caller) -> Decision:
         """Reject before any password check (malformed, unsupported, stale challenge)."""

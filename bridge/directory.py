@@ -82,7 +82,7 @@ class UnavailableError(Exception):
 Binder = Callable[[str, str, str], Awaitable[bool]]
 
 # The password to bind with, chosen once the entry (and so its MFA record) is known.
-Plan = Callable[[Identity], str]
+Plan = Callable[[Identity], "str | Deferred[str]"]  # a Deferred when the store is remote
 
 
 def user_query(config: DirectoryConfig, username: str) -> str:
@@ -657,7 +657,8 @@ async def _bind_as(server: _Server, bind: Binder | None, identity: Identity, pla
     On the server's pool, or by the caller's binder. An empty password is refused here
     without a bind: at many directories it is an anonymous bind, which "succeeds".
     """
-    password = plan(identity)
+    planned = plan(identity)
+    password = planned if isinstance(planned, str) else await planned
     if not password:
         return False
     if bind is None:

@@ -12,6 +12,7 @@ from twisted.application.internet import SSLServer, TCPServer, UDPServer
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bridge.audit import AuditLog, open_audit
 from bridge.auth import Authenticator
@@ -32,6 +33,7 @@ from bridge.radius.server import RadiusProtocol
 from bridge.store import RecordStore
 from bridge.store import open_store as open_configured_store
 from bridge.store.batching import WriteBatcher
+from bridge.store.worker import StoreWorker
 from bridge.upgrade import Upgrade
 
 log = Logger(namespace="bridge.service")
@@ -119,15 +121,22 @@ class ClosingService(Service):
 class StoreService(Service):
     """Commits queued writes and closes the store when the daemon stops."""
 
-    def __init__(self, store: RecordStore, writes: WriteBatcher) -> None:
+    def __init__(self, store: RecordStore, writes: WriteBatcher, worker: StoreWorker) -> None:
         self.store = store
         self.writes = writes
+        self.worker = worker
 
-    def stopService(self) -> None:  # noqa: N802
+    def stopService(self) -> Deferred[None]:  # noqa: N802
         """Commit what is queued, then close the database."""
         Service.stopService(self)
-        self.writes.flush()
-        self.store.close()
+
+        def close(result: object) -> None:
+            self.worker.stop()
+            self.store.close()
+            if isinstance(result, Failure):
+                log.failure("store.close", result)
+
+        return self.writes.flush().addBoth(close)
 
 
 class OrderedService(MultiService):
@@ -212,8 +221,9 @@ class Daemon:
                 demo_service(demo.ldif, demo.listen_host, demo.listen_port, reactor)
             )
         self.store = open_store(config)
-        writes = WriteBatcher(self.store, reactor)
-        self.service.addService(StoreService(self.store, writes))
+        worker = StoreWorker(reactor, threaded=self.store.remote)
+        writes = WriteBatcher(self.store, reactor, worker)
+        self.service.addService(StoreService(self.store, writes, worker))
         self.directory = Directory(config.directory, config.mfa.exempt_groups, reactor)
         self.directory_service = DirectoryService(self.directory, reactor)
         self.service.addService(self.directory_service)
@@ -227,6 +237,7 @@ class Daemon:
             reactor,
             audit=self.audit,
             writes=writes,
+            worker=worker,
         )
         if self.store.has_legacy:  # records of an earlier release: attach them first
             self.authenticator.upgrading = True

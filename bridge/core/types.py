@@ -46,6 +46,7 @@ class Reason(StrEnum):
     UNKNOWN_USER = "unknown-user"
     BAD_PASSWORD = "bad-password"  # noqa: S105 - a reason, not a password
     DIRECTORY_DOWN = "directory-down"
+    STORE_DOWN = "store-down"  # the shared database cannot be reached: fail closed
     WRONG_CODE = "wrong-code"
     REPLAY = "replay"
     CODE_REQUIRED = "code-required"  # append mode, enrolled user sent no code

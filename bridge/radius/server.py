@@ -34,7 +34,6 @@ log = Logger(namespace="bridge.radius")
 # is 6,500 logins/s before new requests are refused as overload.
 REPLY_CACHE_SECONDS = 10.0
 REPLY_CACHE_LIMIT = 65_536
-CHALLENGE_LIMIT = 16_384
 LOG_INTERVAL = 60.0
 CLIENT_MEMO_LIMIT = 4096
 
@@ -52,14 +51,6 @@ def days_left_message(days: int, setup_url: str | None = None) -> str:
     unit = "day" if days == 1 else "days"
     where = f" at {setup_url}" if setup_url else ""
     return f"{days} {unit} left to set up MFA{where}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Challenge:
-    username: str  # the name the client sent, as the answer must send it again
-    owner: Identity  # the entry whose record the code is checked against
-    client: str
-    expires: float
 
 
 @dataclass(slots=True)
@@ -90,7 +81,6 @@ class RadiusProtocol(DatagramProtocol):
         self._clients = sorted(config.clients, key=lambda c: c.network.prefixlen, reverse=True)
         self._client_of: dict[str, RadiusClient | None] = {}
         self._replies: OrderedDict[CacheKey, _Entry] = OrderedDict()
-        self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
         self._throttle = Throttle(clock.seconds, LOG_INTERVAL)
         # Rejects waiting out reject_delay, with what they will send.
         self._pending: dict[CacheKey, tuple[IDelayedCall, Address, bytes]] = {}
@@ -215,34 +205,17 @@ class RadiusProtocol(DatagramProtocol):
             decision = self._auth.refuse(user, Reason.UNSUPPORTED, caller)
             self._answer(decision, request, client, key, addr)
             return
-        if request.state is not None:
-            self._answer(self._continue(request, addr, caller), request, client, key, addr)
-            return
-        d: Deferred[LoginOutcome] = self._auth.login_outcome(
-            user, request.password, self._mode, caller
-        )
+        d: Deferred[LoginOutcome]
+        if request.state is not None:  # the answer to a challenge (issued by any instance)
+            d = self._auth.answer_state(
+                request.state, user, addr[0], request.password, caller
+            ).addCallback(LoginOutcome)
+        else:
+            d = self._auth.login_outcome(user, request.password, self._mode, caller)
         self._in_flight += 1
         d.addCallback(self._answer_outcome, request, client, key, addr)
         d.addErrback(self._failed, request, client, key, addr)
         d.addBoth(self._landed)
-
-    def _continue(self, request: Request, addr: Address, caller: Caller) -> Decision:
-        """The answer to a challenge: a State we issued, to this client, for this user."""
-        user = request.user_name or ""
-        if request.state is None or request.password is None:
-            return self._auth.refuse(user, Reason.BAD_STATE, caller)
-        challenge = self._challenges.pop(request.state, None)
-        now = self._clock.seconds()
-        if (
-            challenge is None
-            or challenge.expires <= now
-            or challenge.client != addr[0]
-            or not self._auth.same_user(user, challenge.username)
-        ):
-            return self._auth.refuse(user, Reason.BAD_STATE, caller)
-        return self._auth.answer_challenge(
-            challenge.owner, request.password, caller, challenge.username
-        )
 
     def _failed(
         self,
@@ -342,26 +315,18 @@ class RadiusProtocol(DatagramProtocol):
             self.transport.write(reply, addr)
 
     def _issue_state(self, username: str, owner: Identity, client: str) -> bytes:
-        if len(self._challenges) >= CHALLENGE_LIMIT:
-            self._challenges.popitem(last=False)
-            self.counters["challenges-evicted"] += 1
         state = self._random(16)
-        expires = self._clock.seconds() + self._config.state_ttl
-        self._challenges[state] = _Challenge(username, owner, client, expires)
+        self._auth.issue_challenge(state, username, owner, client, self._config.state_ttl)
         return state
 
     def _expire(self, now: float) -> None:
-        """Forget replies and challenges past their lifetime (both kept in arrival order)."""
+        """Forget replies past their lifetime (kept in arrival order; challenges live in
+        the store, for any instance sharing it)."""
         while self._replies:
             key, entry = next(iter(self._replies.items()))
             if entry.expires > now:
                 break
             del self._replies[key]
-        while self._challenges:
-            state, challenge = next(iter(self._challenges.items()))
-            if challenge.expires > now:
-                break
-            del self._challenges[state]
 
     def _client(self, host: str) -> RadiusClient | None:
         """The client entry for a source address (most specific network first), memoised."""

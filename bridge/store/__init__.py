@@ -6,10 +6,18 @@
 
 from bridge.config import StoreConfig
 from bridge.store.postgres import PostgresStore
-from bridge.store.records import Attached, RecordStore, StoreError
+from bridge.store.records import Attached, RecordStore, StoreError, StoreUnavailableError
 from bridge.store.sqlite import SqliteStore
 
-__all__ = ["Attached", "PostgresStore", "RecordStore", "SqliteStore", "StoreError", "open_store"]
+__all__ = [
+    "Attached",
+    "PostgresStore",
+    "RecordStore",
+    "SqliteStore",
+    "StoreError",
+    "StoreUnavailableError",
+    "open_store",
+]
 
 
 def open_store(config: StoreConfig, id_attribute: str) -> RecordStore:

@@ -1,10 +1,11 @@
 """Group the store writes of one reactor turn into one transaction.
 
-A burst of logins whose binds are answered together would otherwise pay one SQLite
-commit each (its locks, its WAL append); here they share one. A write joins the batch
-of the current reactor turn, the batch commits at the start of the next (a
-`callLater(0)`), and only then does each login learn its decision: nothing is answered
-before it is durable.
+A burst of logins whose binds are answered together would otherwise pay one commit
+each (SQLite's locks and WAL append, or PostgreSQL's round trips); here they share one.
+A write joins the batch of the current reactor turn, the batch commits at the start of
+the next (a `callLater(0)`), and only then does each login learn its decision: nothing
+is answered before it is durable. On a threaded store (`worker.py`) one batch is
+committed at a time: writes that come meanwhile wait for the next.
 """
 
 from __future__ import annotations
@@ -12,24 +13,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from bridge.core.types import UserRecord
-from bridge.store.records import RebindRow, RecordStore
+from bridge.store.records import ChallengeRow, RebindRow, RecordStore
+from bridge.store.worker import StoreWorker
 
 Change = Callable[[UserRecord | None], tuple[UserRecord | None, Any]]
+Queued = tuple[str, UserRecord | None, Change, Deferred[Any]]
 
 
 class WriteBatcher:
     """`RecordStore.update_seen`, asynchronous, committed once per reactor turn."""
 
-    def __init__(self, store: RecordStore, clock: IReactorTime) -> None:
+    def __init__(
+        self, store: RecordStore, clock: IReactorTime, worker: StoreWorker | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
-        self._queue: list[tuple[str, UserRecord | None, Change, Deferred[Any]]] = []
+        self._worker = worker or StoreWorker(clock, threaded=False)
+        self._committing: Deferred[None] | None = None  # the batch on its way, if any
+        self._queue: list[Queued] = []
         self._rebinds: list[RebindRow] = []
+        self._challenges: list[ChallengeRow] = []
         self._flush_call: IDelayedCall | None = None
         self.batches = 0
         self.writes = 0
@@ -50,32 +58,63 @@ class WriteBatcher:
         self._rebinds.append(RebindRow(mac, entry_id, expires, now))
         self._schedule()
 
+    def remember_challenge(self, row: ChallengeRow) -> None:
+        """Queue a RADIUS State issued: it commits with the next turn's writes (an answer
+        comes back a human's typing later; one that came first would be refused)."""
+        self._challenges.append(row)
+        self._schedule()
+
     def _schedule(self) -> None:
-        if self._flush_call is None:
+        if self._flush_call is None and self._committing is None:
             self._flush_call = self._clock.callLater(0, self.flush)
 
-    def flush(self) -> None:
-        """Commit everything queued (also called at shutdown, so nothing queued is lost)."""
+    def flush(self) -> Deferred[None]:
+        """Commit everything queued; fires once it is (at shutdown: nothing queued is lost).
+
+        While a batch is on its way (threaded store), the next one waits for it.
+        """
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
+        if self._committing is not None:
+            waiting: Deferred[None] = Deferred()
+            self._committing.addBoth(lambda _: self.flush().chainDeferred(waiting))
+            return waiting
         queue, self._queue = self._queue, []
         rebinds, self._rebinds = self._rebinds, []
-        if not queue and not rebinds:
-            return
+        challenges, self._challenges = self._challenges, []
+        if not queue and not rebinds and not challenges:
+            return succeed(None)
         self.batches += 1
         self.writes += len(queue)
-        try:
-            results: list[Any] = self._store.update_seen_many(
-                [(u, s, c) for u, s, c, _d in queue], rebinds
-            )
-        except Exception:  # the store failed: every login of the batch fails closed
-            failure = Failure()
-            for *_rest, done in queue:
-                done.errback(failure)
-            return
+        changes = [(u, s, c) for u, s, c, _d in queue]
+        committed = self._worker.run(
+            self._store.update_seen_many, changes, rebinds, challenges, self._clock.seconds()
+        )
+        done: Deferred[None] = committed.addCallbacks(
+            self._answer, self._fail, callbackArgs=(queue,), errbackArgs=(queue,)
+        )
+        if not done.called:
+            self._committing = done
+            done.addBoth(self._committed)
+        return done
+
+    def _committed(self, result: object) -> object:
+        self._committing = None
+        if self._queue or self._rebinds or self._challenges:
+            self._schedule()
+        return result
+
+    @staticmethod
+    def _answer(results: list[Any], queue: list[Queued]) -> None:
         for (*_rest, done), result in zip(queue, results, strict=True):
             if isinstance(result, Exception):
                 done.errback(Failure(result))
             else:
                 done.callback(result)
+
+    @staticmethod
+    def _fail(failure: Failure, queue: list[Queued]) -> None:
+        """The store failed: every login of the batch fails closed."""
+        for *_rest, done in queue:
+            done.errback(failure)

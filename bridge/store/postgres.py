@@ -13,13 +13,14 @@ multi-host URLs (`postgresql://h1,h2/db?target_session_attrs=read-write`) give f
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from twisted.logger import Logger
 
-from bridge.store.records import RecordStore, StoreError
+from bridge.store.records import RecordStore, StoreError, StoreUnavailableError
 from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
 
 log = Logger(namespace="bridge.store")
@@ -52,6 +53,15 @@ CREATE TABLE IF NOT EXISTS rebinds (
     entry_id TEXT NOT NULL,
     expires  BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS challenges (
+    state    BYTEA PRIMARY KEY,
+    username TEXT NOT NULL,
+    entry_id TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    dn       TEXT NOT NULL,
+    client   TEXT NOT NULL,
+    expires  DOUBLE PRECISION NOT NULL
+);
 """
 
 
@@ -61,6 +71,7 @@ class PostgresStore(RecordStore):
     _begin = "BEGIN"
     _placeholder_style = "format"
     _driver_error = psycopg.Error
+    remote = True
 
     def __init__(
         self,
@@ -73,8 +84,11 @@ class PostgresStore(RecordStore):
         super().__init__(sealer, _redacted(url))
         self._url = url
         self._password = password
+        self._lock = threading.Lock()
+        self._local = threading.local()  # each thread its own connection (and transaction)
+        self._connections: list[Any] = []
         try:
-            self._db = self._connect()
+            self._connect()
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: cannot open the store: {_reason(exc)}") from exc
         try:
@@ -82,10 +96,10 @@ class PostgresStore(RecordStore):
             self._check_fingerprint(self._fingerprint_needed())
             self._check_id_attribute(id_attribute)
         except psycopg.Error as exc:
-            self._db.close()
+            self.close()
             raise StoreError(f"{self.where}: cannot open the store: {_reason(exc)}") from exc
         except StoreError:
-            self._db.close()
+            self.close()
             raise
 
     @classmethod
@@ -140,21 +154,53 @@ class PostgresStore(RecordStore):
         except psycopg.Error as exc:
             raise StoreError(f"{_redacted(url)}: cannot open the store: {_reason(exc)}") from exc
 
+    @property
+    def _db(self) -> Any:
+        """This thread's connection: the reactor's, or the store worker's (`worker.py`)."""
+        db = getattr(self._local, "db", None)
+        return db if db is not None else self._connect()
+
     def _connect(self) -> Any:
-        return psycopg.connect(self._url, **_connect_options(self._password))
+        db = psycopg.connect(self._url, **_connect_options(self._password))
+        self._local.db = db
+        with self._lock:
+            self._connections.append(db)
+        return db
 
     def _execute(self, sql: str, params: Any = ()) -> Any:
         """A statement; a connection found broken is made again first (the database came
-        back). A failure inside a transaction is not retried: the caller's login fails."""
-        if self._db.broken or self._db.closed:
-            self._reconnect()
-        return self._db.execute(self._sql(sql), params)
+        back). A failure inside a transaction is not retried: the caller's login fails.
 
-    def _reconnect(self) -> None:
-        with contextlib.suppress(psycopg.Error):
-            self._db.close()
-        self._db = self._connect()
-        log.info("store.reconnected store={store}", store=self.where)
+        Raises StoreUnavailableError while the database cannot be reached.
+        """
+        try:
+            db = getattr(self._local, "db", None)
+            if db is None or db.broken or db.closed:
+                db = self._reconnect(db)
+            return db.execute(self._sql(sql), params)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailableError(f"{self.where}: {_reason(exc)}") from exc
+
+    def _reconnect(self, old: Any) -> Any:
+        self._local.db = None
+        if old is not None:
+            with contextlib.suppress(psycopg.Error):
+                old.close()
+            with self._lock:
+                if old in self._connections:
+                    self._connections.remove(old)
+        db = self._connect()
+        if old is not None:
+            log.info("store.reconnected store={store}", store=self.where)
+        return db
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for db in connections:
+            with contextlib.suppress(psycopg.Error):
+                db.close()
 
     def _create_schema(self) -> None:
         """Create or upgrade the schema; instances starting together take turns."""

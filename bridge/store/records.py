@@ -47,12 +47,20 @@ _REMEMBER_REBIND = (
     " ON CONFLICT (mac) DO UPDATE SET entry_id = excluded.entry_id, expires = excluded.expires"
 )
 
+_CHALLENGE_COLUMNS = "state, username, entry_id, name, dn, client, expires"
+_REMEMBER_CHALLENGE = f"INSERT INTO challenges ({_CHALLENGE_COLUMNS}) VALUES (?,?,?,?,?,?,?)"  # noqa: S608
+_TAKE_CHALLENGE = f"DELETE FROM challenges WHERE state = ? RETURNING {_CHALLENGE_COLUMNS}"  # noqa: S608
+
 REBIND_PURGE_SECONDS = 60  # expired rebind rows are deleted at most this often
 MAX_RETRIES = 20  # a record rewritten by others this often under one write: give up
 
 
 class StoreError(Exception):
     """The store cannot be opened or used; the message says what to fix."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached now (a login fails closed; it comes back by itself)."""
 
 
 class RebindRow(NamedTuple):
@@ -62,6 +70,18 @@ class RebindRow(NamedTuple):
     entry_id: str
     expires: int
     now: int
+
+
+class ChallengeRow(NamedTuple):
+    """A RADIUS Access-Challenge issued: whose password was checked, for which client."""
+
+    state: bytes  # the State attribute sent (random)
+    username: str  # the name the client sent, as the answer must send it again
+    entry_id: str  # the entry whose record the code is checked against
+    name: str
+    dn: str
+    client: str  # the NAS address the answer must come from
+    expires: float
 
 
 SeenChange = tuple[
@@ -110,12 +130,14 @@ class RecordStore:
     _begin = "BEGIN"
     _placeholder_style = "qmark"  # or "format" (psycopg)
     _driver_error: type[Exception] = Exception  # what the driver raises
+    _db: Any  # the DB-API connection (set by the backend)
+    remote = False  # a database server (its calls may wait): the daemon calls it off the reactor
 
     def __init__(self, sealer: Sealer, where: str) -> None:
         self._sealer = sealer
         self.where = where
-        self._db: Any = None
         self._rebinds_purged_at = 0  # when expired rebind rows were last deleted
+        self._challenges_purged_at = 0.0
 
     # --- statements ----------------------------------------------------------------------
 
@@ -137,7 +159,7 @@ class RecordStore:
             with contextlib.suppress(self._driver_error):  # a lost connection has no transaction
                 self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        self._execute("COMMIT")
 
     def close(self) -> None:
         """Close the connection."""
@@ -222,14 +244,19 @@ class RecordStore:
         return self.update(entry_id, change)
 
     def update_seen_many(
-        self, changes: Sequence[SeenChange[T]], rebinds: Sequence[RebindRow] = ()
+        self,
+        changes: Sequence[SeenChange[T]],
+        rebinds: Sequence[RebindRow] = (),
+        challenges: Sequence[ChallengeRow] = (),
+        now: float = 0.0,
     ) -> builtins.list[T | Exception]:
         """Several `update_seen` in one transaction: one commit for a burst of logins.
 
         Each change is a compare-and-set as in `update_seen`; one that lost the race runs
         again on the current record, inside the same transaction. A change that raises
         gets its exception in the result list and writes nothing; the others still commit.
-        `rebinds` (accepted binds to remember, see `remember_rebind`) commit with them.
+        `rebinds` (accepted binds to remember, see `remember_rebind`) and `challenges`
+        (States issued) commit with them.
         """
         results: builtins.list[T | Exception] = []
         with self._transaction():
@@ -238,13 +265,14 @@ class RecordStore:
                     after, result = change(seen)
                     if after != seen and not self._set_seen(entry_id, seen, after):
                         result = self._read_modify_write(entry_id, change)
-                except self._driver_error:
+                except (self._driver_error, StoreError):
                     raise  # the store itself failed: nothing of the batch is committed
                 except Exception as exc:  # a bug in one decision must not lose the others
                     results.append(exc)
                     continue
                 results.append(result)
             self._insert_rebinds(rebinds)
+            self._insert_challenges(challenges, now)
         return results
 
     def _set_seen(self, entry_id: str, seen: UserRecord | None, after: UserRecord | None) -> bool:
@@ -312,6 +340,33 @@ class RecordStore:
             (mac, entry_id, now),
         )
         return row is not None
+
+    # --- RADIUS challenges (SPEC 9): a State issued by one instance is answered by any ----
+
+    def remember_challenge(self, row: ChallengeRow, now: float) -> None:
+        """Remember an issued State until it expires (and forget those that have)."""
+        with self._transaction():
+            self._insert_challenges([row], now)
+
+    def _insert_challenges(self, rows: Sequence[ChallengeRow], now: float) -> None:
+        if not rows:
+            return
+        if now >= self._challenges_purged_at + REBIND_PURGE_SECONDS:
+            self._execute("DELETE FROM challenges WHERE expires <= ?", (now,))
+            self._challenges_purged_at = now
+        for row in rows:
+            self._execute(_REMEMBER_CHALLENGE, row)
+
+    def take_challenge(self, state: bytes, now: float) -> ChallengeRow | None:
+        """The challenge issued with `state`, forgotten as it is read: one answer each.
+
+        None when there is none, or it has expired.
+        """
+        found = self._one(_TAKE_CHALLENGE, (state,))
+        if found is None:
+            return None
+        row = ChallengeRow(bytes(found[0]), *found[1:])
+        return row if row.expires > now else None
 
     # --- records from before SPEC section 8: only SQLite stores can have them -------------
 

@@ -52,13 +52,23 @@ CREATE TABLE users (
 CREATE INDEX users_by_name ON users (name_key);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
-# Binds the LDAP proxy may accept again (SPEC 6, apps that bind again): a keyed hash of
+# RADIUS challenges issued (SPEC 9), and binds the LDAP proxy may accept again (SPEC 6,
+# apps that bind again): for the latter a keyed hash of
 # entry, client address, key and password+code; never the password or the code.
-_REBINDS = """
+_SHORT_LIVED = """
 CREATE TABLE IF NOT EXISTS rebinds (
     mac      BLOB PRIMARY KEY,
     entry_id TEXT NOT NULL,
     expires  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS challenges (
+    state    BLOB PRIMARY KEY,
+    username TEXT NOT NULL,
+    entry_id TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    dn       TEXT NOT NULL,
+    client   TEXT NOT NULL,
+    expires  REAL NOT NULL
 ) WITHOUT ROWID;
 DROP INDEX IF EXISTS rebinds_by_expiry;
 DROP INDEX IF EXISTS rebinds_by_entry;
@@ -156,7 +166,7 @@ class SqliteStore(RecordStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
-            self._script(_REBINDS)
+            self._script(_SHORT_LIVED)
             self._check_key()
             self._check_id_attribute(id_attribute)
             self._legacy = self._legacy_index()

@@ -7,11 +7,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from bridge.core.types import Identity, State, UserRecord
-from bridge.store import PostgresStore, StoreError
+from bridge.store import PostgresStore, StoreError, StoreUnavailableError
 from tests.postgres import Postgres
 
 ALICE = Identity("6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b", "alice", "uid=alice,dc=example,dc=org")
@@ -198,7 +197,7 @@ def test_the_database_restarted_fails_the_write_then_recovers(
     put(store, active())
     postgres.stop()
     try:
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(StoreUnavailableError):
             put(store, active(last_step=5))
     finally:
         postgres.start()

@@ -113,7 +113,7 @@ def test_batcher_fails_every_login_when_the_store_fails(
     clock = MemoryReactorClock()
     batcher = WriteBatcher(store, clock)
 
-    def locked(_changes: object, _rebinds: object = ()) -> list[object]:
+    def locked(*_batch: object) -> list[object]:
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(store, "update_seen_many", locked)

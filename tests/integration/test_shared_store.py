@@ -1,0 +1,231 @@
+"""Two daemons on one PostgreSQL database behave as one bridge (SPEC section 9).
+
+Each daemon is a real `mfa-bridge run`; the clients are pyrad-built RADIUS packets and
+python-ldap through the LDAP proxy. Whatever one instance decides, the other knows.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ldap
+import pytest
+
+from tests.harness import Bridge, RadiusClient, code_for, free_tcp_port
+from tests.postgres import Postgres
+from tests.slapd import Slapd
+
+pytestmark = pytest.mark.integration
+
+MakeBridge = Callable[..., Bridge]
+ClientFor = Callable[..., RadiusClient]
+
+
+@pytest.fixture
+def make_pair(
+    postgres: Postgres, make_bridge: MakeBridge, tmp_path: Path
+) -> Callable[..., tuple[Bridge, Bridge]]:
+    """Two daemons, one database, the same key file (as an admin copies it to each)."""
+
+    def make(mode: str = "auto") -> tuple[Bridge, Bridge]:
+        url = postgres.url(f"pair{uuid.uuid4().hex[:10]}")
+        key = tmp_path / "shared.key"
+
+        def shared(config: dict[str, Any]) -> None:
+            config["store"] = {"url": url, "key_file": str(key)}
+            config["ldap_proxy"] = {"listen": f"127.0.0.1:{free_tcp_port()}"}
+
+        return make_bridge(change=shared, mode=mode), make_bridge(change=shared, mode=mode)
+
+    return make
+
+
+@pytest.fixture
+def pair(make_pair: Callable[..., tuple[Bridge, Bridge]]) -> tuple[Bridge, Bridge]:
+    return make_pair()
+
+
+def enroll(bridge: Bridge, user: str) -> str:
+    result = bridge.cli("user", "enroll", user, "--json")
+    assert result.returncode == 0, result.stderr
+    return str(json.loads(result.stdout)["secret"])
+
+
+def status(bridge: Bridge, user: str) -> dict[str, Any]:
+    result = bridge.cli("user", "status", user, "--json")
+    assert result.returncode == 0, result.stderr
+    view: dict[str, Any] = json.loads(result.stdout)
+    return view
+
+
+def active_user(first: Bridge, client: RadiusClient, user: str) -> str:
+    """Enrolled through the CLI, confirmed by a first login on `first`."""
+    secret = enroll(first, user)
+    reply = client.login(user, f"{user}-pw" + code_for(secret))
+    assert reply is not None and reply.accepted
+    return secret
+
+
+def test_an_enrollment_and_a_code_spent_on_one_count_on_the_other(
+    pair: tuple[Bridge, Bridge], client_for: ClientFor
+) -> None:
+    first, second = pair
+    a, b = client_for(first), client_for(second)
+    grace = b.login("oscar", "oscar-pw")
+    assert grace is not None and grace.accepted  # grace, recorded by the second
+    assert status(first, "oscar")["state"] == "grace"
+    secret = enroll(first, "oscar")
+    assert status(second, "oscar")["state"] == "pending"
+    accepted = b.login("oscar", "oscar-pw" + code_for(secret))  # confirmed on the second
+    assert accepted is not None and accepted.accepted
+    replay = a.login("oscar", "oscar-pw" + code_for(secret))  # the same code on the first
+    assert replay is not None and replay.rejected
+    assert first.audit_reasons()[-1] == "replay"
+    fresh = a.login("oscar", "oscar-pw" + code_for(secret, 1))
+    assert fresh is not None and fresh.accepted
+
+
+def test_failures_count_across_instances_and_a_lock_holds_on_both(
+    make_pair: Callable[..., tuple[Bridge, Bridge]], client_for: ClientFor
+) -> None:
+    first, second = make_pair("append")  # max_failures: 3
+    a, b = client_for(first), client_for(second)
+    secret = active_user(first, a, "peggy")
+    wrong = "000000" if "000000" not in {code_for(secret, i) for i in (-1, 0, 1, 2)} else "999999"
+    for client in (a, b, a):
+        reply = client.login("peggy", "peggy-pw" + wrong)
+        assert reply is not None and reply.rejected
+    assert status(second, "peggy")["state"] == "locked"
+    locked = b.login("peggy", "peggy-pw" + code_for(secret, 1))
+    assert locked is not None and locked.rejected
+    assert second.audit_reasons()[-1] == "locked"
+    assert first.cli("user", "unlock", "peggy").returncode == 0
+    again = b.login("peggy", "peggy-pw" + code_for(secret, 1))
+    assert again is not None and again.accepted
+
+
+def test_a_challenge_issued_by_one_is_answered_through_the_other(
+    pair: tuple[Bridge, Bridge], client_for: ClientFor
+) -> None:
+    """A NAS that fails over between the password and the code: the State still works,
+    once; a second answer with it, on either instance, is refused."""
+    first, second = pair
+    a, b = client_for(first), client_for(second)
+    secret = active_user(first, a, "trent")
+    challenge = a.login("trent", "trent-pw")
+    assert challenge is not None and challenge.challenged
+    time.sleep(0.2)  # the State is committed with the next reactor turn's writes
+    answer = b.login("trent", code_for(secret, 1), state=challenge.state)
+    assert answer is not None and answer.accepted
+    again = a.login("trent", code_for(secret, 2), state=challenge.state)
+    assert again is not None and again.rejected
+    assert first.audit_reasons()[-1] == "bad-state"
+
+
+def proxy_url(bridge: Bridge) -> str:
+    return f"ldap://{bridge.config['ldap_proxy']['listen']}"
+
+
+def bind(url: str, dn: str, password: str) -> bool:
+    conn = ldap.initialize(url)
+    try:
+        conn.simple_bind_s(dn, password)
+    except ldap.INVALID_CREDENTIALS:
+        return False
+    finally:
+        conn.unbind_s()
+    return True
+
+
+def test_an_app_binding_again_is_recognised_by_either_instance(
+    pair: tuple[Bridge, Bridge], client_for: ClientFor, slapd: Slapd
+) -> None:
+    first, second = pair
+    secret = active_user(first, client_for(first), "victor")
+    dn, field = slapd.user_dn("victor"), "victor-pw" + code_for(secret, 1)
+    assert bind(proxy_url(first), dn, field)
+    time.sleep(0.2)  # the rebind row commits with the next reactor turn's writes
+    assert bind(proxy_url(second), dn, field)  # the same app, its pool on the other
+    assert second.audit_reasons("ldap")[-1] == "rebind"
+    assert status(first, "victor")["failures"] == 0
+
+
+def test_the_database_stopped_under_load_refuses_then_recovers(
+    pair: tuple[Bridge, Bridge], client_for: ClientFor, postgres: Postgres
+) -> None:
+    """Logins keep coming while PostgreSQL is stopped: none is accepted without its state
+    (grace users included: their record cannot be read), and both instances accept again
+    by themselves once it is back."""
+    first, second = pair
+    users = [f"load{i:03d}" for i in range(100, 140)]
+    answered: list[tuple[float, float, bool]] = []  # sent, answered, accepted
+    stop = threading.Event()
+
+    def hammer(bridge: Bridge) -> None:
+        client = RadiusClient(bridge.port)
+        try:
+            while not stop.is_set():
+                for user in users:
+                    sent = time.monotonic()
+                    reply = client.exchange(client.request(user, f"{user}-pw"), timeout=3)
+                    if reply is not None:
+                        answered.append((sent, time.monotonic(), reply.accepted))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=hammer, args=(b,)) for b in pair]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    postgres.stop()
+    down = time.monotonic()
+    time.sleep(3.0)
+    back = time.monotonic()
+    postgres.start()
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    outcomes = {"down": [ok for sent, got, ok in answered if sent >= down and got <= back]}
+    assert outcomes["down"], "no login was answered while the database was down"
+    assert not any(outcomes["down"]), "a login was accepted while the database was down"
+    assert any(ok for sent, _got, ok in answered if sent < down)  # before: accepted
+    for bridge, client in ((first, client_for(first)), (second, client_for(second))):
+        reply = client.login("load150", "load150-pw")
+        assert reply is not None and reply.accepted, bridge.log()[-2000:]
+    assert "store" in first.log()
+
+
+def test_backup_while_logins_run_restores_into_an_empty_database(
+    pair: tuple[Bridge, Bridge], client_for: ClientFor, postgres: Postgres, tmp_path: Path
+) -> None:
+    first, _second = pair
+    client = client_for(first)
+    for i in range(160, 190):
+        reply = client.login(f"load{i:03d}", f"load{i:03d}-pw")
+        assert reply is not None and reply.accepted
+    secret = active_user(first, client, "walter")
+    backup = tmp_path / "backup.db"
+    result = first.cli("store", "backup", str(backup))
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(first.cli("user", "list", "--json").stdout)
+    empty = postgres.url(f"restored{uuid.uuid4().hex[:8]}")
+    first.config["store"]["url"] = empty
+    restored = first.cli("store", "restore", str(backup))
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(first.cli("user", "list", "--json").stdout) == listed
+    view = status(first, "walter")
+    assert view["state"] == "active"
+    # The restored secret still opens with the shared key: walter's next code works.
+    first.stop()
+    first.start()
+    reply = client_for(first).login("walter", "walter-pw" + code_for(secret, 1))
+    assert reply is not None and reply.accepted
+    subprocess.run(["true"], check=True)
