@@ -81,6 +81,23 @@ def _parser() -> argparse.ArgumentParser:
         "import", parents=[config, as_json], help="import 'username,secret' rows (CSV)"
     )
     imp.add_argument("file", type=Path)
+    store = commands.add_parser("store", help="back up and restore the store")
+    store_actions = store.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    backup = store_actions.add_parser(
+        "backup",
+        parents=[config, as_json],
+        help="write a consistent copy to a new SQLite file (while the daemon runs)",
+    )
+    backup.add_argument("file", type=Path)
+    restore = store_actions.add_parser(
+        "restore",
+        parents=[config, as_json],
+        help="load a backup into the configured store (SQLite or PostgreSQL)",
+    )
+    restore.add_argument("file", type=Path)
+    restore.add_argument(
+        "--replace", action="store_true", help="overwrite users already in the store"
+    )
     return parser
 
 
@@ -104,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _healthcheck(config, args.timeout)
         if args.command == "run":
             return _run(config, args.config or default_config_path())
+        if args.command == "store":
+            return _store(args, config)
         return _user(args, config)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -227,6 +246,25 @@ _USER_ACTIONS: dict[str, Callable[[Admin, argparse.Namespace, int], int]] = {
     "reset": _changed(lambda admin, args, now: admin.reset(args.username, now)),
     "import": _import,
 }
+
+
+def _store(args: argparse.Namespace, config: Config) -> int:
+    from bridge.store import open_store  # noqa: PLC0415 - keep --help fast
+    from bridge.store.backup import backup, restore  # noqa: PLC0415
+
+    store = open_store(config.store, config.directory.id_attribute)
+    try:
+        if args.action == "backup":
+            count = backup(store, args.file)
+            view: dict[str, Any] = {"file": str(args.file), "users": count}
+            return _show(args, view, lambda: f"backed up {count} users to {args.file}")
+        done = restore(store, args.file, replace=args.replace)
+        view = {"added": done.added, "replaced": done.replaced, "kept": done.kept}
+        kept = f", {done.kept} kept as they were (--replace overwrites)" if done.kept else ""
+        text = f"restored {done.added} users, replaced {done.replaced}{kept}"
+        return _show(args, view, lambda: text)
+    finally:
+        store.close()
 
 
 def _doctor(config: Config, username: str | None) -> int:

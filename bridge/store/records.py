@@ -35,6 +35,7 @@ _SELECT_NAMED = f"SELECT {COLUMNS} FROM users WHERE name_key = ? ORDER BY userna
 _SELECT_ALL = f"SELECT {COLUMNS} FROM users ORDER BY username, entry_id"  # noqa: S608
 _VALUES = "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _REPLACE = f"UPDATE users SET {_SET_ALL} WHERE entry_id = ? AND version = ?"  # noqa: S608
+_OVERWRITE = f"UPDATE users SET {_SET_ALL} WHERE entry_id = ?"  # noqa: S608
 _INSERT = f"INSERT INTO users ({COLUMNS}) {_VALUES} ON CONFLICT (entry_id) DO NOTHING"
 _UPDATE_SEEN = (
     "UPDATE users SET username = ?, name_key = ?, state = ?, deadline = ?, failures = ?,"
@@ -305,6 +306,35 @@ class RecordStore:
             return bool(self._execute(_DELETE_SEEN, (entry_id, before.version)).rowcount == 1)
         row = self._row(record, before.version + 1)
         return bool(self._execute(_REPLACE, (*row[1:], entry_id, before.version)).rowcount == 1)
+
+    # --- whole-store copies (`backup.py`) ------------------------------------------------
+
+    @property
+    def sealer(self) -> Sealer:
+        """What seals the secrets (a copy of the store is opened with the same key)."""
+        return self._sealer
+
+    @property
+    def id_attribute(self) -> str:
+        """The directory attribute the records are keyed by."""
+        return self._meta("id_attribute") or "entryUUID"
+
+    def raw_users(self) -> builtins.list[Row]:
+        """Every user row as stored (secrets still sealed), in one statement: a snapshot."""
+        return [tuple(row) for row in self._execute(f"SELECT {COLUMNS} FROM users").fetchall()]  # noqa: S608
+
+    def put_raw(self, rows: Sequence[Row], *, replace: bool) -> tuple[int, int]:
+        """Write rows from another store with the same key: (added, replaced); a user
+        already here is left alone unless `replace`."""
+        added = replaced = 0
+        with self._transaction():
+            for row in rows:
+                if self._execute(_INSERT, row).rowcount == 1:
+                    added += 1
+                elif replace:
+                    self._execute(_OVERWRITE, (*row[1:], row[0]))
+                    replaced += 1
+        return added, replaced
 
     # --- binds an app may repeat (SPEC 6): keyed hashes, for a while ----------------------
 

@@ -250,6 +250,10 @@ class SqliteStore(RecordStore):
                 return True
         return True
 
+    def copy_to(self, target: sqlite3.Connection) -> None:
+        """SQLite's online backup into `target`: consistent while others write."""
+        self._db.backup(target)
+
     # Records from before SPEC section 8 (schema 2), keyed by the name typed.
 
     @property

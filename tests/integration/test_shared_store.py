@@ -7,7 +7,6 @@ python-ldap through the LDAP proxy. Whatever one instance decides, the other kno
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -228,4 +227,34 @@ def test_backup_while_logins_run_restores_into_an_empty_database(
     first.start()
     reply = client_for(first).login("walter", "walter-pw" + code_for(secret, 1))
     assert reply is not None and reply.accepted
-    subprocess.run(["true"], check=True)
+
+
+def test_an_sqlite_store_moves_to_postgresql_by_backup_and_restore(
+    make_bridge: MakeBridge, client_for: ClientFor, postgres: Postgres, tmp_path: Path
+) -> None:
+    """The README's migration: back up the SQLite store, point the config at PostgreSQL
+    with the same key file, restore; enrolled users keep their secrets and guards."""
+    bridge = make_bridge(mode="append")
+    client = client_for(bridge)
+    secret = active_user(bridge, client, "heidi")
+    grace = client.login("ivan", "ivan-pw")
+    assert grace is not None and grace.accepted
+    backup = tmp_path / "migrate.db"
+    assert bridge.cli("store", "backup", str(backup)).returncode == 0
+    again = bridge.cli("store", "backup", str(backup))
+    assert again.returncode == 1
+    assert again.stderr.count("\n") == 1 and "already exists" in again.stderr
+    bridge.stop()
+    key = Path(bridge.config["store"]["path"]).with_suffix(".key")
+    bridge.config["store"] = {"url": postgres.url(f"m{uuid.uuid4().hex[:8]}"), "key_file": str(key)}
+    restored = bridge.cli("store", "restore", str(backup), "--json")
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout) == {"added": 2, "replaced": 0, "kept": 0}
+    bridge.start()
+    assert status(bridge, "ivan")["state"] == "grace"
+    replay = client.login("heidi", "heidi-pw" + code_for(secret))  # spent before the move
+    assert replay is not None and replay.rejected
+    reply = client.login("heidi", "heidi-pw" + code_for(secret, 1))
+    assert reply is not None and reply.accepted
+    missing = bridge.cli("store", "restore", str(tmp_path / "nope.db"))
+    assert missing.returncode == 1 and "no such backup file" in missing.stderr
