@@ -35,7 +35,7 @@ from bridge.core.types import Decision, Identity, Outcome, Reason, UserRecord
 from bridge.directory import Binder, BindResult, BindStatus, Plan
 from bridge.logs import Throttle
 from bridge.store import RecordStore, StoreUnavailableError
-from bridge.store.batching import WriteBatcher
+from bridge.store.batching import ReadBatcher, WriteBatcher
 from bridge.store.records import ChallengeRow
 from bridge.store.worker import StoreWorker
 
@@ -126,6 +126,9 @@ class Authenticator:
     ) -> None:
         self._store = store
         self._worker = worker or StoreWorker(clock, threaded=False)  # where store calls run
+        # Off the reactor, the records read before binds are read in batches (no legacy
+        # records there: those are SQLite's, whose reads stay inline).
+        self._reads = ReadBatcher(store, clock, self._worker) if self._worker.threaded else None
         self._audit_log = audit
         self._writes = writes  # None: each login's write commits on its own, at once
         self._authenticate = authenticate
@@ -267,9 +270,9 @@ class Authenticator:
                 planned.append(_Plan(identity, record, attempt))
                 return attempt.password
 
-            if not self._worker.threaded:
+            if self._reads is None:
                 return choose(self._record_for(identity, username, now))
-            return self._worker.run(self._record_for, identity, username, now).addCallback(choose)
+            return self._reads.get(identity.entry_id).addCallback(choose)
 
         return plan
 

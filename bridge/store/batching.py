@@ -118,3 +118,43 @@ class WriteBatcher:
         """The store failed: every login of the batch fails closed."""
         for *_rest, done in queue:
             done.errback(failure)
+
+
+class ReadBatcher:
+    """Records read before the bind, gathered per reactor turn into one query.
+
+    Used for a store off the reactor (`worker.py`): each read there is a round trip and a
+    hand-over between threads, so a burst of logins shares one of each.
+    """
+
+    def __init__(self, store: RecordStore, clock: IReactorTime, worker: StoreWorker) -> None:
+        self._store = store
+        self._clock = clock
+        self._worker = worker
+        self._waiting: dict[str, list[Deferred[UserRecord | None]]] = {}
+        self._call: IDelayedCall | None = None
+
+    def get(self, entry_id: str) -> Deferred[UserRecord | None]:
+        """The entry's record (None if the bridge has never seen it), read in a batch."""
+        done: Deferred[UserRecord | None] = Deferred()
+        self._waiting.setdefault(entry_id, []).append(done)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._read)
+        return done
+
+    def _read(self) -> None:
+        self._call = None
+        waiting, self._waiting = self._waiting, {}
+        found = self._worker.run(self._store.get_many, list(waiting))
+
+        def answer(records: dict[str, UserRecord]) -> None:
+            for entry_id, readers in waiting.items():
+                for reader in readers:
+                    reader.callback(records.get(entry_id))
+
+        def fail(failure: Failure) -> None:
+            for readers in waiting.values():
+                for reader in readers:
+                    reader.errback(failure)
+
+        found.addCallbacks(answer, fail)

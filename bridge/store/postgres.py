@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from twisted.logger import Logger
 
+from bridge.core.types import UserRecord
 from bridge.store.records import RecordStore, StoreError, StoreUnavailableError
 from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
 
@@ -63,6 +65,23 @@ CREATE TABLE IF NOT EXISTS challenges (
     expires  DOUBLE PRECISION NOT NULL
 );
 """
+
+
+# The common login write of a whole batch in one statement: each row a compare-and-set
+# on its version (the columns as in records._UPDATE_SEEN, typed for VALUES).
+_BULK_ROW = (
+    "(?::text,?::text,?::text,?::bigint,?::int,?::bigint,?::bytea,?::text,?::int,?::bigint,"
+    "?::text,?::bigint)"
+)
+_BULK_UPDATE = (
+    "UPDATE users AS u SET username = v.username, name_key = v.name_key, state = v.state,"
+    " deadline = v.deadline, failures = v.failures, last_step = v.last_step,"
+    " step_key = v.step_key, lock_reason = v.lock_reason, confirmed = v.confirmed,"
+    " updated = v.updated, version = u.version + 1"
+    " FROM (VALUES {rows}) AS v(username, name_key, state, deadline, failures, last_step,"
+    " step_key, lock_reason, confirmed, updated, entry_id, version)"
+    " WHERE u.entry_id = v.entry_id AND u.version = v.version RETURNING u.entry_id"
+)
 
 
 class PostgresStore(RecordStore):
@@ -201,6 +220,32 @@ class PostgresStore(RecordStore):
         for db in connections:
             with contextlib.suppress(psycopg.Error):
                 db.close()
+
+    def _set_seen_many(
+        self, writes: Sequence[tuple[str, UserRecord | None, UserRecord | None]]
+    ) -> list[bool]:
+        """The batch's common writes (same key: guard, failures, state) as one UPDATE; a
+        record's version decides per row, as in `_set_seen`. The rest one by one."""
+        bulk: dict[str, int] = {}  # entry -> position, each entry once
+        for position, (entry_id, seen, after) in enumerate(writes):
+            if self._same_key(seen, after) and entry_id not in bulk:
+                bulk[entry_id] = position
+        if len(bulk) < 2:
+            return super()._set_seen_many(writes)
+        values: list[object] = []
+        for position in bulk.values():
+            _entry_id, seen, after = writes[position]
+            assert seen is not None  # _same_key
+            assert after is not None
+            values.extend(self._changes(after, seen))
+        rows = ",".join([_BULK_ROW] * len(bulk))
+        done = {row[0] for row in self._execute(_BULK_UPDATE.format(rows=rows), values)}
+        return [
+            entry_id in done
+            if bulk.get(entry_id) == position
+            else self._set_seen(entry_id, seen, after)
+            for position, (entry_id, seen, after) in enumerate(writes)
+        ]
 
     def _create_schema(self) -> None:
         """Create or upgrade the schema; instances starting together take turns."""
