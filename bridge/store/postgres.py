@@ -91,6 +91,7 @@ class PostgresStore(RecordStore):
     _placeholder_style = "format"
     _driver_error = psycopg.Error
     remote = True
+    _batch_in_transaction = False
 
     def __init__(
         self,
