@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,3 +207,45 @@ def test_the_database_restarted_fails_the_write_then_recovers(
     assert record is not None
     assert record.last_step == 6
     store.close()
+
+
+def record_of(i: int, last_step: int | None = None) -> UserRecord:
+    return UserRecord(
+        f"user{i}",
+        State.ACTIVE,
+        secret=b"k" * 20,
+        confirmed=True,
+        last_step=last_step,
+        created=1,
+        updated=1,
+        entry_id=f"entry-{i}",
+    )
+
+
+def test_a_batch_is_written_in_one_statement_and_each_row_is_still_a_compare_and_set(
+    pair: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """Five logins in one batch: three plain writes, one whose record another instance
+    changed meanwhile (decided again on that), and a second login of the same user in the
+    batch (decided again on the first one's write): no update lost, none applied twice."""
+    first, second = pair
+    for i in range(4):
+        put(first, record_of(i))
+    seen = first.get_many([f"entry-{i}" for i in range(4)])
+    assert sorted(seen) == [f"entry-{i}" for i in range(4)]
+    put(second, record_of(3, last_step=50))  # the other instance spends step 50 for user3
+
+    def spend(step: int) -> Any:
+        def change(current: UserRecord | None) -> tuple[UserRecord | None, str]:
+            assert current is not None
+            if current.last_step is not None and current.last_step >= step:
+                return current, "replay"
+            return current.evolve(last_step=step), "accepted"
+
+        return change
+
+    batch = [(f"entry-{i}", seen[f"entry-{i}"], spend(10)) for i in range(4)]
+    batch.append(("entry-0", seen["entry-0"], spend(10)))  # the same code again, same batch
+    assert first.update_seen_many(batch) == ["accepted", "accepted", "accepted", "replay", "replay"]
+    steps = {e: r.last_step for e, r in second.get_many([f"entry-{i}" for i in range(4)]).items()}
+    assert steps == {"entry-0": 10, "entry-1": 10, "entry-2": 10, "entry-3": 50}

@@ -11,7 +11,8 @@ from twisted.internet.testing import MemoryReactorClock
 
 from bridge.core.types import State, UserRecord
 from bridge.store import SqliteStore
-from bridge.store.batching import WriteBatcher
+from bridge.store.batching import ReadBatcher, WriteBatcher
+from bridge.store.worker import StoreWorker
 
 
 @pytest.fixture
@@ -164,3 +165,29 @@ def test_expired_rebind_rows_are_deleted_at_most_once_a_minute(store: SqliteStor
     store.remember_rebind(b"c" * 32, eid("carol"), expires=1000, now=160)  # a minute since
     assert rows() == 2
     assert not store.knows_rebind(b"a" * 32, eid("alice"), 160)
+
+
+def test_reads_of_one_turn_are_one_query(store: SqliteStore) -> None:
+    """ReadBatcher: the reads asked in a reactor turn are answered from one get_many."""
+    clock = MemoryReactorClock()
+    reads = ReadBatcher(store, clock, StoreWorker(clock, threaded=False))
+    store.update(eid("alice"), lambda _r: step_new("alice")(None))
+    asked: list[list[str]] = []
+    real = store.get_many
+
+    def counting(entry_ids: list[str]) -> dict[str, UserRecord]:
+        asked.append(sorted(entry_ids))
+        return real(entry_ids)
+
+    store.get_many = counting  # type: ignore[method-assign]
+    got: dict[int, object] = {}
+    for i, name in enumerate(("alice", "bob", "alice")):
+        reads.get(eid(name)).addCallback(lambda r, i=i: got.__setitem__(i, r))
+    assert got == {}
+    clock.advance(0)
+    assert asked == [[eid("alice"), eid("bob")]]
+    assert {i: getattr(r, "username", None) for i, r in got.items()} == {
+        0: "alice",
+        1: None,
+        2: "alice",
+    }
