@@ -3,9 +3,10 @@
 Decisions are counted as the audit log writes them (by protocol, outcome, reason and,
 for RADIUS, the configured client name: never an address, so the label set stays
 bounded). RADIUS packet counters are read from the listener when scraped; users by
-state and enrollment deadlines due within 7 days are read from the store when scraped.
-The page is rendered in the reactor's thread (collecting is a few counters and one
-small query), so the store is never used from two threads.
+state and enrollment deadlines due within 7 days are read from the store when scraped,
+where its other calls run (`store/worker.py`: off the reactor for PostgreSQL), and the
+page is then rendered in the reactor's thread. `mfa_bridge_store_up` says whether the
+store answered.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from bridge.core.types import Decision, State
-from bridge.store import RecordStore
+from bridge.store import RecordStore, StoreError
+from bridge.store.worker import StoreWorker
 
 WEEK = 7 * 86_400
 _STATES = ("grace", "pending", "active", "locked")
@@ -41,6 +45,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.before_scrape: list[Callable[[], Deferred[None]]] = []  # reads done first
         self.decisions = Counter(
             "mfa_bridge_decisions",
             "Login decisions, by protocol, RADIUS client name, outcome and reason",
@@ -78,9 +83,13 @@ class Metrics:
         """Export the RADIUS listener's packet counters (read when scraped)."""
         self.registry.register(_RadiusCollector(counters))
 
-    def watch_store(self, store: RecordStore, clock: Callable[[], float]) -> None:
+    def watch_store(
+        self, store: RecordStore, clock: Callable[[], float], worker: StoreWorker
+    ) -> None:
         """Export users by state and deadlines due within 7 days (read when scraped)."""
-        self.registry.register(_StoreCollector(store, clock))
+        collector = _StoreCollector(store, clock, worker)
+        self.registry.register(collector)
+        self.before_scrape.append(collector.refresh)
 
 
 class _RadiusCollector(Collector):
@@ -104,26 +113,51 @@ class _RadiusCollector(Collector):
 
 
 class _StoreCollector(Collector):
-    def __init__(self, store: RecordStore, clock: Callable[[], float]) -> None:
+    def __init__(self, store: RecordStore, clock: Callable[[], float], worker: StoreWorker) -> None:
         self._store = store
         self._clock = clock
+        self._worker = worker
+        self._counts: dict[str, int] | None = None  # None: the store did not answer
+        self._due = 0
+
+    def refresh(self) -> Deferred[None]:
+        """Read the figures (where the store's calls run); the scrape then shows them."""
+
+        def read(now: int) -> tuple[dict[str, int], int]:
+            counts = dict.fromkeys(_STATES, 0)
+            for state, count in self._store.query(_USERS_BY_STATE, (now,)):
+                counts[str(state)] = int(count)
+            ((due,),) = self._store.query(_DUE_SOON, (now, now + WEEK))
+            return counts, int(due)
+
+        def got(figures: tuple[dict[str, int], int]) -> None:
+            self._counts, self._due = figures
+
+        def failed(failure: Failure) -> None:
+            failure.trap(StoreError)
+            self._counts = None
+
+        done = self._worker.run(read, int(self._clock()))
+        return done.addCallbacks(got, failed)
 
     def collect(self) -> Iterator[Any]:
-        now = int(self._clock())
-        counts = dict.fromkeys(_STATES, 0)
-        for state, count in self._store.query(_USERS_BY_STATE, (now,)):
-            counts[str(state)] = int(count)
+        yield GaugeMetricFamily(
+            "mfa_bridge_store_up",
+            "1 when the store answered the last scrape's queries, else 0",
+            value=int(self._counts is not None),
+        )
+        if self._counts is None:
+            return
         users = GaugeMetricFamily(
             "mfa_bridge_users", "Users the bridge knows, by MFA state", labels=["state"]
         )
         for state in _STATES:
-            users.add_metric([state], counts[state])
+            users.add_metric([state], self._counts[state])
         yield users
-        ((due,),) = self._store.query(_DUE_SOON, (now, now + WEEK))
         yield GaugeMetricFamily(
             "mfa_bridge_enrollment_deadlines_next_7_days",
             "Users in their enrollment period whose deadline falls in the next 7 days",
-            value=int(due),
+            value=self._due,
         )
 
 
@@ -132,15 +166,23 @@ class MetricsResource(Resource):
 
     isLeaf = True  # noqa: N815 - Twisted's name
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         Resource.__init__(self)
-        self._registry = registry
+        self._metrics = metrics
 
-    def render_GET(self, request: Request) -> bytes:  # noqa: N802 - Twisted's name
-        """The page Prometheus scrapes (any path)."""
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        body: bytes = generate_latest(self._registry)
-        return body
+    def render_GET(self, request: Request) -> int:  # noqa: N802 - Twisted's name
+        """The page Prometheus scrapes (any path), once the store's figures are read."""
+        reads = [refresh() for refresh in self._metrics.before_scrape]
+
+        def render(_: object) -> None:
+            if request.finished or request.channel is None:
+                return  # the scraper has gone
+            request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+            request.write(generate_latest(self._metrics.registry))
+            request.finish()
+
+        DeferredList(reads).addCallback(render)
+        return NOT_DONE_YET
 
 
 class _QuietSite(Site):
@@ -150,4 +192,4 @@ class _QuietSite(Site):
 
 def metrics_site(metrics: Metrics) -> Site:
     """The metrics endpoint as a twisted.web Site (no request log)."""
-    return _QuietSite(MetricsResource(metrics.registry))  # type: ignore[no-untyped-call]
+    return _QuietSite(MetricsResource(metrics))  # type: ignore[no-untyped-call]

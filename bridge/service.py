@@ -221,7 +221,7 @@ class Daemon:
                 demo_service(demo.ldif, demo.listen_host, demo.listen_port, reactor)
             )
         self.store = open_store(config)
-        worker = StoreWorker(reactor, threaded=self.store.remote)
+        self.store_worker = worker = StoreWorker(reactor, threaded=self.store.remote)
         writes = WriteBatcher(self.store, reactor, worker)
         self.service.addService(StoreService(self.store, writes, worker))
         self.directory = Directory(config.directory, config.mfa.exempt_groups, reactor)
@@ -263,7 +263,7 @@ class Daemon:
             self.directory.on_latency = metrics.directory_seconds.observe
             self.directory.on_failover = lambda url: metrics.directory_failovers.labels(url).inc()
             metrics.watch_radius(self.radius.counters)
-            metrics.watch_store(self.store, reactor.seconds)
+            metrics.watch_store(self.store, reactor.seconds, self.store_worker)
             listen = config.metrics
             self.service.addService(
                 TCPServer(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,7 @@ def make_pair(
         def shared(config: dict[str, Any]) -> None:
             config["store"] = {"url": url, "key_file": str(key)}
             config["ldap_proxy"] = {"listen": f"127.0.0.1:{free_tcp_port()}"}
+            config["metrics"] = {"listen": f"127.0.0.1:{free_tcp_port()}"}
 
         return make_bridge(change=shared, mode=mode), make_bridge(change=shared, mode=mode)
 
@@ -128,6 +130,19 @@ def test_a_challenge_issued_by_one_is_answered_through_the_other(
     assert first.audit_reasons()[-1] == "bad-state"
 
 
+def scrape(bridge: Bridge) -> dict[str, float]:
+    """The metrics page as {'name{labels}': value}."""
+    url = f"http://{bridge.config['metrics']['listen']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as page:
+        text = page.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 def proxy_url(bridge: Bridge) -> str:
     return f"ldap://{bridge.config['ldap_proxy']['listen']}"
 
@@ -185,7 +200,9 @@ def test_the_database_stopped_under_load_refuses_then_recovers(
     time.sleep(1.0)
     postgres.stop()
     down = time.monotonic()
-    time.sleep(3.0)
+    time.sleep(1.5)
+    assert scrape(first)["mfa_bridge_store_up"] == 0  # what an operator's alert watches
+    time.sleep(1.5)
     back = time.monotonic()
     postgres.start()
     time.sleep(1.0)
@@ -199,7 +216,9 @@ def test_the_database_stopped_under_load_refuses_then_recovers(
     for bridge, client in ((first, client_for(first)), (second, client_for(second))):
         reply = client.login("load150", "load150-pw")
         assert reply is not None and reply.accepted, bridge.log()[-2000:]
-    assert "store" in first.log()
+    assert "store.unavailable" in first.log()
+    assert scrape(second)["mfa_bridge_store_up"] == 1
+    assert scrape(second)['mfa_bridge_users{state="grace"}'] >= 41
 
 
 def test_backup_while_logins_run_restores_into_an_empty_database(
