@@ -379,7 +379,7 @@ def make_portal(
         exempt_users=frozenset(config.mfa.exempt_users),
         audit=audit,
         clock=clock,
-        sessions=Sessions(clock, portal.session_idle, portal.session_max),
+        sessions=Sessions(clock, portal.session_idle, portal.session_max, store),
         per_user=AttemptLimiter(clock, portal.max_attempts_per_user, portal.attempt_window),
         per_address=AttemptLimiter(clock, portal.max_attempts_per_address, portal.attempt_window),
     )

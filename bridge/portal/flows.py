@@ -145,6 +145,7 @@ class Portal:
         if decision.accepted and outcome.identity is not None:
             session = self.sessions.start(outcome.identity)
             session.exempt = decision.state_after is State.EXEMPT
+            self.sessions.save(session)
             return SignIn(SignInResult.OK, session, decision)
         if decision.outcome is not Outcome.CHALLENGE:
             self._failed(username)
@@ -194,10 +195,13 @@ class Portal:
         record = self._store.get(session.owner.entry_id)
         allowed = may_set_up(record, self._now(), old_device_proven=self._proven(session, record))
         if allowed is not SetupResult.CONFIRMED:
-            session.new_secret = None
+            if session.new_secret is not None:
+                session.new_secret = None
+                self.sessions.save(session)
             return allowed
         if session.new_secret is None:
             session.new_secret = new_secret()
+            self.sessions.save(session)
         uri = provisioning_uri(
             session.new_secret, session.username, self._issuer, self._policy.totp
         )
@@ -237,6 +241,7 @@ class Portal:
         else:  # confirmed, or no longer allowed: this secret and any proof are spent
             session.new_secret = None
             session.proven_for = None
+            self.sessions.save(session)
         outcome, reason = (Outcome.ACCEPT, Reason.ACTIVATED) if confirmed else _SETUP_REJECT[result]
         after = State.ACTIVE if confirmed else before
         self._record(Decision(outcome, reason, session.username, before, after), client)
@@ -268,6 +273,7 @@ class Portal:
         decision, secret = self._store.update(session.owner.entry_id, change)
         if decision.accepted and secret is not None:
             session.proven_for, session.proven_at = _digest(secret), self._clock()
+            self.sessions.save(session)
         else:
             self._failed(session.username)
         self._record(decision, client)

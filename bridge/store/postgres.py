@@ -55,6 +55,19 @@ CREATE TABLE IF NOT EXISTS rebinds (
     entry_id TEXT NOT NULL,
     expires  BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS portal_sessions (
+    key        BYTEA PRIMARY KEY,  -- SHA-256 of the session id: the cookie is never stored
+    csrf       TEXT NOT NULL,
+    entry_id   TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    dn         TEXT NOT NULL,
+    started    DOUBLE PRECISION NOT NULL,
+    seen       DOUBLE PRECISION NOT NULL,
+    new_secret BYTEA,              -- a set-up's secret until confirmed, sealed
+    proven_for BYTEA,
+    proven_at  DOUBLE PRECISION NOT NULL,
+    exempt     BOOLEAN NOT NULL
+);
 CREATE TABLE IF NOT EXISTS challenges (
     state    BYTEA PRIMARY KEY,
     username TEXT NOT NULL,

@@ -49,6 +49,15 @@ _REMEMBER_REBIND = (
     " ON CONFLICT (mac) DO UPDATE SET entry_id = excluded.entry_id, expires = excluded.expires"
 )
 
+_SESSION_COLUMNS = (
+    "key, csrf, entry_id, name, dn, started, seen, new_secret, proven_for, proven_at, exempt"
+)
+_SAVE_SESSION = (
+    f"INSERT INTO portal_sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
+    " ON CONFLICT (key) DO UPDATE SET seen = excluded.seen, new_secret = excluded.new_secret,"
+    " proven_for = excluded.proven_for, proven_at = excluded.proven_at, exempt = excluded.exempt"
+)
+_LOAD_SESSION = f"SELECT {_SESSION_COLUMNS} FROM portal_sessions WHERE key = ?"  # noqa: S608
 _CHALLENGE_COLUMNS = "state, username, entry_id, name, dn, client, expires"
 _REMEMBER_CHALLENGE = f"INSERT INTO challenges ({_CHALLENGE_COLUMNS}) VALUES (?,?,?,?,?,?,?)"  # noqa: S608
 _TAKE_CHALLENGE = f"DELETE FROM challenges WHERE state = ? RETURNING {_CHALLENGE_COLUMNS}"  # noqa: S608
@@ -84,6 +93,22 @@ class ChallengeRow(NamedTuple):
     dn: str
     client: str  # the NAS address the answer must come from
     expires: float
+
+
+class SessionRow(NamedTuple):
+    """A portal session as stored: keyed by a hash of its id (the cookie is the secret)."""
+
+    key: bytes
+    csrf: str
+    entry_id: str
+    name: str
+    dn: str
+    started: float
+    seen: float
+    new_secret: bytes | None  # sealed in the table
+    proven_for: bytes | None
+    proven_at: float
+    exempt: bool
 
 
 SeenChange = tuple[
@@ -144,6 +169,7 @@ class RecordStore:
         self.where = where
         self._rebinds_purged_at = 0  # when expired rebind rows were last deleted
         self._challenges_purged_at = 0.0
+        self._sessions_purged_at = 0.0
 
     # --- statements ----------------------------------------------------------------------
 
@@ -445,6 +471,36 @@ class RecordStore:
             return None
         row = ChallengeRow(bytes(found[0]), *found[1:])
         return row if row.expires > now else None
+
+    # --- portal sessions (SPEC 9): valid on every instance sharing the store -------------
+
+    def save_session(self, row: SessionRow, purge_before: float) -> None:
+        """Write a portal session (sessions last seen before `purge_before` are dropped,
+        at most once a minute). A set-up's new secret is sealed like a user's."""
+        sealed = self._sealer.seal(row.entry_id, row.new_secret) if row.new_secret else None
+        with self._transaction():
+            if purge_before >= self._sessions_purged_at + REBIND_PURGE_SECONDS:
+                self._execute("DELETE FROM portal_sessions WHERE seen < ?", (purge_before,))
+                self._sessions_purged_at = purge_before
+            self._execute(_SAVE_SESSION, (*row[:-4], sealed, *row[-3:]))
+
+    def load_session(self, key: bytes) -> SessionRow | None:
+        """The session stored under `key` (a hash of its id), or None."""
+        found = self._one(_LOAD_SESSION, (key,))
+        if found is None:
+            return None
+        values = list(found)
+        values[0] = bytes(values[0])
+        sealed = values[-4]
+        values[-4] = self._unseal(values[2], sealed, values[3]) if sealed is not None else None
+        if values[-3] is not None:
+            values[-3] = bytes(values[-3])
+        values[-1] = bool(values[-1])
+        return SessionRow(*values)
+
+    def drop_session(self, key: bytes) -> None:
+        """Forget a session (sign-out, expiry)."""
+        self._execute("DELETE FROM portal_sessions WHERE key = ?", (key,))
 
     # --- records from before SPEC section 8: only SQLite stores can have them -------------
 

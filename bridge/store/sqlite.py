@@ -70,6 +70,19 @@ CREATE TABLE IF NOT EXISTS challenges (
     client   TEXT NOT NULL,
     expires  REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS portal_sessions (
+    key        BLOB PRIMARY KEY,  -- SHA-256 of the session id: the cookie is never stored
+    csrf       TEXT NOT NULL,
+    entry_id   TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    dn         TEXT NOT NULL,
+    started    REAL NOT NULL,
+    seen       REAL NOT NULL,
+    new_secret BLOB,              -- a set-up's secret until confirmed, sealed
+    proven_for BLOB,
+    proven_at  REAL NOT NULL,
+    exempt     INTEGER NOT NULL
+) WITHOUT ROWID;
 DROP INDEX IF EXISTS rebinds_by_expiry;
 DROP INDEX IF EXISTS rebinds_by_entry;
 """

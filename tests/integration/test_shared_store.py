@@ -7,6 +7,7 @@ python-ldap through the LDAP proxy. Whatever one instance decides, the other kno
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -19,6 +20,7 @@ import ldap
 import pytest
 
 from tests.harness import Bridge, RadiusClient, code_for, free_tcp_port
+from tests.portal_client import PortalClient
 from tests.postgres import Postgres
 from tests.slapd import Slapd
 
@@ -42,6 +44,7 @@ def make_pair(
             config["store"] = {"url": url, "key_file": str(key)}
             config["ldap_proxy"] = {"listen": f"127.0.0.1:{free_tcp_port()}"}
             config["metrics"] = {"listen": f"127.0.0.1:{free_tcp_port()}"}
+            config["portal"] = {"listen": f"127.0.0.1:{free_tcp_port()}"}
 
         return make_bridge(change=shared, mode=mode), make_bridge(change=shared, mode=mode)
 
@@ -128,6 +131,33 @@ def test_a_challenge_issued_by_one_is_answered_through_the_other(
     again = a.login("trent", code_for(secret, 2), state=challenge.state)
     assert again is not None and again.rejected
     assert first.audit_reasons()[-1] == "bad-state"
+
+
+def portal(bridge: Bridge, jar: dict[str, str] | None = None) -> PortalClient:
+    host, port = bridge.config["portal"]["listen"].rsplit(":", 1)
+    return PortalClient(host, int(port), jar if jar is not None else {})
+
+
+def test_a_portal_session_started_on_one_instance_goes_on_on_the_other(
+    pair: tuple[Bridge, Bridge], client_for: ClientFor
+) -> None:
+    """Behind a load balancer without stickiness: signed in on the first, the set-up's key
+    shown by the first is confirmed on the second, and a sign-out ends it on both."""
+    first, second = pair
+    on_first = portal(first)
+    assert on_first.sign_in("web30", "web30-pw").status == 303
+    setup = on_first.get("/setup")
+    key = re.search(r'<code id="secret-key">([A-Z2-7]+)</code>', setup.body)
+    assert key is not None
+    on_second = portal(second, on_first.jar)  # the same browser, the other instance
+    assert on_second.get("/setup").body.count(key.group(1)) == 1  # the same key there
+    done = on_second.post("/setup", csrf=setup.csrf or "", code=code_for(key.group(1)))
+    assert "MFA is set up" in done.body
+    assert status(first, "web30")["state"] == "active"
+    assert "web30" in portal(first, dict(on_first.jar)).get("/").body  # still signed in
+    cookie = dict(on_first.jar)  # as a stolen or stale cookie would be replayed
+    on_second.form("/sign-out")
+    assert 'name="password"' in portal(first, cookie).get("/").body  # ended on both
 
 
 def scrape(bridge: Bridge) -> dict[str, float]:
