@@ -358,7 +358,13 @@ class Authenticator:
             decided = self._worker.run(self._store.update, owner.entry_id, self._check(owner, code))
             return decided.addCallback(self._audit, caller, started, challenge.username)
 
-        taken = self._worker.run(self._store.take_challenge, state, started)
+        queued = self._writes.take_queued_challenge(state) if self._writes else None
+        if queued is not None:
+            taken: Deferred[ChallengeRow | None] = succeed(
+                queued if queued.expires > started else None
+            )
+        else:
+            taken = self._worker.run(self._store.take_challenge, state, started)
         decided: Deferred[Decision] = taken.addCallback(answer)
         decided.addErrback(self._store_down_decision, raw_username, caller, started)
         return decided

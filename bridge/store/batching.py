@@ -64,6 +64,15 @@ class WriteBatcher:
         self._challenges.append(row)
         self._schedule()
 
+    def take_queued_challenge(self, state: bytes) -> ChallengeRow | None:
+        """A State answered before its row was written (a client quicker than one reactor
+        turn): taken from the queue, so it is never written and answers once."""
+        for position, row in enumerate(self._challenges):
+            if row.state == state:
+                del self._challenges[position]
+                return row
+        return None
+
     def _schedule(self) -> None:
         if self._flush_call is None and self._committing is None:
             self._flush_call = self._clock.callLater(0, self.flush)

@@ -254,21 +254,43 @@ def test_the_database_stopped_under_load_refuses_then_recovers(
 def test_backup_while_logins_run_restores_into_an_empty_database(
     pair: tuple[Bridge, Bridge], client_for: ClientFor, postgres: Postgres, tmp_path: Path
 ) -> None:
-    first, _second = pair
+    first, second = pair
     client = client_for(first)
     for i in range(160, 190):
         reply = client.login(f"load{i:03d}", f"load{i:03d}-pw")
         assert reply is not None and reply.accepted
     secret = active_user(first, client, "walter")
     backup = tmp_path / "backup.db"
-    result = first.cli("store", "backup", str(backup))
+    stop = threading.Event()
+
+    def logins_meanwhile() -> None:  # grace users logging in while the backup is taken
+        other = RadiusClient(second.port)
+        try:
+            while not stop.is_set():
+                for i in range(190, 200):
+                    other.login(f"load{i:03d}", f"load{i:03d}-pw")
+        finally:
+            other.close()
+
+    thread = threading.Thread(target=logins_meanwhile)
+    thread.start()
+    try:
+        result = first.cli("store", "backup", str(backup), "--json")
+    finally:
+        stop.set()
+        thread.join(30)
     assert result.returncode == 0, result.stderr
-    listed = json.loads(first.cli("user", "list", "--json").stdout)
+    backed_up = json.loads(result.stdout)["users"]
+    listed = {u["username"]: u for u in json.loads(first.cli("user", "list", "--json").stdout)}
+    assert 31 <= backed_up <= len(listed)  # the 30 grace users and walter, at least
     empty = postgres.url(f"restored{uuid.uuid4().hex[:8]}")
     first.config["store"]["url"] = empty
-    restored = first.cli("store", "restore", str(backup))
+    restored = first.cli("store", "restore", str(backup), "--json")
     assert restored.returncode == 0, restored.stderr
-    assert json.loads(first.cli("user", "list", "--json").stdout) == listed
+    assert json.loads(restored.stdout) == {"added": backed_up, "replaced": 0, "kept": 0}
+    after = json.loads(first.cli("user", "list", "--json").stdout)
+    assert len(after) == backed_up
+    assert all(listed[u["username"]] == u for u in after)  # the same records, as they were
     view = status(first, "walter")
     assert view["state"] == "active"
     # The restored secret still opens with the shared key: walter's next code works.

@@ -12,6 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from bridge.core.types import State, UserRecord
 from bridge.store import SqliteStore
 from bridge.store.batching import ReadBatcher, WriteBatcher
+from bridge.store.records import ChallengeRow
 from bridge.store.worker import StoreWorker
 
 
@@ -191,3 +192,18 @@ def test_reads_of_one_turn_are_one_query(store: SqliteStore) -> None:
         1: None,
         2: "alice",
     }
+
+
+def test_a_state_answered_before_its_row_is_written_is_taken_from_the_queue(
+    store: SqliteStore,
+) -> None:
+    """A NAS quicker than one reactor turn: the State answers once, and is never written."""
+    clock = MemoryReactorClock()
+    batcher = WriteBatcher(store, clock)
+    row = ChallengeRow(b"s" * 16, "alice", eid("alice"), "alice", "uid=alice", "10.0.0.1", 99.0)
+    batcher.remember_challenge(row)
+    assert batcher.take_queued_challenge(b"x" * 16) is None
+    assert batcher.take_queued_challenge(b"s" * 16) == row
+    assert batcher.take_queued_challenge(b"s" * 16) is None
+    clock.advance(0)
+    assert store.take_challenge(b"s" * 16, 0.0) is None
