@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,15 @@ class Bridge:
             check=False,
             env={**os.environ, "LC_ALL": "C"},
         )
+
+
+def scrape_metrics(address: str) -> dict[str, float]:
+    """The metrics page at `address` (host:port) as {'name{labels}': value}."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

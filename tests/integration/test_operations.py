@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_binary
-from tests.harness import REPO, Bridge, RadiusClient, free_tcp_port
+from tests.harness import REPO, Bridge, RadiusClient, free_tcp_port, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -192,14 +191,7 @@ def test_sighup_reports_settings_that_need_a_restart(
 
 def scrape(port: int) -> dict[str, float]:
     """The metrics page as {'name{labels}': value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
-        text = page.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+    return scrape_metrics(f"127.0.0.1:{port}")
 
 
 def test_metrics_count_decisions_drops_lockouts_and_users(

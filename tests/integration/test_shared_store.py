@@ -10,7 +10,6 @@ import json
 import re
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import ldap
 import pytest
 
-from tests.harness import Bridge, RadiusClient, code_for, free_tcp_port
+from tests.harness import Bridge, RadiusClient, code_for, free_tcp_port, scrape_metrics
 from tests.portal_client import PortalClient
 from tests.postgres import Postgres
 from tests.slapd import Slapd
@@ -162,15 +161,7 @@ def test_a_portal_session_started_on_one_instance_goes_on_on_the_other(
 
 def scrape(bridge: Bridge) -> dict[str, float]:
     """The metrics page as {'name{labels}': value}."""
-    url = f"http://{bridge.config['metrics']['listen']}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as page:
-        text = page.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+    return scrape_metrics(bridge.config["metrics"]["listen"])
 
 
 def proxy_url(bridge: Bridge) -> str:
