@@ -72,67 +72,74 @@ def _connect(url: str) -> Any:
     return conn
 
 
-def drive(url: str, jobs: list[tuple[str, str]], parallel: int, per_login: bool) -> Run:
-    """Bind then search for each (dn, password), `parallel` connections in flight."""
-    conns = [] if per_login else [_connect(url) for _ in range(parallel)]
-    queue = list(reversed(jobs))
-    state: dict[int, tuple[Any, str, str, float, int]] = {}  # fd -> conn, stage, dn, t0, msgid
-    result = Run()
-    poller = select.poll()
+class _Driver:
+    """One process's share: `parallel` connections kept busy with bind, then search."""
 
-    def start(conn: Any) -> None:
-        dn, password = queue.pop()
+    def __init__(self, url: str, jobs: list[tuple[str, str]], per_login: bool) -> None:
+        self.url, self.per_login = url, per_login
+        self.queue = list(reversed(jobs))
+        self.state: dict[int, tuple[Any, str, str, float, int]] = {}  # fd -> conn, stage, ...
+        self.poller = select.poll()
+        self.result = Run()
+
+    def start(self, conn: Any) -> None:
+        dn, password = self.queue.pop()
         t0 = time.perf_counter()
         if conn is None:
-            conn = _connect(url)
+            conn = _connect(self.url)
         msgid = conn.simple_bind(dn, password)
         fd = conn.fileno()
-        if fd not in state:
-            poller.register(fd, select.POLLIN)
-        state[fd] = (conn, "bind", dn, t0, msgid)
+        if fd not in self.state:
+            self.poller.register(fd, select.POLLIN)
+        self.state[fd] = (conn, "bind", dn, t0, msgid)
 
-    def finish(fd: int, conn: Any) -> None:
-        if per_login:
-            del state[fd]
-            poller.unregister(fd)
+    def finish(self, fd: int, conn: Any) -> None:
+        if self.queue and not self.per_login:
+            self.start(conn)
+            return
+        del self.state[fd]
+        self.poller.unregister(fd)
+        if self.per_login:
             conn.unbind_ext()
-            if queue:
-                start(None)
-        elif queue:
-            start(conn)
-        else:
-            del state[fd]
-            poller.unregister(fd)
+            if self.queue:
+                self.start(None)
 
+    def step(self, fd: int) -> None:
+        conn, stage, dn, t0, msgid = self.state[fd]
+        try:
+            kind, _data, _mid, _ctrls = conn.result3(msgid, 1, 0)
+        except ldap.LDAPError:
+            self.result.failed += 1
+            self.finish(fd, conn)
+            return
+        if kind is None:
+            return
+        if stage == "bind":
+            # The user reads their own entry (the test directory's ACL allows no more).
+            search = conn.search_ext(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["cn", "mail"])
+            self.state[fd] = (conn, "search", dn, t0, search)
+            return
+        self.result.done += 1
+        self.result.latencies.append(time.perf_counter() - t0)
+        self.finish(fd, conn)
+
+
+def drive(url: str, jobs: list[tuple[str, str]], parallel: int, per_login: bool) -> Run:
+    """Bind then search for each (dn, password), `parallel` connections in flight."""
+    driver = _Driver(url, jobs, per_login)
+    conns = [] if per_login else [_connect(url) for _ in range(parallel)]
     started = time.perf_counter()
     for i in range(parallel):
-        if queue:
-            start(None if per_login else conns[i])
-    while state:
-        for fd, _ in poller.poll(1000):
-            if fd not in state:
-                continue
-            conn, stage, dn, t0, msgid = state[fd]
-            try:
-                kind, _data, _mid, _ctrls = conn.result3(msgid, 1, 0)
-            except ldap.LDAPError:
-                result.failed += 1
-                finish(fd, conn)
-                continue
-            if kind is None:
-                continue
-            if stage == "bind":
-                # The user reads their own entry (the test directory's ACL allows no more).
-                search = conn.search_ext(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["cn", "mail"])
-                state[fd] = (conn, "search", dn, t0, search)
-                continue
-            result.done += 1
-            result.latencies.append(time.perf_counter() - t0)
-            finish(fd, conn)
-    result.seconds = time.perf_counter() - started
+        if driver.queue:
+            driver.start(None if per_login else conns[i])
+    while driver.state:
+        for fd, _ in driver.poller.poll(1000):
+            if fd in driver.state:
+                driver.step(fd)
+    driver.result.seconds = time.perf_counter() - started
     for conn in conns:
         conn.unbind_ext()
-    return result
+    return driver.result
 
 
 def _share(args: tuple[str, list[tuple[str, str]], int, bool]) -> Run:
@@ -140,7 +147,7 @@ def _share(args: tuple[str, list[tuple[str, str]], int, bool]) -> Run:
 
 
 def drive_all(
-    pool: Any, url: str, jobs: list[tuple[str, str]], parallel: int, procs: int, per_login: bool
+    pool: Any, url: str, jobs: list[tuple[str, str]], parallel: int, procs: int, *, per_login: bool
 ) -> Run:
     """`drive` in `procs` processes at once, each with its share of jobs and connections."""
     shares = [(url, jobs[i::procs], max(1, parallel // procs), per_login) for i in range(procs)]
@@ -191,7 +198,8 @@ def main() -> None:
     try:
         import_secrets(bridge, secrets, work)
         bridge.start()
-        assert bridge.proc is not None and slapd.pid is not None
+        assert bridge.proc is not None
+        assert slapd.pid is not None
         pids = {"proxy": bridge.proc.pid, "slapd": slapd.pid}
         urls = {"direct": slapd.url, "proxy": f"ldap://127.0.0.1:{proxy_port}"}
         for rep in range(args.reps + 1):  # the first round warms both paths up
@@ -214,7 +222,7 @@ def main() -> None:
                         jobs[name],
                         args.parallel,
                         args.procs,
-                        pattern == "per-login",
+                        per_login=pattern == "per-login",
                     )
                     count = max(1, run.done)
                     run.proxy_cpu = (cpu_seconds(pids["proxy"]) - before["proxy"]) / count
@@ -222,7 +230,8 @@ def main() -> None:
                     print(
                         f"rep {rep} {pattern:<9} {name:<6} {run.rate:7.0f} bind+search/s"
                         f"  p50 {run.p(50):6.2f} ms  p99 {run.p(99):6.2f} ms"
-                        f"  proxy {run.proxy_cpu * 1e6:5.0f} us  slapd {run.slapd_cpu * 1e6:4.0f} us"
+                        f"  proxy {run.proxy_cpu * 1e6:5.0f} us"
+                        f"  slapd {run.slapd_cpu * 1e6:4.0f} us"
                         f"  failed {run.failed}",
                         flush=True,
                     )

@@ -44,6 +44,69 @@ def _drive(args: tuple[int, list[tuple[str, str]], int]) -> Result:
     return run(("127.0.0.1", port), SECRET.encode(), logins, parallel)
 
 
+def one_instance(
+    bridges: dict[str, Bridge],
+    users: list[SlapdUser],
+    secrets: dict[str, bytes],
+    args: argparse.Namespace,
+) -> None:
+    """The same instance on SQLite and on PostgreSQL, alternated in fresh TOTP steps."""
+    rates: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+    cpu: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+    lost = 0
+    for rep in range(args.reps + 1):  # the first round warms both up
+        next_step()
+        order = ["sqlite", "postgresql"] if rep % 2 else ["postgresql", "sqlite"]
+        for name in order:
+            bridge = bridges[name]
+            assert bridge.proc is not None
+            before = cpu_seconds(bridge.proc.pid)
+            result = run(
+                ("127.0.0.1", bridge.port),
+                SECRET.encode(),
+                logins_now(users, secrets),
+                args.parallel,
+            )
+            used = (cpu_seconds(bridge.proc.pid) - before) / max(1, len(users))
+            print(f"rep {rep} {name:<10} {result.summary()}  CPU {used * 1e6:.0f} us/login")
+            if rep:
+                rates[name].append(result.rate)
+                cpu[name].append(used)
+                lost += result.lost + result.bad_replies
+    sqlite_rate = statistics.median(rates["sqlite"])
+    pg_rate = statistics.median(rates["postgresql"])
+    print(
+        f"\none instance, P={args.parallel}, median of {args.reps}: SQLite {sqlite_rate:.0f}"
+        f" logins/s ({statistics.median(cpu['sqlite']) * 1e6:.0f} us CPU each),"
+        f" PostgreSQL {pg_rate:.0f}/s ({statistics.median(cpu['postgresql']) * 1e6:.0f} us),"
+        f" ratio {pg_rate / sqlite_rate:.2f}; lost {lost}"
+    )
+
+
+def two_instances(
+    pool: Any,
+    pair: tuple[Bridge, Bridge],
+    users: list[SlapdUser],
+    secrets: dict[str, bytes],
+    args: argparse.Namespace,
+) -> None:
+    """Two instances on one database sent the same codes at once: each accepted once."""
+    for rep in range(args.reps):
+        next_step()
+        logins = logins_now(users, secrets)
+        started = time.perf_counter()
+        both = pool.map(_drive, [(b.port, logins, args.parallel) for b in pair])
+        seconds = time.perf_counter() - started
+        answered = sum(r.accepts + r.rejects for r in both)
+        accepts = sum(r.accepts for r in both)
+        print(
+            f"two instances, rep {rep}: {answered / seconds:.0f} logins/s in total,"
+            f" {len(logins)} codes sent to both: {accepts} accepted (each once:"
+            f" {accepts == len(logins)}), {answered - accepts} refused,"
+            f" lost {sum(r.lost for r in both)}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=2000)
@@ -74,50 +137,8 @@ def main() -> None:
         import_secrets(first, secrets, work)
         for bridge in (sqlite, first, second):
             bridge.start()
-        rates: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
-        cpu: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
-        lost = 0
-        for rep in range(args.reps + 1):  # the first round warms both up
-            next_step()
-            order = ["sqlite", "postgresql"] if rep % 2 else ["postgresql", "sqlite"]
-            for name in order:
-                bridge = bridges[name]
-                assert bridge.proc is not None
-                before = cpu_seconds(bridge.proc.pid)
-                result = run(
-                    ("127.0.0.1", bridge.port),
-                    SECRET.encode(),
-                    logins_now(users, secrets),
-                    args.parallel,
-                )
-                used = (cpu_seconds(bridge.proc.pid) - before) / max(1, len(users))
-                print(f"rep {rep} {name:<10} {result.summary()}  CPU {used * 1e6:.0f} us/login")
-                if rep:
-                    rates[name].append(result.rate)
-                    cpu[name].append(used)
-                    lost += result.lost + result.bad_replies
-        sqlite_rate = statistics.median(rates["sqlite"])
-        pg_rate = statistics.median(rates["postgresql"])
-        print(
-            f"\none instance, P={args.parallel}, median of {args.reps}: SQLite {sqlite_rate:.0f}"
-            f" logins/s ({statistics.median(cpu['sqlite']) * 1e6:.0f} us CPU each),"
-            f" PostgreSQL {pg_rate:.0f}/s ({statistics.median(cpu['postgresql']) * 1e6:.0f} us),"
-            f" ratio {pg_rate / sqlite_rate:.2f}; lost {lost}"
-        )
-        for rep in range(args.reps):
-            next_step()
-            logins = logins_now(users, secrets)
-            started = time.perf_counter()
-            both = pool.map(_drive, [(b.port, logins, args.parallel) for b in (first, second)])
-            seconds = time.perf_counter() - started
-            answered = sum(r.accepts + r.rejects for r in both)
-            accepts = sum(r.accepts for r in both)
-            print(
-                f"two instances, rep {rep}: {answered / seconds:.0f} logins/s in total,"
-                f" {len(logins)} codes sent to both: {accepts} accepted (each once:"
-                f" {accepts == len(logins)}), {answered - accepts} refused,"
-                f" lost {sum(r.lost for r in both)}"
-            )
+        one_instance(bridges, users, secrets, args)
+        two_instances(pool, (first, second), users, secrets, args)
     finally:
         pool.terminate()
         for bridge in (sqlite, first, second):

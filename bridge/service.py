@@ -275,7 +275,9 @@ class Daemon:
             )
         self.portal: Portal | None = None
         if config.portal is not None:
-            self.portal = make_portal(config, self.authenticator, self.store, self.audit, reactor)
+            self.portal = make_portal(
+                config, self.authenticator, self.store, self.audit, reactor, worker
+            )
             self.service.addService(portal_service(config.portal, self.portal, reactor))
 
     def _upgraded(self) -> None:
@@ -364,8 +366,13 @@ def make_daemon(config: Config, reactor: Any, stdout: TextIO = sys.stdout) -> Da
     return Daemon(config, reactor, stdout)
 
 
-def make_portal(
-    config: Config, authenticator: Authenticator, store: RecordStore, audit: AuditLog, reactor: Any
+def make_portal(  # noqa: PLR0917 - the daemon's parts, in the order it builds them
+    config: Config,
+    authenticator: Authenticator,
+    store: RecordStore,
+    audit: AuditLog,
+    reactor: Any,
+    worker: StoreWorker,
 ) -> Portal:
     """The portal's logic with its sessions and attempt limits."""
     portal = config.portal
@@ -382,6 +389,7 @@ def make_portal(
         sessions=Sessions(clock, portal.session_idle, portal.session_max, store),
         per_user=AttemptLimiter(clock, portal.max_attempts_per_user, portal.attempt_window),
         per_address=AttemptLimiter(clock, portal.max_attempts_per_address, portal.attempt_window),
+        worker=worker,
     )
 
 

@@ -28,6 +28,7 @@ from bridge.core.totp import encode_secret, new_secret, provisioning_uri
 from bridge.core.types import Decision, Outcome, Reason, State, UserRecord
 from bridge.portal.sessions import AttemptLimiter, Session, Sessions
 from bridge.store import RecordStore
+from bridge.store.worker import StoreWorker
 
 PROOF_SECONDS = 300  # a proof of the old device is good for this long
 
@@ -77,9 +78,13 @@ class Portal:
         sessions: Sessions,
         per_user: AttemptLimiter,
         per_address: AttemptLimiter,
+        worker: StoreWorker | None = None,
     ) -> None:
         self._auth = authenticator
         self._store = store
+        # Where store calls run: sessions and records are read and written there (off
+        # the reactor for PostgreSQL); limits and audit lines stay on the reactor.
+        self._worker = worker or StoreWorker(None, threaded=False)
         self._policy = policy
         self._issuer = issuer
         self._exempt = name_keys(exempt_users)
@@ -135,7 +140,7 @@ class Portal:
             d = self._auth.login_outcome(raw_username, password, Mode.CHALLENGE, caller)
         return d.addCallback(self._signed_in, username)
 
-    def _signed_in(self, outcome: LoginOutcome, username: str | None) -> SignIn:
+    def _signed_in(self, outcome: LoginOutcome, username: str | None) -> SignIn | Deferred[SignIn]:
         decision = outcome.decision
         # Failures count against the name typed and against the person, whichever of
         # their names it was: once over, a right password gets no further under any name.
@@ -143,10 +148,9 @@ class Portal:
         if decision.password_ok and self._over(decision.username):
             return SignIn(SignInResult.LIMITED)
         if decision.accepted and outcome.identity is not None:
-            session = self.sessions.start(outcome.identity)
-            session.exempt = decision.state_after is State.EXEMPT
-            self.sessions.save(session)
-            return SignIn(SignInResult.OK, session, decision)
+            exempt = decision.state_after is State.EXEMPT
+            started = self._worker.run(self.sessions.start, outcome.identity, exempt)
+            return started.addCallback(lambda session: SignIn(SignInResult.OK, session, decision))
         if decision.outcome is not Outcome.CHALLENGE:
             self._failed(username)
             if name_key(decision.username) != name_key(username or ""):
@@ -169,12 +173,19 @@ class Portal:
         under the store's key, so it holds across restarts and instances sharing the store."""
         return self._store.mac(b"csrf", nonce, client.encode()).hex()
 
-    def sign_out(self, session: Session) -> None:
-        """End the session (an unfinished set-up is forgotten with it)."""
-        self.sessions.end(session.id)
+    def session(self, session_id: str | None) -> Deferred[Session | None]:
+        """The live session with this id (its idle timer restarted), or None."""
+        return self._worker.run(self.sessions.get, session_id)
 
-    def status(self, session: Session) -> dict[str, Any]:
+    def sign_out(self, session: Session) -> Deferred[None]:
+        """End the session (an unfinished set-up is forgotten with it)."""
+        return self._worker.run(self.sessions.end, session.id)
+
+    def status(self, session: Session) -> Deferred[dict[str, Any]]:
         """State, deadline and days left of the signed-in user, as they stand now."""
+        return self._worker.run(self._status, session)
+
+    def _status(self, session: Session) -> dict[str, Any]:
         record = self._store.get(session.owner.entry_id)
         exempt = session.exempt or name_key(session.username) in self._exempt
         view = describe(record, session.username, self._now(), exempt=exempt)
@@ -190,8 +201,11 @@ class Portal:
             return False
         return hmac.compare_digest(session.proven_for, _digest(record.secret))
 
-    def new_secret(self, session: Session) -> NewSecret | SetupResult:
+    def new_secret(self, session: Session) -> Deferred[NewSecret | SetupResult]:
         """The secret to set up (the same one until confirmed or signed out), or why not."""
+        return self._worker.run(self._new_secret, session)
+
+    def _new_secret(self, session: Session) -> NewSecret | SetupResult:
         record = self._store.get(session.owner.entry_id)
         allowed = may_set_up(record, self._now(), old_device_proven=self._proven(session, record))
         if allowed is not SetupResult.CONFIRMED:
@@ -207,17 +221,17 @@ class Portal:
         )
         return NewSecret(encode_secret(session.new_secret), uri)
 
-    def confirm(self, session: Session, code: str, client: str) -> SetupResult | None:
+    def confirm(self, session: Session, code: str, client: str) -> Deferred[SetupResult | None]:
         """The first code of the new secret; None when over the attempt limit."""
         secret = session.new_secret
         if secret is None:
-            return SetupResult.WRONG_CODE
+            return succeed(SetupResult.WRONG_CODE)
         if not self._allowed(session.username, client):
-            return None
+            return succeed(None)
         code = code.strip()
         if not is_code(code, self._policy.totp.digits):
             self._failed(session.username)
-            return SetupResult.WRONG_CODE
+            return succeed(SetupResult.WRONG_CODE)
         now = self._now()
 
         def change(record: UserRecord | None) -> tuple[UserRecord | None, tuple[Any, ...]]:
@@ -232,33 +246,41 @@ class Portal:
             )
             return after, (result, record.state if record else None)
 
-        result: SetupResult
-        before: State | None
-        result, before = self._store.update(session.owner.entry_id, change)
-        confirmed = result is SetupResult.CONFIRMED
-        if result is SetupResult.WRONG_CODE:
-            self._failed(session.username)
-        else:  # confirmed, or no longer allowed: this secret and any proof are spent
-            session.new_secret = None
-            session.proven_for = None
-            self.sessions.save(session)
-        outcome, reason = (Outcome.ACCEPT, Reason.ACTIVATED) if confirmed else _SETUP_REJECT[result]
-        after = State.ACTIVE if confirmed else before
-        self._record(Decision(outcome, reason, session.username, before, after), client)
-        return result
+        def write() -> tuple[Any, ...]:
+            result, before = self._store.update(session.owner.entry_id, change)
+            if result is not SetupResult.WRONG_CODE:  # this secret and any proof are spent
+                session.new_secret = None
+                session.proven_for = None
+                self.sessions.save(session)
+            return result, before
 
-    def prove_device(self, session: Session, code: str, client: str) -> Decision | None:
+        def decided(written: tuple[Any, ...]) -> SetupResult:
+            result: SetupResult
+            before: State | None
+            result, before = written
+            confirmed = result is SetupResult.CONFIRMED
+            if result is SetupResult.WRONG_CODE:
+                self._failed(session.username)
+            rejected = _SETUP_REJECT.get(result, (Outcome.REJECT, Reason.WRONG_CODE))
+            outcome, reason = (Outcome.ACCEPT, Reason.ACTIVATED) if confirmed else rejected
+            after = State.ACTIVE if confirmed else before
+            self._record(Decision(outcome, reason, session.username, before, after), client)
+            return result
+
+        return self._worker.run(write).addCallback(decided)
+
+    def prove_device(self, session: Session, code: str, client: str) -> Deferred[Decision | None]:
         """A code from the current app before a reset; None when over the attempt limit.
 
         Decided as a login's code: a wrong or replayed one counts towards the lock. The
         proof holds for PROOF_SECONDS, and only for the secret it was made with.
         """
         if not self._allowed(session.username, client):
-            return None
+            return succeed(None)
         code = code.strip()
         if not is_code(code, self._policy.totp.digits):
             self._failed(session.username)
-            return Decision(Outcome.REJECT, Reason.WRONG_CODE, session.username)
+            return succeed(Decision(Outcome.REJECT, Reason.WRONG_CODE, session.username))
         now = self._now()
 
         def change(record: UserRecord | None) -> tuple[UserRecord | None, tuple[Any, ...]]:
@@ -268,16 +290,22 @@ class Portal:
             verdict = check_code(record, code, now=now, policy=self._policy)
             return verdict.record, (verdict.decision, record.secret)
 
-        decision: Decision
-        secret: bytes | None
-        decision, secret = self._store.update(session.owner.entry_id, change)
-        if decision.accepted and secret is not None:
-            session.proven_for, session.proven_at = _digest(secret), self._clock()
-            self.sessions.save(session)
-        else:
-            self._failed(session.username)
-        self._record(decision, client)
-        return decision
+        def write() -> Decision:
+            decision: Decision
+            secret: bytes | None
+            decision, secret = self._store.update(session.owner.entry_id, change)
+            if decision.accepted and secret is not None:
+                session.proven_for, session.proven_at = _digest(secret), self._clock()
+                self.sessions.save(session)
+            return decision
+
+        def decided(decision: Decision) -> Decision:
+            if not decision.accepted:
+                self._failed(session.username)
+            self._record(decision, client)
+            return decision
+
+        return self._worker.run(write).addCallback(decided)
 
     def _record(self, decision: Decision, client: str) -> None:
         self._audit.record(decision, "portal", client, 0.0)

@@ -84,10 +84,10 @@ class Sessions:
         self._keeper = keeper
         self._by_id: OrderedDict[str, Session] = OrderedDict()  # least recently seen first
 
-    def start(self, owner: Identity) -> Session:
-        """A new session for a user who just signed in."""
+    def start(self, owner: Identity, exempt: bool = False) -> Session:
+        """A new session for a user who just signed in (`exempt`: needs no code)."""
         now = self._clock()
-        session = Session(token(), owner, token(), now, now)
+        session = Session(token(), owner, token(), now, now, exempt=exempt)
         self._put(session)
         return session
 

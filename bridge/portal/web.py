@@ -30,12 +30,17 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from bridge.connections import ConnectionCounter
 from bridge.core.policy import REJECT_SPREAD
 from bridge.core.selfservice import SetupResult
+from bridge.core.types import Decision
 from bridge.logs import Throttle
 from bridge.portal import pages
 from bridge.portal.flows import NewSecret, Portal, SignIn, SignInResult
 from bridge.portal.sessions import Session, token
 
 log = Logger(namespace="bridge.portal")
+
+# What a page handler gives: the body, a Deferred of it (the store is read first), or
+# NOT_DONE_YET when it answers the request itself.
+Page = bytes | int | Deferred[bytes]
 
 SESSION_COOKIE = b"mfa_session"
 CSRF_COOKIE = b"mfa_csrf"
@@ -250,14 +255,14 @@ class PortalResource(Resource):
         prefix = SECURE_PREFIX if secure else b""
         self._session_cookie = prefix + SESSION_COOKIE
         self._csrf_cookie = prefix + CSRF_COOKIE
-        self._routes: dict[tuple[bytes, bytes], Callable[[Request], bytes | int]] = {
+        self._routes: dict[tuple[bytes, bytes], Callable[[Request], Page]] = {
             (b"GET", b"/"): self._home,
             (b"POST", b"/sign-in"): self._sign_in,
             (b"POST", b"/sign-out"): self._sign_out,
             (b"GET", b"/static/portal.css"): self._stylesheet,
         }
         # Pages for a signed-in user only: without a session they send the browser to "/".
-        self._session_routes: dict[tuple[bytes, bytes], Callable[[Request, Session], bytes]] = {
+        self._session_routes: dict[tuple[bytes, bytes], Callable[[Request, Session], Page]] = {
             (b"GET", b"/setup"): self._setup_page,
             (b"POST", b"/setup"): self._setup_confirm,
             (b"GET", b"/reset"): self._reset_page,
@@ -286,17 +291,26 @@ class PortalResource(Resource):
             request.setResponseCode(405)
             request.setHeader(b"Allow", b", ".join(allowed))
             return self._html(request, pages.message("Not allowed", "Use the page's form."))
-        if method == b"POST":
-            refusal = self._refuse_post(request)
-            if refusal is not None:
-                return refusal
-        if handler is not None:
-            return handler(request)
-        assert session_handler is not None
-        session = self._session(request)
-        if session is None:
-            return self._redirect(request, b"/")
-        return session_handler(request, session)
+        if handler == self._stylesheet:
+            return self._stylesheet(request)
+        cookie = request.getCookie(self._session_cookie)
+        session_id = cookie.decode("ascii", "replace") if cookie else None
+        found = self._portal.session(session_id)  # where the store's calls run
+
+        def route(session: Session | None) -> Page:
+            request._portal_session = session  # type: ignore[attr-defined]
+            if method == b"POST":
+                refusal = self._refuse_post(request)
+                if refusal is not None:
+                    return refusal
+            if handler is not None:
+                return handler(request)
+            assert session_handler is not None
+            if session is None:
+                return self._redirect(request, b"/")
+            return session_handler(request, session)
+
+        return self._later(request, found, route)
 
     def _refuse_post(self, request: Request) -> bytes | None:
         """A POST that is too big, from another origin, or without the right CSRF token."""
@@ -348,13 +362,10 @@ class PortalResource(Resource):
         request.setHeader(b"Location", to)
         return b""
 
-    def _session(self, request: Request) -> Session | None:
-        """The request's live session (looked up once per request: CSRF check, then page)."""
-        if not hasattr(request, "_portal_session"):
-            cookie = request.getCookie(self._session_cookie)
-            session_id = cookie.decode("ascii", "replace") if cookie else None
-            request._portal_session = self._portal.sessions.get(session_id)  # type: ignore[attr-defined]
-        found: Session | None = request._portal_session  # type: ignore[attr-defined]
+    @staticmethod
+    def _session(request: Request) -> Session | None:
+        """The request's live session (looked up once, before the page: see `render`)."""
+        found: Session | None = getattr(request, "_portal_session", None)
         return found
 
     def _client(self, request: Request) -> str:
@@ -407,17 +418,29 @@ class PortalResource(Resource):
             return ""
         return self._portal.form_token(nonce, self._client(request))
 
-    def _later(self, request: Request, d: Deferred[Any], done: Callable[[Any], bytes]) -> int:
-        """Answer when `d` fires (unless the client has gone)."""
+    def _later(self, request: Request, d: Deferred[Any], done: Callable[[Any], Any]) -> int:
+        """Answer when `d` fires (unless the client has gone).
+
+        `done` gives the page: bytes, a Deferred of them, or NOT_DONE_YET when it has
+        taken the request over itself.
+        """
         finished: list[bool] = []
         request.notifyFinish().addBoth(lambda _r: finished.append(True))
 
-        def write(result: Any) -> None:
+        def write(result: Any) -> Deferred[None] | None:
             if finished:
-                return
+                return None
             body = done(result)
-            request.write(body)
-            request.finish()
+            if isinstance(body, Deferred):
+                return body.addCallback(send)
+            if body is not NOT_DONE_YET:
+                send(body)
+            return None
+
+        def send(body: bytes) -> None:
+            if not finished:
+                request.write(body)
+                request.finish()
 
         def failed(failure: Failure) -> None:
             log.failure("portal.error", failure)
@@ -432,23 +455,25 @@ class PortalResource(Resource):
 
     # --- pages ---------------------------------------------------------------------------
 
-    def _home(self, request: Request) -> bytes:
+    def _home(self, request: Request) -> bytes | Deferred[bytes]:
         session = self._session(request)
         if session is None:
             return self._sign_in_page(request)
         return self._status(request, session)
 
-    def _status(self, request: Request, session: Session, message: str = "") -> bytes:
-        view = self._portal.status(session)
-        page = pages.status(
-            session.username,
-            view["state"],
-            view["deadline"],
-            view["days_left"],
-            session.csrf,
-            message=message,
-        )
-        return self._html(request, page)
+    def _status(self, request: Request, session: Session, message: str = "") -> Deferred[bytes]:
+        def page(view: dict[str, Any]) -> bytes:
+            body = pages.status(
+                session.username,
+                view["state"],
+                view["deadline"],
+                view["days_left"],
+                session.csrf,
+                message=message,
+            )
+            return self._html(request, body)
+
+        return self._portal.status(session).addCallback(page)
 
     def _sign_in(self, request: Request) -> int:
         username = _arg(request, "username")
@@ -481,49 +506,62 @@ class PortalResource(Resource):
             request.setResponseCode(429)
         return self._sign_in_page(request, SIGN_IN_MESSAGES[result.result], username)
 
-    def _sign_out(self, request: Request) -> bytes:
+    def _sign_out(self, request: Request) -> bytes | Deferred[bytes]:
         session = self._session(request)
-        if session is not None:
-            self._portal.sign_out(session)
         self._set_cookie(request, self._session_cookie, "", expire=True)
-        return self._redirect(request, b"/")
+        if session is None:
+            return self._redirect(request, b"/")
+        return self._portal.sign_out(session).addCallback(lambda _: self._redirect(request, b"/"))
 
-    def _setup_page(self, request: Request, session: Session, message: str = "") -> bytes:
-        secret = self._portal.new_secret(session)
-        if secret is SetupResult.PROOF_REQUIRED:
-            return self._redirect(request, b"/reset")
-        if not isinstance(secret, NewSecret):  # locked meanwhile
-            return self._html(request, pages.locked(None))
-        page = pages.setup(_qr_svg(secret.uri), secret.key, session.csrf, message=message)
-        return self._html(request, page)
+    def _setup_page(self, request: Request, session: Session, message: str = "") -> Deferred[bytes]:
+        def page(secret: NewSecret | SetupResult) -> bytes:
+            if secret is SetupResult.PROOF_REQUIRED:
+                return self._redirect(request, b"/reset")
+            if not isinstance(secret, NewSecret):  # locked meanwhile
+                return self._html(request, pages.locked(None))
+            body = pages.setup(_qr_svg(secret.uri), secret.key, session.csrf, message=message)
+            return self._html(request, body)
 
-    def _setup_confirm(self, request: Request, session: Session) -> bytes:
-        result = self._portal.confirm(session, _arg(request, "code"), self._client(request))
-        if result is None:
-            request.setResponseCode(429)
-            return self._setup_page(request, session, SIGN_IN_MESSAGES[SignInResult.LIMITED])
-        if result is SetupResult.CONFIRMED:
-            done = "MFA is set up. From now on, sign in with your password and a code from the app."
-            return self._status(request, session, done)
-        if result is SetupResult.WRONG_CODE:
-            wrong = "That code does not match. Check the app shows this account, then try again."
-            return self._setup_page(request, session, wrong)
-        return self._setup_page(request, session)
+        return self._portal.new_secret(session).addCallback(page)
+
+    def _setup_confirm(self, request: Request, session: Session) -> Deferred[bytes]:
+        def page(result: SetupResult | None) -> Deferred[bytes]:
+            if result is None:
+                request.setResponseCode(429)
+                return self._setup_page(request, session, SIGN_IN_MESSAGES[SignInResult.LIMITED])
+            if result is SetupResult.CONFIRMED:
+                done = (
+                    "MFA is set up. From now on, sign in with your password and a code from"
+                    " the app."
+                )
+                return self._status(request, session, done)
+            if result is SetupResult.WRONG_CODE:
+                wrong = (
+                    "That code does not match. Check the app shows this account, then try again."
+                )
+                return self._setup_page(request, session, wrong)
+            return self._setup_page(request, session)
+
+        confirmed = self._portal.confirm(session, _arg(request, "code"), self._client(request))
+        return confirmed.addCallback(page)
 
     def _reset_page(self, request: Request, session: Session, message: str = "") -> bytes:
         return self._html(request, pages.reset(session.csrf, message=message))
 
-    def _reset_prove(self, request: Request, session: Session) -> bytes:
-        decision = self._portal.prove_device(session, _arg(request, "code"), self._client(request))
-        if decision is None:
-            request.setResponseCode(429)
-            return self._reset_page(request, session, SIGN_IN_MESSAGES[SignInResult.LIMITED])
-        if decision.accepted:
-            return self._redirect(request, b"/setup")
-        if decision.lock_reason is not None:
-            self._portal.sign_out(session)
-            return self._html(request, pages.locked(decision.lock_reason.value))
-        return self._reset_page(request, session, SIGN_IN_MESSAGES[SignInResult.WRONG_CODE])
+    def _reset_prove(self, request: Request, session: Session) -> Deferred[bytes]:
+        def page(decision: Decision | None) -> bytes | Deferred[bytes]:
+            if decision is None:
+                request.setResponseCode(429)
+                return self._reset_page(request, session, SIGN_IN_MESSAGES[SignInResult.LIMITED])
+            if decision.accepted:
+                return self._redirect(request, b"/setup")
+            if decision.lock_reason is not None:
+                locked = self._html(request, pages.locked(decision.lock_reason.value))
+                return self._portal.sign_out(session).addCallback(lambda _: locked)
+            return self._reset_page(request, session, SIGN_IN_MESSAGES[SignInResult.WRONG_CODE])
+
+        proved = self._portal.prove_device(session, _arg(request, "code"), self._client(request))
+        return proved.addCallback(page)
 
     def _stylesheet(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/css; charset=utf-8")

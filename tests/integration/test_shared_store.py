@@ -86,9 +86,10 @@ def test_an_enrollment_and_a_code_spent_on_one_count_on_the_other(
     assert status(first, "oscar")["state"] == "grace"
     secret = enroll(first, "oscar")
     assert status(second, "oscar")["state"] == "pending"
-    accepted = b.login("oscar", "oscar-pw" + code_for(secret))  # confirmed on the second
+    code = code_for(secret)
+    accepted = b.login("oscar", "oscar-pw" + code)  # confirmed on the second
     assert accepted is not None and accepted.accepted
-    replay = a.login("oscar", "oscar-pw" + code_for(secret))  # the same code on the first
+    replay = a.login("oscar", "oscar-pw" + code)  # the same code on the first
     assert replay is not None and replay.rejected
     assert first.audit_reasons()[-1] == "replay"
     fresh = a.login("oscar", "oscar-pw" + code_for(secret, 1))
@@ -298,7 +299,10 @@ def test_an_sqlite_store_moves_to_postgresql_by_backup_and_restore(
     with the same key file, restore; enrolled users keep their secrets and guards."""
     bridge = make_bridge(mode="append")
     client = client_for(bridge)
-    secret = active_user(bridge, client, "heidi")
+    secret = enroll(bridge, "heidi")
+    spent = code_for(secret)
+    first = client.login("heidi", "heidi-pw" + spent)
+    assert first is not None and first.accepted
     grace = client.login("ivan", "ivan-pw")
     assert grace is not None and grace.accepted
     backup = tmp_path / "migrate.db"
@@ -314,7 +318,7 @@ def test_an_sqlite_store_moves_to_postgresql_by_backup_and_restore(
     assert json.loads(restored.stdout) == {"added": 2, "replaced": 0, "kept": 0}
     bridge.start()
     assert status(bridge, "ivan")["state"] == "grace"
-    replay = client.login("heidi", "heidi-pw" + code_for(secret))  # spent before the move
+    replay = client.login("heidi", "heidi-pw" + spent)  # spent before the move
     assert replay is not None and replay.rejected
     reply = client.login("heidi", "heidi-pw" + code_for(secret, 1))
     assert reply is not None and reply.accepted
