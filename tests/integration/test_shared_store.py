@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import ldap
+import psycopg
 import pytest
 
 from tests.harness import Bridge, RadiusClient, code_for, free_tcp_port, scrape_metrics
@@ -324,3 +325,32 @@ def test_an_sqlite_store_moves_to_postgresql_by_backup_and_restore(
     assert reply is not None and reply.accepted
     missing = bridge.cli("store", "restore", str(tmp_path / "nope.db"))
     assert missing.returncode == 1 and "no such backup file" in missing.stderr
+
+
+def test_a_slow_database_delays_logins_not_the_daemon(
+    pair: tuple[Bridge, Bridge], client_for: ClientFor, postgres: Postgres
+) -> None:
+    """The users table held by another session's lock: a login waits for it, while the
+    same daemon answers Status-Server at once; the login completes when the lock goes."""
+    first, _second = pair
+    client = client_for(first)
+    warm = client.login("load195", "load195-pw")
+    assert warm is not None and warm.accepted
+    url = first.config["store"]["url"]
+    with psycopg.connect(url, autocommit=True) as blocker:
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        waiting = RadiusClient(first.port)
+        try:
+            request = waiting.request("load196", "load196-pw")
+            waiting.send_raw(request.RequestPacket())
+            started = time.monotonic()
+            status = client.status(timeout=2.0)
+            assert status is not None  # the reactor is free while the store thread waits
+            assert time.monotonic() - started < 1.0
+            assert waiting.receive(timeout=1.0) is None  # the login is still waiting
+            blocker.execute("ROLLBACK")
+            reply = waiting.receive(timeout=5.0)
+            assert reply is not None and reply[0] == 2  # Access-Accept, once it could read
+        finally:
+            waiting.close()
