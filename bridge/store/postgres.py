@@ -22,7 +22,7 @@ import psycopg
 from twisted.logger import Logger
 
 from bridge.core.types import UserRecord
-from bridge.store.records import RecordStore, StoreError, StoreUnavailableError
+from bridge.store.records import COLUMNS, RecordStore, StoreError, StoreUnavailableError
 from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
 
 log = Logger(namespace="bridge.store")
@@ -81,20 +81,21 @@ CREATE TABLE IF NOT EXISTS challenges (
 
 
 # The common login write of a whole batch in one statement: each row a compare-and-set
-# on its version (the columns as in records._UPDATE_SEEN, typed for VALUES).
-_BULK_ROW = (
-    "(?::text,?::text,?::text,?::bigint,?::int,?::bigint,?::bytea,?::text,?::int,?::bigint,"
-    "?::text,?::bigint)"
-)
+# on its version (the columns as in records._UPDATE_SEEN). Arrays, one per column, keep
+# the statement's text the same whatever the batch's size: psycopg then parses and
+# prepares it once.
 _BULK_UPDATE = (
     "UPDATE users AS u SET username = v.username, name_key = v.name_key, state = v.state,"
     " deadline = v.deadline, failures = v.failures, last_step = v.last_step,"
     " step_key = v.step_key, lock_reason = v.lock_reason, confirmed = v.confirmed,"
     " updated = v.updated, version = u.version + 1"
-    " FROM (VALUES {rows}) AS v(username, name_key, state, deadline, failures, last_step,"
-    " step_key, lock_reason, confirmed, updated, entry_id, version)"
+    " FROM unnest(?::text[], ?::text[], ?::text[], ?::bigint[], ?::int[], ?::bigint[],"
+    " ?::bytea[], ?::text[], ?::int[], ?::bigint[], ?::text[], ?::bigint[])"
+    " AS v(username, name_key, state, deadline, failures, last_step, step_key, lock_reason,"
+    " confirmed, updated, entry_id, version)"
     " WHERE u.entry_id = v.entry_id AND u.version = v.version RETURNING u.entry_id"
 )
+_SELECT_ANY = f"SELECT {COLUMNS} FROM users WHERE entry_id = ANY(?::text[])"  # noqa: S608
 
 
 class PostgresStore(RecordStore):
@@ -246,20 +247,28 @@ class PostgresStore(RecordStore):
                 bulk[entry_id] = position
         if len(bulk) < 2:
             return super()._set_seen_many(writes)
-        values: list[object] = []
+        rows = []
         for position in bulk.values():
             _entry_id, seen, after = writes[position]
             assert seen is not None  # _same_key
             assert after is not None
-            values.extend(self._changes(after, seen))
-        rows = ",".join([_BULK_ROW] * len(bulk))
-        done = {row[0] for row in self._execute(_BULK_UPDATE.format(rows=rows), values)}
+            rows.append(self._changes(after, seen))
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        done = {row[0] for row in self._execute(_BULK_UPDATE, columns)}
         return [
             entry_id in done
             if bulk.get(entry_id) == position
             else self._set_seen(entry_id, seen, after)
             for position, (entry_id, seen, after) in enumerate(writes)
         ]
+
+    def get_many(self, entry_ids: Sequence[str]) -> dict[str, UserRecord]:
+        """The records of these entries that exist, by entry (one statement, one text)."""
+        found: dict[str, UserRecord] = {}
+        for row in self._execute(_SELECT_ANY, (list(entry_ids),)).fetchall():
+            record = self._record(row)
+            found[record.entry_id] = record
+        return found
 
     def _create_schema(self) -> None:
         """Create or upgrade the schema; instances starting together take turns."""
