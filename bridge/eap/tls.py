@@ -10,7 +10,7 @@ conversation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -57,14 +57,8 @@ class TlsSession:
 
     def read(self) -> bytes:
         """The inner (application) data the peer's records held, decrypted."""
-        data = b""
         try:
-            while True:
-                data += self._tls.recv(READ_CHUNK)
-        except SSL.WantReadError:
-            return data
-        except SSL.ZeroReturnError:
-            return data
+            return _drain(self._tls.recv)
         except SSL.Error as exc:
             raise TlsError(_reason(exc)) from exc
 
@@ -89,12 +83,7 @@ class TlsSession:
         return str(self._tls.get_protocol_version_name())
 
     def _outgoing(self) -> bytes:
-        out = b""
-        try:
-            while True:
-                out += self._tls.bio_read(READ_CHUNK)
-        except SSL.WantReadError:
-            return out
+        return _drain(self._tls.bio_read)
 
 
 def server_context(
@@ -113,6 +102,16 @@ def server_context(
     context.check_privatekey()
     context.set_options(SSL.OP_NO_TICKET)  # nothing to resume: each login is a new tunnel
     return context
+
+
+def _drain(read: Callable[[int], bytes]) -> bytes:
+    """Everything `read` has now (OpenSSL's memory BIO, or the tunnel's inner data)."""
+    out = b""
+    try:
+        while True:
+            out += read(READ_CHUNK)
+    except (SSL.WantReadError, SSL.ZeroReturnError):  # nothing more now; the peer closed
+        return out
 
 
 def _reason(exc: Exception) -> str:
