@@ -62,7 +62,13 @@ _CHALLENGE_COLUMNS = "state, username, entry_id, name, dn, client, expires"
 _REMEMBER_CHALLENGE = f"INSERT INTO challenges ({_CHALLENGE_COLUMNS}) VALUES (?,?,?,?,?,?,?)"  # noqa: S608
 _TAKE_CHALLENGE = f"DELETE FROM challenges WHERE state = ? RETURNING {_CHALLENGE_COLUMNS}"  # noqa: S608
 
-REBIND_PURGE_SECONDS = 60  # expired rebind rows are deleted at most this often
+PURGE_SECONDS = 60  # short-lived rows past their time are deleted at most this often
+# What "past its time" means for each table of short-lived rows (`_purge`).
+_PURGES = {
+    "rebinds": "DELETE FROM rebinds WHERE expires <= ?",
+    "challenges": "DELETE FROM challenges WHERE expires <= ?",
+    "portal_sessions": "DELETE FROM portal_sessions WHERE seen < ?",
+}
 MAX_RETRIES = 20  # a record rewritten by others this often under one write: give up
 
 
@@ -167,9 +173,7 @@ class RecordStore:
     def __init__(self, sealer: Sealer, where: str) -> None:
         self._sealer = sealer
         self.where = where
-        self._rebinds_purged_at = 0  # when expired rebind rows were last deleted
-        self._challenges_purged_at = 0.0
-        self._sessions_purged_at = 0.0
+        self._purged_at: dict[str, float] = {}  # table -> when its old rows last went
 
     # --- statements ----------------------------------------------------------------------
 
@@ -422,16 +426,20 @@ class RecordStore:
         """Write `rows` (in one statement per 500); expired rows go, at most once a minute."""
         if not rows:
             return
-        now = max(row.now for row in rows)
-        if now >= self._rebinds_purged_at + REBIND_PURGE_SECONDS:
-            self._execute("DELETE FROM rebinds WHERE expires <= ?", (now,))
-            self._rebinds_purged_at = now
+        self._purge("rebinds", max(row.now for row in rows))
         latest = list({row.mac: row for row in rows}.values())  # one row per bind
         for start in range(0, len(latest), 500):
             chunk = latest[start : start + 500]
             values = [value for row in chunk for value in (row.mac, row.entry_id, row.expires)]
             marks = ",".join(["(?, ?, ?)"] * len(chunk))
             self._execute(_REMEMBER_REBIND.format(rows=marks), values)
+
+    def _purge(self, table: str, when: float) -> None:
+        """Delete `table`'s rows past their time at `when` (inside a transaction), at most
+        once every PURGE_SECONDS: not a scan per login."""
+        if when >= self._purged_at.get(table, float("-inf")) + PURGE_SECONDS:
+            self._execute(_PURGES[table], (when,))
+            self._purged_at[table] = when
 
     def forget_rebinds(self, entry_id: str) -> None:
         """Forget every bind remembered for the entry (an admin changed its state or key)."""
@@ -455,9 +463,7 @@ class RecordStore:
     def _insert_challenges(self, rows: Sequence[ChallengeRow], now: float) -> None:
         if not rows:
             return
-        if now >= self._challenges_purged_at + REBIND_PURGE_SECONDS:
-            self._execute("DELETE FROM challenges WHERE expires <= ?", (now,))
-            self._challenges_purged_at = now
+        self._purge("challenges", now)
         for row in rows:
             self._execute(_REMEMBER_CHALLENGE, row)
 
@@ -479,9 +485,7 @@ class RecordStore:
         at most once a minute). A set-up's new secret is sealed like a user's."""
         sealed = self._sealer.seal(row.entry_id, row.new_secret) if row.new_secret else None
         with self._transaction():
-            if purge_before >= self._sessions_purged_at + REBIND_PURGE_SECONDS:
-                self._execute("DELETE FROM portal_sessions WHERE seen < ?", (purge_before,))
-                self._sessions_purged_at = purge_before
+            self._purge("portal_sessions", purge_before)
             self._execute(_SAVE_SESSION, (*row[:-4], sealed, *row[-3:]))
 
     def load_session(self, key: bytes) -> SessionRow | None:
