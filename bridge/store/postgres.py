@@ -127,7 +127,7 @@ class PostgresStore(RecordStore):
             raise StoreError(f"{self.where}: cannot open the store: {_reason(exc)}") from exc
         try:
             self._create_schema()
-            self._check_fingerprint(self._fingerprint_needed())
+            self._check_fingerprint(_fingerprint_needed(self._db))
             self._check_id_attribute(id_attribute)
         except psycopg.Error as exc:
             self.close()
@@ -177,14 +177,7 @@ class PostgresStore(RecordStore):
         """The fingerprint the database's secrets need, read without a key; None if none."""
         try:
             with psycopg.connect(url, **_connect_options(password)) as db:
-                tables = db.execute("SELECT to_regclass('meta'), to_regclass('users')").fetchone()
-                if tables is None or tables[1] is None:
-                    return None
-                if db.execute("SELECT 1 FROM users WHERE secret IS NOT NULL LIMIT 1").fetchone():
-                    row = db.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'")
-                    found = row.fetchone()
-                    return str(found[0]) if found else "unknown"
-                return None
+                return _fingerprint_needed(db)
         except psycopg.Error as exc:
             raise StoreError(f"{_redacted(url)}: cannot open the store: {_reason(exc)}") from exc
 
@@ -285,10 +278,17 @@ class PostgresStore(RecordStore):
                 )
             self._set_meta("schema_version", str(SCHEMA_VERSION))
 
-    def _fingerprint_needed(self) -> str | None:
-        if self._one("SELECT 1 FROM users WHERE secret IS NOT NULL LIMIT 1") is None:
-            return None
-        return self._meta("key_fingerprint") or "unknown"
+
+def _fingerprint_needed(db: Any) -> str | None:
+    """The fingerprint of the key a database's sealed secrets need, read without the key;
+    None when it holds none ("unknown" when it does not say)."""
+    found = db.execute("SELECT to_regclass('users')").fetchone()
+    if found is None or found[0] is None:
+        return None
+    if db.execute("SELECT 1 FROM users WHERE secret IS NOT NULL LIMIT 1").fetchone() is None:
+        return None
+    row = db.execute("SELECT value FROM meta WHERE key = 'key_fingerprint'").fetchone()
+    return str(row[0]) if row is not None else "unknown"
 
 
 def _connect_options(password: str | None) -> dict[str, Any]:
