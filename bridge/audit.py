@@ -52,11 +52,19 @@ class AuditLog:
         self.written = 0
 
     def record(
-        self, decision: Decision, protocol: str, client: str, latency: float, label: str = ""
+        self,
+        decision: Decision,
+        protocol: str,
+        client: str,
+        latency: float,
+        label: str = "",
+        *,
+        outer_identity: str | None = None,
     ) -> None:
         """One line for one decision; flushed at once so a crash loses no decision.
 
-        `label` names the client for the metrics (a RADIUS client's name, never an address).
+        `label` names the client for the metrics (a RADIUS client's name, never an address);
+        `outer_identity` is an EAP login's identity outside its tunnel (often "anonymous").
         """
         for observe in self.observers:
             observe(decision, protocol, label)
@@ -77,6 +85,8 @@ class AuditLog:
         }
         if decision.login is not None:  # another of the entry's names was typed
             fields["login"] = decision.login
+        if outer_identity is not None:
+            fields["outer_identity"] = outer_identity
         if decision.days_left is not None:
             fields["days_left"] = decision.days_left
             if self.setup_url:

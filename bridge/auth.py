@@ -69,6 +69,7 @@ class Caller:
     protocol: str
     client: str
     label: str = ""  # for the metrics: a configured client's name, never an address
+    outer_identity: str | None = None  # EAP: the identity outside the tunnel
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +429,14 @@ class Authenticator:
         ):
             return decision  # RADIUS has stopped: the closing directory decided nothing sent
         latency = self._clock.seconds() - started
-        self._audit_log.record(decision, caller.protocol, caller.client, latency, caller.label)
+        self._audit_log.record(
+            decision,
+            caller.protocol,
+            caller.client,
+            latency,
+            caller.label,
+            outer_identity=caller.outer_identity,
+        )
         return decision
 
 

@@ -96,6 +96,15 @@ class RadiusClient:
 
 
 @dataclass(frozen=True, slots=True)
+class EapConfig:
+    """802.1X logins over RADIUS: EAP-TTLS and PEAP (SPEC section 10), PEM files."""
+
+    certificate: Path  # the server certificate, then any intermediate CA certificates
+    key: Path  # its private key, unencrypted
+    ca_file: Path | None = None  # the CA that issued it: checked at start, intermediates sent
+
+
+@dataclass(frozen=True, slots=True)
 class RadiusConfig:
     """The RADIUS server (SPEC section 4)."""
 
@@ -106,6 +115,7 @@ class RadiusConfig:
     reject_delay: float = 1.0  # seconds before an Access-Reject goes out
     state_ttl: int = 120  # seconds a challenge State stays valid
     clients: tuple[RadiusClient, ...] = ()  # no two overlap
+    eap: EapConfig | None = None  # absent: EAP-Message requests are rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -854,6 +864,7 @@ _RADIUS_KEYS: Final = (
     "reject_delay",
     "state_ttl",
     "clients",
+    "eap",
 )
 _CLIENT_KEYS: Final = (
     "name",
@@ -954,7 +965,18 @@ def _radius(report: _Report, data: Mapping[object, object]) -> RadiusConfig:
         reject_delay=m.number("reject_delay", _DEFAULT_RADIUS.reject_delay, 0, 10),
         state_ttl=m.integer("state_ttl", _DEFAULT_RADIUS.state_ttl, 10, 600),
         clients=_radius_clients(m, default_rma),
+        eap=_eap(report, eap) if (eap := m.section("eap")) is not None else None,
     )
+
+
+def _eap(report: _Report, data: Mapping[object, object]) -> EapConfig | None:
+    m = _Map(report, "radius.eap", data, ("certificate", "key", "ca_file"))
+    certificate = m.path("certificate", required=True, must_be_file=True)
+    key = m.path("key", required=True, must_be_file=True)
+    ca_file = m.path("ca_file", must_be_file=True)
+    if certificate is None or key is None:
+        return None
+    return EapConfig(certificate=certificate, key=key, ca_file=ca_file)
 
 
 # --- ldap_proxy, demo ---------------------------------------------------------------------

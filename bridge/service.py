@@ -16,19 +16,28 @@ from twisted.python.failure import Failure
 
 from bridge.audit import AuditLog, open_audit
 from bridge.auth import Authenticator
-from bridge.config import Config, ConfigError, PortalConfig, RadiusConfig, load_config
+from bridge.certificates import TlsSetupError
+from bridge.config import (
+    Config,
+    ConfigError,
+    EapConfig,
+    PortalConfig,
+    RadiusConfig,
+    load_config,
+)
 from bridge.core.policy import Policy
 from bridge.core.totp import TotpParams
 from bridge.directory import BindStatus, Directory
 from bridge.ldap_proxy.login import LdapLogin
 from bridge.ldap_proxy.server import LdapProxyFactory, Settings
-from bridge.ldap_proxy.tls import TlsSetupError, server_tls_options
+from bridge.ldap_proxy.tls import server_tls_options
 from bridge.ldap_proxy.upstream import Opener
 from bridge.logs import set_level
 from bridge.metrics import Metrics, metrics_site
 from bridge.portal.flows import Portal
 from bridge.portal.sessions import AttemptLimiter, Sessions
 from bridge.portal.web import Limits, make_site
+from bridge.radius.eap import EapResponder, eap_context
 from bridge.radius.server import RadiusProtocol
 from bridge.store import RecordStore
 from bridge.store import open_store as open_configured_store
@@ -244,7 +253,11 @@ class Daemon:
             upgrade = Upgrade(self.store, self.directory, reactor, self._upgraded)
             self.directory_service.reached.addCallback(_then, upgrade.start)
         self.radius = RadiusProtocol(
-            config.radius, self.authenticator, reactor, setup_url=public_url
+            config.radius,
+            self.authenticator,
+            reactor,
+            setup_url=public_url,
+            eap=self._eap(config.radius.eap, reactor),
         )
         # The longest a login waits: a search and a bind at each server, in turn.
         drain_seconds = 2 * config.directory.timeout * len(config.directory.urls) + 1.0
@@ -280,6 +293,15 @@ class Daemon:
             )
             self.service.addService(portal_service(config.portal, self.portal, reactor))
 
+    def _eap(self, config: EapConfig | None, reactor: Any) -> EapResponder | None:
+        """EAP for Wi-Fi when `radius.eap` is configured; a bad certificate stops the start."""
+        if config is None:
+            return None
+        try:
+            return EapResponder(eap_context(config), self.authenticator, reactor)
+        except TlsSetupError as exc:
+            raise ConfigError([f"radius.eap: {exc}"]) from exc
+
     def _upgraded(self) -> None:
         self.authenticator.upgrading = False
 
@@ -295,6 +317,11 @@ class Daemon:
         policy = policy_from(replace(new, mfa=replace(new.mfa, step=started.mfa.step)))
         public_url = new.portal.public_url if new.portal is not None else None
         self.radius.reconfigure(new.radius, setup_url=public_url)
+        if new.radius.eap is not None and self.radius.eap is not None:
+            try:  # a renewed certificate, for the tunnels that start from now on
+                self.radius.eap.use(eap_context(new.radius.eap))
+            except TlsSetupError as exc:
+                log.warn("reload.eap-certificate: {error}; the current one stays", error=exc)
         self.authenticator.reconfigure(policy, frozenset(new.mfa.exempt_users))
         self.directory.exempt_groups = new.mfa.exempt_groups
         self.audit.setup_url = public_url
@@ -329,6 +356,8 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         changed.append("log.format")
     if old.mfa.step != new.mfa.step:
         changed.append("mfa.step")
+    if (old.radius.eap is None) != (new.radius.eap is None):
+        changed.append("radius.eap")
     return changed
 
 

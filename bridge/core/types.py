@@ -53,7 +53,8 @@ class Reason(StrEnum):
     NOT_ENROLLED = "not-enrolled"  # enrollment_days 0 and no secret
     LOCKED = "locked"
     BAD_STATE = "bad-state"  # challenge State unknown, expired, reused or misbound
-    UNSUPPORTED = "unsupported"  # CHAP, EAP, no password
+    UNSUPPORTED = "unsupported"  # CHAP, an EAP method not offered, no password
+    EAP_ERROR = "eap-error"  # malformed EAP or TLS, a failed handshake, a conversation lost
     NO_ENTRY_ID = "no-entry-id"  # the entry lacks directory.id_attribute: fail closed
     UPGRADING = "upgrading"  # records of an earlier release are being attached: wait
     INTERNAL_ERROR = "internal-error"  # the store or the code failed: fail closed

@@ -11,16 +11,18 @@ MD5(secret + the previous cipher block).
 from __future__ import annotations
 
 import hashlib
-import secrets
+import os
+from collections.abc import Callable
 
 MICROSOFT = 311  # the vendor of the MS-MPPE attributes
 MS_MPPE_SEND_KEY = 16
 MS_MPPE_RECV_KEY = 17
 
 
-def new_salt() -> bytes:
+def new_salt(random_bytes: Callable[[int], bytes] = os.urandom) -> bytes:
     """A fresh salt: random, top bit set (unique per attribute of a packet)."""
-    return (0x8000 | secrets.randbits(15)).to_bytes(2, "big")
+    salt = random_bytes(2)
+    return bytes((salt[0] | 0x80, salt[1]))
 
 
 def encrypt_key(key: bytes, secret: bytes, authenticator: bytes, salt: bytes) -> bytes:

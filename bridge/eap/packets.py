@@ -89,6 +89,14 @@ def split_message(raw: bytes) -> list[bytes]:
     return [raw[i : i + ATTRIBUTE_CHUNK] for i in range(0, len(raw), ATTRIBUTE_CHUNK)] or [b""]
 
 
+def method_name(number: int) -> str:
+    """An EAP method's name for log lines ("MD5_CHALLENGE", or its number)."""
+    try:
+        return Type(number).name
+    except ValueError:
+        return str(number)
+
+
 def nak(identifier: int, offered: tuple[int, ...]) -> EapPacket:
     """A legacy Nak naming the methods offered instead (RFC 3748 section 5.3.1)."""
     return EapPacket(Code.RESPONSE, identifier, Type.NAK, bytes(offered))

@@ -13,16 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL
 
+from bridge.certificates import ServerKey
+
 READ_CHUNK = 16 * 1024
-ServerKey = (
-    rsa.RSAPrivateKey
-    | ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-)
 
 
 class TlsError(Exception):

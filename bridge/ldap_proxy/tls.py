@@ -9,30 +9,14 @@ the first client's handshake.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 
+from bridge.certificates import TlsSetupError, load_chain, load_key
 from bridge.config import LdapProxyTls
 
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
-)
-
-
-class TlsSetupError(Exception):
-    """The configured certificate or key cannot be used."""
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise TlsSetupError(f"cannot read {path}: {exc.strerror or exc}") from exc
+__all__ = ["TlsSetupError", "server_tls_options"]
 
 
 def server_tls_options(tls: LdapProxyTls) -> Any:
@@ -41,17 +25,8 @@ def server_tls_options(tls: LdapProxyTls) -> Any:
     The certificate file holds the server certificate first, then any intermediate
     certificates to send along with it.
     """
-    pems = _PEM_CERTIFICATE.findall(_read(tls.certificate))
-    if not pems:
-        raise TlsSetupError(f"no PEM certificate in {tls.certificate}")
-    try:
-        chain = [x509.load_pem_x509_certificate(pem) for pem in pems]
-    except ValueError as exc:
-        raise TlsSetupError(f"invalid certificate in {tls.certificate}: {exc}") from exc
-    try:
-        key = serialization.load_pem_private_key(_read(tls.key), password=None)
-    except (ValueError, TypeError) as exc:  # TypeError: the key is encrypted
-        raise TlsSetupError(f"invalid or encrypted private key in {tls.key}: {exc}") from exc
+    chain = load_chain(tls.certificate)
+    key = load_key(tls.key)
     # pyOpenSSL takes cryptography's objects directly (its own X509/PKey are deprecated).
     certificate: Any = chain[0]
     options = ssl.CertificateOptions(

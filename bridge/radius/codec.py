@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
 from pyrad.dictionary import Dictionary
+
+from bridge.eap import mppe
+from bridge.eap.packets import split_message
 
 __all__ = [
     "ACCESS_ACCEPT",
@@ -126,6 +131,7 @@ class Request:
     has_message_authenticator: bool
     has_chap: bool
     has_eap: bool
+    eap_message: bytes  # the EAP-Message attributes' values joined in order (RFC 3579 3.1)
     proxy_states: tuple[bytes, ...]  # in the order received
     nas_identifier: str | None
     nas_ip: str | None
@@ -212,6 +218,7 @@ def decode_request(data: bytes, secret: bytes) -> Request:
 
     once: dict[int, bytes] = {}
     proxy_states: list[bytes] = []
+    eap_parts: list[bytes] = []
     first: dict[int, bytes] = {}  # the first value of every other attribute
     ma_offset = -1
     for attr_type, offset, value in _walk_attributes(raw):
@@ -223,6 +230,8 @@ def decode_request(data: bytes, secret: bytes) -> Request:
                 ma_offset = offset
         elif attr_type == _PROXY_STATE:
             proxy_states.append(value)
+        elif attr_type == _EAP_MESSAGE:
+            eap_parts.append(value)
         else:
             first.setdefault(attr_type, value)
 
@@ -258,7 +267,8 @@ def decode_request(data: bytes, secret: bytes) -> Request:
         state=once.get(_STATE),
         has_message_authenticator=message_authenticator is not None,
         has_chap=_CHAP_PASSWORD in first,
-        has_eap=_EAP_MESSAGE in first,
+        has_eap=bool(eap_parts),
+        eap_message=b"".join(eap_parts),
         proxy_states=tuple(proxy_states),
         nas_identifier=nas_identifier,
         nas_ip=nas_ip,
@@ -311,8 +321,15 @@ def encode_reply(
     *,
     reply_message: str | None = None,
     state: bytes | None = None,
+    eap_message: bytes | None = None,
+    mppe_keys: tuple[bytes, bytes] | None = None,
+    random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> bytes:
     """The reply datagram: Message-Authenticator first, then Reply-Message, State, Proxy-State.
+
+    `eap_message` goes out split over EAP-Message attributes (RFC 3579 3.1), and
+    `mppe_keys` (receive, send) as MS-MPPE-Recv-Key and MS-MPPE-Send-Key, encrypted with
+    the secret and the request authenticator under fresh salts (RFC 2548 2.4).
 
     A long Reply-Message is split over several attributes, and left out if it would take
     the reply past 4096 octets; the request's Proxy-State attributes are copied
@@ -334,12 +351,18 @@ def encode_reply(
         bytes((_REPLY_MESSAGE, len(chunk) + 2)) + chunk
         for chunk in _split_text(reply_message or "")
     )
+    after = b"" if state is None else bytes((_STATE, len(state) + 2)) + state
+    if eap_message is not None:
+        after += b"".join(
+            bytes((_EAP_MESSAGE, len(chunk) + 2)) + chunk for chunk in split_message(eap_message)
+        )
+    if mppe_keys is not None:
+        after += _mppe_attributes(mppe_keys, secret, request.authenticator, random_bytes)
     carried = sum(len(p) + 2 for p in request.proxy_states)
-    fixed = HEADER_LENGTH + len(attributes) + carried + (len(state) + 2 if state else 0)
+    fixed = HEADER_LENGTH + len(attributes) + carried + len(after)
     if fixed + len(message) <= MAX_PACKET_LENGTH:  # else the decision goes out without it
         attributes += message
-    if state is not None:
-        attributes += bytes((_STATE, len(state) + 2)) + state
+    attributes += after
     for proxy_state in request.proxy_states:
         attributes += bytes((_PROXY_STATE, len(proxy_state) + 2)) + proxy_state
     header = _HEADER.pack(code, request.identifier, HEADER_LENGTH + len(attributes))
@@ -352,3 +375,22 @@ def encode_reply(
     if len(data) > MAX_PACKET_LENGTH:
         raise ValueError(f"reply of {len(data)} octets exceeds {MAX_PACKET_LENGTH}")
     return data
+
+
+def _mppe_attributes(
+    keys: tuple[bytes, bytes],
+    secret: bytes,
+    authenticator: bytes,
+    random_bytes: Callable[[int], bytes],
+) -> bytes:
+    """MS-MPPE-Recv-Key and MS-MPPE-Send-Key, each under a salt of its own."""
+    recv, send = keys
+    recv_salt = mppe.new_salt(random_bytes)
+    send_salt = mppe.new_salt(random_bytes)
+    while send_salt == recv_salt:  # unique within the packet (RFC 2548 2.4.2)
+        send_salt = mppe.new_salt(random_bytes)
+    return mppe.vendor_attribute(
+        mppe.MS_MPPE_RECV_KEY, mppe.encrypt_key(recv, secret, authenticator, recv_salt)
+    ) + mppe.vendor_attribute(
+        mppe.MS_MPPE_SEND_KEY, mppe.encrypt_key(send, secret, authenticator, send_salt)
+    )

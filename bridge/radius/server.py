@@ -23,9 +23,11 @@ from bridge.config import RadiusClient, RadiusConfig
 from bridge.core.credentials import normalize_username
 from bridge.core.policy import REJECT_SPREAD, Mode
 from bridge.core.types import Decision, Identity, Outcome, Reason
+from bridge.eap.packets import Code, EapPacket
 from bridge.logs import Throttle
 from bridge.radius import codec
 from bridge.radius.codec import MalformedPacket, Request
+from bridge.radius.eap import EapReply, EapResponder
 
 log = Logger(namespace="bridge.radius")
 
@@ -71,8 +73,10 @@ class RadiusProtocol(DatagramProtocol):
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
         setup_url: str | None = None,
+        eap: EapResponder | None = None,
     ) -> None:
         self._config = config
+        self.eap = eap  # None: no radius.eap certificate, EAP is refused
         self._setup_url = setup_url  # the portal, named in grace notices
         self._auth = authenticator
         self._clock = clock
@@ -176,7 +180,9 @@ class RadiusProtocol(DatagramProtocol):
                 self._drop(f"malformed.{exc.cause}", addr, "malformed packet")
             return
         if not request.has_message_authenticator and (
-            client.require_message_authenticator or code == codec.STATUS_SERVER
+            client.require_message_authenticator
+            or code == codec.STATUS_SERVER
+            or request.has_eap  # RFC 3579 3.3: discarded without one
         ):
             self._drop(
                 "missing-message-authenticator",
@@ -201,6 +207,13 @@ class RadiusProtocol(DatagramProtocol):
     ) -> None:
         caller = Caller("radius", f"{client.name}({addr[0]})", client.name)
         user = request.user_name or ""
+        if request.has_eap and self.eap is not None:
+            self._in_flight += 1
+            d_eap = self.eap.respond(request.eap_message, request.state, client, addr[0])
+            d_eap.addCallback(self._answer_eap, request, client, key, addr)
+            d_eap.addErrback(self._failed, request, client, key, addr)
+            d_eap.addBoth(self._landed)
+            return
         if request.has_chap or request.has_eap or request.password is None:
             decision = self._auth.refuse(user, Reason.UNSUPPORTED, caller)
             self._answer(decision, request, client, key, addr)
@@ -268,7 +281,45 @@ class RadiusProtocol(DatagramProtocol):
         else:
             code, message = codec.ACCESS_REJECT, reject_message(decision)
             self.counters["rejects"] += 1
-        reply = codec.encode_reply(request, client.secret, code, reply_message=message, state=state)
+        eap_failure = None
+        if request.has_eap:  # EAP refused, or failed inside: the peer is told at once
+            eap_failure = EapPacket(Code.FAILURE, _eap_identifier(request)).to_bytes()
+        reply = codec.encode_reply(
+            request,
+            client.secret,
+            code,
+            reply_message=message,
+            state=state,
+            eap_message=eap_failure,
+        )
+        self._deliver(code, key, addr, reply)
+
+    def _answer_eap(
+        self, reply: EapReply, request: Request, client: RadiusClient, key: CacheKey, addr: Address
+    ) -> None:
+        """An EAP round's reply: a challenge with the next EAP request, or the end."""
+        message = None
+        if reply.decision is not None and reply.code == codec.ACCESS_ACCEPT:
+            self.counters["accepts"] += 1
+            if reply.decision.days_left is not None:
+                message = days_left_message(reply.decision.days_left, self._setup_url)
+        elif reply.code == codec.ACCESS_REJECT:
+            self.counters["rejects"] += 1
+            message = reject_message(reply.decision) if reply.decision is not None else None
+        data = codec.encode_reply(
+            request,
+            client.secret,
+            reply.code,
+            reply_message=message,
+            state=reply.state,
+            eap_message=reply.eap_message,
+            mppe_keys=reply.keys,
+            random_bytes=self._random,
+        )
+        self._deliver(reply.code, key, addr, data)
+
+    def _deliver(self, code: int, key: CacheKey, addr: Address, reply: bytes) -> None:
+        """Send now, or, for a reject, reject_delay after the request arrived."""
         # A reject goes out reject_delay after the request *arrived*, not after the work
         # that decided it: an unknown user (a search) and a wrong password (a search and
         # a bind) take the same time, so the time tells nothing. No transport: the
@@ -357,6 +408,11 @@ class RadiusProtocol(DatagramProtocol):
             client=addr[0],
             what=what,
         )
+
+
+def _eap_identifier(request: Request) -> int:
+    """The identifier of the request's EAP packet (0 when it has none)."""
+    return request.eap_message[1] if len(request.eap_message) > 1 else 0
 
 
 def reject_message(decision: Decision) -> str | None:

@@ -360,6 +360,7 @@ def test_fields_are_decoded_from_a_pyrad_client_request() -> None:
         has_message_authenticator=True,
         has_chap=False,
         has_eap=False,
+        eap_message=b"",
         proxy_states=(b"first", b"0x41"),
         nas_identifier="vpn-1",
         nas_ip="192.0.2.7",
