@@ -54,6 +54,7 @@ def eapol(
     tls13: bool = True,
     outer: str = "anonymous",
     eap: str | None = None,
+    fragment_size: int | None = None,
 ) -> Run:
     """Run eapol_test for `user` with `password` (password+code) over `method`."""
     binary = require_binary("eapol_test")
@@ -68,10 +69,9 @@ def eapol(
         f'  ca_cert="{wifi.ca}"',
         f'  phase2="{phase2}"',
     ]
-    if not tls13:
-        lines.append('  phase1="tls_disable_tlsv1_3=1"')
-    else:
-        lines.append('  phase1="tls_disable_tlsv1_3=0"')
+    lines.append(f'  phase1="tls_disable_tlsv1_3={0 if tls13 else 1}"')
+    if fragment_size is not None:
+        lines.append(f"  fragment_size={fragment_size}")
     conf = wifi.bridge.workdir / f"eapol-{user}-{method}.conf"
     conf.write_text("\n".join([*lines, "}"]) + "\n", encoding="utf-8")
     port = wifi.bridge.config["radius"]["listen"].rsplit(":", 1)[1]
@@ -87,11 +87,11 @@ def eapol(
 def wifi(make_bridge: MakeBridge, tmp_path: Path) -> Callable[..., Wifi]:
     """A daemon with radius.eap configured (a test CA, a server certificate it issued)."""
 
-    def make(**radius: Any) -> Wifi:
+    def make(names: int = 1, **radius: Any) -> Wifi:
         ca = make_ca(tmp_path, "Wi-Fi Test CA")
-        certificate, key = make_server_cert(
-            ca, tmp_path, "radius", [x509.DNSName("radius.example.org")]
-        )
+        sans: list[x509.GeneralName] = [x509.DNSName("radius.example.org")]
+        sans += [x509.DNSName(f"ap{i:03d}.wifi.example.org") for i in range(names - 1)]
+        certificate, key = make_server_cert(ca, tmp_path, "radius", sans)
         eap = {"certificate": str(certificate), "key": str(key), "ca_file": str(ca.path)}
         return Wifi(make_bridge(mode="append", eap=eap, **radius), ca.path)
 
@@ -125,3 +125,84 @@ def test_password_and_code_accepted_with_working_keys(
         "activated",  # an enrolled user's first code
         "anonymous",
     )
+
+
+@pytest.fixture
+def net(wifi: Callable[..., Wifi]) -> Wifi:
+    return wifi()
+
+
+def wrong_code(secret: str) -> str:
+    return next(c for c in ("000000", "111111", "222222") if c != code_for(secret))
+
+
+@pytest.mark.parametrize("method", ["ttls", "peap"])
+def test_wrong_code_replayed_code_and_locked_user_are_rejected(net: Wifi, method: str) -> None:
+    """A wrong code, a code used once already, and a user locked after too many wrong
+    codes: each an EAP-Failure (eapol_test FAILURE), audited with its reason."""
+    secret = enroll(net.bridge, "erin")
+    code = code_for(secret)
+    assert eapol(net, "erin", "erin-pw" + code, method=method).success
+    replayed = eapol(net, "erin", "erin-pw" + code, method=method)
+    assert not replayed.success and "EAP-Failure" in replayed.output
+    for _ in range(2):  # with the replay, mfa.max_failures (3): locked
+        assert not eapol(net, "erin", "erin-pw" + wrong_code(secret), method=method).success
+    later = code_for(secret, 1)
+    assert not eapol(net, "erin", "erin-pw" + later, method=method).success
+    reasons = [line["reason"] for line in net.bridge.audit() if line["user"] == "erin"]
+    assert reasons == ["activated", "replay", "wrong-code", "wrong-code", "locked"]
+    listed = net.bridge.cli("user", "status", "erin", "--json")
+    assert json.loads(listed.stdout)["state"] == "locked"
+
+
+def test_grace_and_exempt_users_log_in_with_the_password_alone(net: Wifi) -> None:
+    """A user in the enrollment period and a member of the exempt group: password only."""
+    grace = eapol(net, "frank", "frank-pw")
+    assert grace.success and grace.keys_ok, grace.output[-2000:]
+    exempt = eapol(net, "dave", "dave-pw", method="peap")
+    assert exempt.success and exempt.keys_ok, exempt.output[-2000:]
+    reasons = {line["user"]: line["reason"] for line in net.bridge.audit()}
+    assert reasons == {"frank": "grace", "dave": "exempt"}
+
+
+def test_a_wrong_password_is_rejected_and_the_peer_told_nothing(net: Wifi) -> None:
+    """A wrong password: EAP-Failure, no Reply-Message, audited as bad-password."""
+    run = eapol(net, "grace", "not-her-password", method="peap")
+    assert not run.success
+    assert "Reply-Message" not in run.output
+    assert net.bridge.audit()[-1]["reason"] == "bad-password"
+
+
+def test_eap_md5_is_refused_with_the_method_named_in_the_log(net: Wifi) -> None:
+    """A supplicant set up for EAP-MD5 Naks TTLS without asking for PEAP: EAP-Failure,
+    audited as unsupported, and the log names the method it asked for."""
+    run = eapol(net, "heidi", "heidi-pw", eap="MD5")
+    assert not run.success
+    assert "EAP-Failure" in run.output
+    line = net.bridge.audit()[-1]
+    assert (line["reason"], line["user"]) == ("unsupported", "anonymous")
+    assert "MD5_CHALLENGE" in net.bridge.log()
+    assert "offered TTLS,PEAP" in net.bridge.log()
+
+
+def test_a_large_certificate_and_small_client_fragments(wifi: Callable[..., Wifi]) -> None:
+    """A certificate chain several EAP packets long, and a supplicant that cuts its own
+    messages into 100-octet fragments: both directions reassembled, keys confirmed."""
+    net = wifi(names=120)
+    assert len(Path(net.bridge.config["radius"]["eap"]["certificate"]).read_bytes()) > 4000
+    for method, tls13 in (("ttls", False), ("peap", True)):
+        run = eapol(net, "ivan", "ivan-pw", method=method, tls13=tls13, fragment_size=100)
+        assert run.success and run.keys_ok, run.output[-3000:]
+        assert "Flags 0xc0" in run.output  # the server's first fragment: L and M
+        assert "more fragments will follow" in run.output  # the supplicant's own
+
+
+def test_without_radius_eap_an_eap_request_gets_eap_failure(make_bridge: MakeBridge) -> None:
+    """No radius.eap: EAP is refused at once with EAP-Failure inside the reject, so the
+    supplicant gives up cleanly (not after a timeout)."""
+    bridge = make_bridge(mode="append")
+    run = eapol(Wifi(bridge, bridge.workdir / "none.pem"), "judy", "judy-pw")
+    assert not run.success
+    assert "EAP-Failure" in run.output
+    assert "could not extract EAP-Message" not in run.output
+    assert bridge.audit()[-1]["reason"] == "unsupported"
