@@ -387,8 +387,8 @@ def _mppe_attributes(
     recv, send = keys
     recv_salt = mppe.new_salt(random_bytes)
     send_salt = mppe.new_salt(random_bytes)
-    while send_salt == recv_salt:  # unique within the packet (RFC 2548 2.4.2)
-        send_salt = mppe.new_salt(random_bytes)
+    if send_salt == recv_salt:  # unique within the packet (RFC 2548 2.4.2)
+        send_salt = bytes((send_salt[0], send_salt[1] ^ 1))
     return mppe.vendor_attribute(
         mppe.MS_MPPE_RECV_KEY, mppe.encrypt_key(recv, secret, authenticator, recv_salt)
     ) + mppe.vendor_attribute(

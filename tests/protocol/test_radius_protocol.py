@@ -35,11 +35,15 @@ from bridge.config import parse_config
 from bridge.core.totp import code_at_step
 from bridge.core.types import Identity, LockReason, State, UserRecord
 from bridge.directory import Binder, BindResult, BindStatus, Plan
+from bridge.eap.machine import Challenge, MppeKeys, Step
+from bridge.eap.packets import Code, EapPacket, Type, parse, split_message
 from bridge.radius import codec, server
 from bridge.radius.codec import DICTIONARY
+from bridge.radius.eap import EapResponder
 from bridge.radius.server import PROMPT, RadiusProtocol
 from bridge.service import open_store, policy_from
 from bridge.store import SqliteStore
+from tests.eap_peer import Peer, server_side
 from tests.protocol.entries import alias, entries, entry_id
 
 NOW = 1_700_000_000  # the clock starts here: a fixed Unix time, so codes are reproducible
@@ -65,6 +69,7 @@ ACCEPT, REJECT, CHALLENGE = (
 )
 
 MESSAGE_AUTHENTICATOR, REPLY_MESSAGE, STATE, PROXY_STATE = 80, 18, 24, 33
+EAP_MESSAGE, VENDOR_SPECIFIC = 79, 26
 
 
 # --- fakes --------------------------------------------------------------------------------
@@ -151,6 +156,7 @@ def request(
     ident: int | None = None,
     authenticator: bytes | None = None,
     proxy_states: tuple[bytes, ...] = (),
+    eap: bytes | None = None,
     **attributes: Any,
 ) -> Req:
     """An Access-Request (or Status-Server) the way tests/harness.py builds one."""
@@ -168,6 +174,8 @@ def request(
         pkt[PROXY_STATE] = list(proxy_states)
     for name, value in attributes.items():
         pkt.AddAttribute(name.replace("_", "-"), value)
+    if eap is not None:
+        pkt[EAP_MESSAGE] = split_message(eap)
     if ma:
         pkt.add_message_authenticator()
     return Req(pkt, pkt.RequestPacket())
@@ -351,6 +359,7 @@ def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
         state_ttl: int = 120,
         exempt_users: tuple[str, ...] = (),
         jitter: bytes = b"\x00\x00",
+        eap: bool = False,
     ) -> Bridge:
         where = tmp_path / f"bridge-{len(made)}"
         config = parse_config(
@@ -418,7 +427,13 @@ def make_bridge(tmp_path: Path) -> Iterator[MakeBridge]:
         def random_bytes(count: int) -> bytes:  # States random, the reject's spread fixed
             return jitter if count == len(jitter) else os.urandom(count)
 
-        protocol = RadiusProtocol(config.radius, authenticator, clock, random_bytes=random_bytes)
+        responder = None
+        if eap:
+            context = server_side(tmp_path)[1]
+            responder = EapResponder(context, authenticator, clock)
+        protocol = RadiusProtocol(
+            config.radius, authenticator, clock, random_bytes=random_bytes, eap=responder
+        )
         transport = FakeTransport()
         protocol.makeConnection(transport)  # type: ignore[arg-type]
         bridge = Bridge(clock, directory, transport, protocol, store, audit_out)
@@ -1165,12 +1180,15 @@ def test_malformed_datagram_is_dropped_and_service_goes_on(
 def test_chap_and_eap_are_rejected_without_a_bind(
     bridge: Bridge, attributes: dict[str, Any]
 ) -> None:
-    """CHAP-Password or EAP-Message: Access-Reject with M-A first, the directory not asked."""
+    """CHAP-Password, or EAP-Message without radius.eap: Access-Reject with M-A first (and
+    EAP-Failure for EAP, so the supplicant stops at once), the directory not asked."""
     reply = bridge.exchange(request("alice", **attributes))
     assert reply.code == REJECT
     assert reply.attributes[0][0] == MESSAGE_AUTHENTICATOR
     assert not reply.has_message
     assert bridge.directory.calls == []
+    eap = [v for t, v in reply.attributes if t == EAP_MESSAGE]
+    assert eap == ([b"\x04\x01\x00\x04"] if "EAP_Message" in attributes else [])
 
 
 def test_chap_with_a_user_password_too_is_rejected_without_a_bind(bridge: Bridge) -> None:
@@ -1359,3 +1377,118 @@ def test_no_exception_escapes_datagram_received(make_bridge: MakeBridge) -> None
     assert counters["packets"] >= 300
     assert malformed_total(counters) > 0  # the fuzzing reached the decoder...
     assert counters.get("accepts", 0) + counters.get("rejects", 0) > 0  # ...and beyond it
+
+
+# --- EAP (SPEC section 10): the listener's side; the method itself in test_eap_machine ----
+
+
+@dataclass(frozen=True)
+class Ended:
+    """An EAP conversation's last RADIUS reply, as a supplicant's access point sees it."""
+
+    code: int
+    packet: EapPacket
+    keys: MppeKeys | None
+    reply: Reply
+
+
+class OverRadius:
+    """The EAP server's `respond`, answered by the RADIUS listener: the in-memory
+    supplicant of tests/eap_peer.py logs in through RadiusProtocol with it."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def respond(self, message: bytes, state: bytes | None, client: str) -> Step | Ended:
+        req = request("anonymous", state=state, eap=message)
+        reply = self.bridge.exchange(req)
+        packet = parse(b"".join(v for t, v in reply.attributes if t == EAP_MESSAGE))
+        if reply.code == CHALLENGE:
+            assert reply.state is not None
+            return Challenge(packet, reply.state)
+        keys = {}
+        for kind, value in reply.attributes:
+            if kind == VENDOR_SPECIFIC and value[:4] == (311).to_bytes(4, "big"):
+                keys[value[4]] = req.packet.SaltDecrypt(value[6:])
+        mppe = MppeKeys(recv=keys[17], send=keys[16]) if keys else None
+        return Ended(reply.code, packet, mppe, reply)
+
+
+@pytest.mark.parametrize("method", [Type.TTLS, Type.PEAP])
+def test_an_eap_login_ends_with_eap_success_and_the_keys_the_peer_derives(
+    make_bridge: MakeBridge, tmp_path: Path, method: Type
+) -> None:
+    """Every round a Challenge with a State; the accept carries EAP-Success and the MPPE
+    keys (decrypted by pyrad) equal to the peer's MSK halves; audited with the method."""
+    bridge = make_bridge(eap=True, mode="challenge")  # EAP is append mode whatever the mode
+    ca = next(tmp_path.glob("EAP-Test-CA.pem"))
+    peer = Peer(ca, "bob", "bob-pass" + bridge.code(), method)
+    over = OverRadius(bridge)
+    step = peer.login(over)  # type: ignore[arg-type]
+    if method is Type.PEAP:  # the Result TLV, answered
+        step, _ = peer.receive(over, step)  # type: ignore[arg-type]
+        answer = bytes((Code.RESPONSE,)) + peer.inner()[1:]
+        step = peer.flight(over, peer.seal(answer))  # type: ignore[arg-type]
+    assert isinstance(step, Ended)
+    assert (step.code, step.packet.code) == (ACCEPT, Code.SUCCESS)
+    material = peer.export(b"EXPORTER_EAP_TLS_Key_Material", bytes((method,)))
+    assert step.keys == MppeKeys(recv=material[:32], send=material[32:64])
+    audit = bridge.audit_lines()[-1]
+    assert audit["protocol"] == {Type.TTLS: "eap-ttls", Type.PEAP: "peap"}[method]
+    assert (audit["user"], audit["outer_identity"], audit["reason"]) == (
+        "bob",
+        "anonymous",
+        "accepted",
+    )
+
+
+def test_an_eap_reject_carries_eap_failure_after_the_reject_delay(
+    make_bridge: MakeBridge, tmp_path: Path
+) -> None:
+    """A wrong code inside the tunnel: Access-Reject with EAP-Failure, reject_delay after
+    the request that carried the password, and no Reply-Message before a right password."""
+    bridge = make_bridge(eap=True, reject_delay=1.0)
+    ca = next(tmp_path.glob("EAP-Test-CA.pem"))
+    peer = Peer(ca, "bob", "bob-pass000000" if bridge.code() != "000000" else "bob-pass111111")
+    over = OverRadius(bridge)
+    peer.handshake(over)  # type: ignore[arg-type]
+    sealed = peer.seal(peer.pap())
+    last = request("anonymous", state=peer.state, eap=peer.response(b"\x00" + sealed).to_bytes())
+    assert bridge.send(last.raw) == []  # waiting out the delay
+    assert bridge.advance(0.999) == []
+    replies = bridge.advance(0.001)
+    assert len(replies) == 1
+    reply = decode(last, replies[0])
+    assert reply.code == REJECT
+    eap = parse(b"".join(v for t, v in reply.attributes if t == EAP_MESSAGE))
+    assert eap == EapPacket(Code.FAILURE, peer.identifier)
+    assert bridge.audit_lines()[-1]["reason"] == "wrong-code"
+
+
+def test_eap_without_a_message_authenticator_is_dropped_even_for_legacy_clients(
+    make_bridge: MakeBridge,
+) -> None:
+    """RFC 3579 3.3: an Access-Request with EAP-Message and no Message-Authenticator is
+    silently discarded, whatever require_message_authenticator says for the client."""
+    bridge = make_bridge(eap=True)
+    identity = EapPacket(Code.RESPONSE, 1, Type.IDENTITY, b"anonymous").to_bytes()
+    req = request("anonymous", eap=identity, ma=False, secret=LEGACY_SECRET)
+    assert bridge.send(req.raw, LEGACY) == []
+    assert bridge.counters["dropped.missing-message-authenticator"] == 1
+
+
+def test_a_long_eap_request_is_joined_from_its_attributes(make_bridge: MakeBridge) -> None:
+    """An identity split over two EAP-Message attributes is read whole (the outer identity
+    of 300 octets comes back in the audit of the refusal that follows)."""
+    bridge = make_bridge(eap=True)
+    name = b"n" * 300
+    identity = EapPacket(Code.RESPONSE, 1, Type.IDENTITY, name).to_bytes()
+    first = bridge.exchange(request("anonymous", eap=identity))
+    assert first.code == CHALLENGE
+    start = parse(b"".join(v for t, v in first.attributes if t == EAP_MESSAGE))
+    assert (start.type, start.data) == (Type.TTLS, b"\x20")
+    md5 = EapPacket(Code.RESPONSE, start.identifier, Type.NAK, b"\x04").to_bytes()
+    refused = bridge.exchange(request("anonymous", state=first.state, eap=md5))
+    assert refused.code == REJECT
+    assert bridge.audit_lines()[-1]["outer_identity"] == "n" * 253
+    assert bridge.audit_lines()[-1]["reason"] == "unsupported"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import struct
 import threading
 
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyrad import packet as pyrad_packet
+from pyrad.dictionary import Dictionary
 
 from bridge.radius.codec import (
     ACCESS_ACCEPT,
@@ -686,3 +688,41 @@ def mutated(draw: st.DrawFn) -> bytes:
 def test_any_bytes_decode_or_raise_malformed(data: bytes) -> None:
     """For any input of 0..4200 octets decode_request returns or raises MalformedPacket only."""
     decode_or_malformed(data)
+
+
+def test_eap_messages_are_joined_and_split_and_mppe_keys_encrypted_for_the_nas() -> None:
+    """A request's EAP-Message attributes are joined in order; the reply's EAP packet is
+    split into 253-octet attributes after State, and the MS-MPPE keys open with pyrad."""
+    eap = bytes(range(256)) * 2 + b"tail"
+    body = attr(1, b"anonymous") + attr(79, eap[:253]) + attr(79, eap[253:506])
+    request = decode_request(with_ma_last(body + attr(79, eap[506:])), SECRET)
+    assert request.has_eap and request.eap_message == eap
+    recv, send = os.urandom(32), os.urandom(32)
+    reply = encode_reply(request, SECRET, ACCESS_ACCEPT, eap_message=eap, mppe_keys=(recv, send))
+    independent_checks(reply, request)
+    attributes = reply_attributes(reply)
+    assert [t for t, _ in attributes] == [80, 79, 79, 79, 26, 26]
+    assert [len(v) for t, v in attributes if t == 79] == [253, 253, len(eap) - 506]
+    assert b"".join(v for t, v in attributes if t == 79) == eap
+    opener = pyrad_packet.Packet(
+        secret=SECRET, authenticator=request.authenticator, dict=Dictionary()
+    )
+    vsas = {v[4]: v[6:] for t, v in attributes if t == 26 and v[:4] == b"\x00\x00\x01\x37"}
+    assert opener.SaltDecrypt(vsas[17]) == recv  # MS-MPPE-Recv-Key
+    assert opener.SaltDecrypt(vsas[16]) == send  # MS-MPPE-Send-Key
+    assert vsas[16][:2] != vsas[17][:2]  # a salt of its own each
+
+
+def test_same_random_salts_are_still_made_distinct() -> None:
+    """Even a random source that repeats itself gives the two keys different salts."""
+    request = decode_request(with_ma_last(attr(1, b"a") + attr(79, b"\x02\x01\x00\x04")), SECRET)
+    reply = encode_reply(
+        request,
+        SECRET,
+        ACCESS_ACCEPT,
+        eap_message=b"\x03\x01\x00\x04",
+        mppe_keys=(b"r" * 32, b"s" * 32),
+        random_bytes=lambda n: b"\x12" * n,
+    )
+    salts = [v[6:8] for t, v in reply_attributes(reply) if t == 26]
+    assert len(set(salts)) == 2 and all(s[0] & 0x80 for s in salts)
