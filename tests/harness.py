@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,16 @@ def code_for(secret_b32: str, offset_steps: int = 0) -> str:
     """The code an authenticator app shows now (or `offset_steps` steps from now)."""
     code: str = pyotp.TOTP(secret_b32).at(time.time() + 30 * offset_steps)
     return code
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `condition` (a log line, a datagram) until it holds or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 class RadiusReply:

@@ -15,23 +15,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_binary
-from tests.harness import REPO, Bridge, RadiusClient, free_tcp_port, scrape_metrics
+from tests.harness import REPO, Bridge, RadiusClient, free_tcp_port, scrape_metrics, wait_for
 
 pytestmark = pytest.mark.integration
 
 MakeBridge = Callable[..., Bridge]
 ClientFor = Callable[..., RadiusClient]
 UNIT = REPO / "systemd" / "mfa-bridge.service"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll `condition` (a log line, a datagram) until it holds or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # --- healthcheck ---------------------------------------------------------------------------

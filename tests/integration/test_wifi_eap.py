@@ -20,7 +20,7 @@ from cryptography import x509
 
 from tests.certs import make_ca, make_server_cert
 from tests.conftest import require_binary
-from tests.harness import Bridge, code_for
+from tests.harness import Bridge, code_for, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -206,3 +206,42 @@ def test_without_radius_eap_an_eap_request_gets_eap_failure(make_bridge: MakeBri
     assert "EAP-Failure" in run.output
     assert "could not extract EAP-Message" not in run.output
     assert bridge.audit()[-1]["reason"] == "unsupported"
+
+
+def test_a_certificate_not_issued_by_ca_file_stops_the_start(
+    make_bridge: MakeBridge, tmp_path: Path
+) -> None:
+    """radius.eap.ca_file names another CA: the daemon does not start, and says why."""
+    ours, theirs = make_ca(tmp_path, "Our CA"), make_ca(tmp_path, "Another CA")
+    certificate, key = make_server_cert(ours, tmp_path, "radius", [x509.DNSName("r.example")])
+    eap = {"certificate": str(certificate), "key": str(key), "ca_file": str(theirs.path)}
+    bridge = make_bridge(start=False, eap=eap)
+    result = bridge.cli("run")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"radius.eap: {certificate} is not issued by a CA in {theirs.path}" in result.stderr
+    eap["key"] = str(make_server_cert(ours, tmp_path, "other", [x509.DNSName("o")])[1])
+    eap["ca_file"] = str(ours.path)
+    mismatched = bridge.cli("run")
+    assert mismatched.returncode == 1
+    assert "radius.eap:" in mismatched.stderr and "key" in mismatched.stderr
+
+
+def test_a_renewed_certificate_is_taken_on_sighup(
+    wifi: Callable[..., Wifi], tmp_path: Path
+) -> None:
+    """The certificate files replaced and SIGHUP sent: new tunnels use the new certificate
+    (a supplicant that trusts only the new CA logs in); no restart."""
+    net = wifi()
+    assert eapol(net, "judy", "judy-pw").success
+    renewed = tmp_path / "renewed"
+    renewed.mkdir()
+    new_ca = make_ca(renewed, "Renewed CA")
+    certificate, key = make_server_cert(new_ca, renewed, "radius", [x509.DNSName("r.example")])
+    eap = net.bridge.config["radius"]["eap"]
+    Path(eap["certificate"]).write_bytes(certificate.read_bytes())
+    Path(eap["key"]).write_bytes(key.read_bytes())
+    eap["ca_file"] = str(new_ca.path)
+    net.bridge.reload()
+    assert wait_for(lambda: "config.reloaded" in net.bridge.log()), net.bridge.log()
+    assert eapol(Wifi(net.bridge, new_ca.path), "judy", "judy-pw").success
+    assert not eapol(net, "judy", "judy-pw").success  # the old CA no longer vouches for it

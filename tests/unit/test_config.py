@@ -875,6 +875,24 @@ def test_ldap_proxy_tls_problems(tmp_path: Path) -> None:
     )
 
 
+def test_radius_eap_needs_both_files_and_knows_its_keys(tmp_path: Path) -> None:
+    """radius.eap: certificate and key required and readable, ca_file optional, typos named."""
+    data = minimal()
+    data["radius"]["eap"] = {"certificate": "radius.crt", "keyfile": "radius.key"}
+    problems = problems_of(data, tmp_path)
+    assert problems[0] == "radius.eap.keyfile: unknown key (did you mean key?)"
+    assert problems[1].startswith(f"radius.eap.certificate: cannot read {tmp_path}")
+    assert problems[2] == "radius.eap.key: required"
+    data["radius"]["eap"] = {
+        "certificate": str(write(tmp_path / "radius.crt", "pem")),
+        "key": str(write(tmp_path / "radius.key", "pem")),
+    }
+    config = parse_config(data, tmp_path)
+    assert config.radius.eap is not None
+    assert (config.radius.eap.key, config.radius.eap.ca_file) == (tmp_path / "radius.key", None)
+    assert parse_config(minimal(), tmp_path).radius.eap is None
+
+
 # --- files and the default path -----------------------------------------------------------
 
 
@@ -990,6 +1008,7 @@ def test_example_config_has_only_known_keys(tmp_path: Path) -> None:
     assert config.ldap_proxy.tls is not None and config.ldap_proxy.require_tls
     assert config.demo is not None
     assert [c.require_message_authenticator for c in config.radius.clients] == [True, True, False]
+    assert config.radius.eap is not None and config.radius.eap.ca_file is not None
     assert config.store.path == Path("/var/lib/mfa-bridge/state.db")
 
 
