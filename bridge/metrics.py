@@ -83,6 +83,11 @@ class Metrics:
         """Export the RADIUS listener's packet counters (read when scraped)."""
         self.registry.register(_RadiusCollector(counters))
 
+    def watch_eap(self, rounds: Mapping[str, int], dropped: Mapping[str, int]) -> None:
+        """Export EAP's counters: rounds answered and conversations ended, and the
+        unfinished conversations dropped (expired, evicted), read when scraped."""
+        self.registry.register(_EapCollector(rounds, dropped))
+
     def watch_store(
         self, store: RecordStore, clock: Callable[[], float], worker: StoreWorker
     ) -> None:
@@ -109,6 +114,30 @@ class _RadiusCollector(Collector):
             elif name in ("packets", "access-requests", "status-server", "duplicates"):
                 packets.add_metric([name], value)
         yield packets
+        yield dropped
+
+
+class _EapCollector(Collector):
+    def __init__(self, counts: Mapping[str, int], dropped: Mapping[str, int]) -> None:
+        self._counts = counts
+        self._dropped = dropped
+
+    def collect(self) -> Iterator[Any]:
+        steps = CounterMetricFamily(
+            "mfa_bridge_eap_steps",
+            "EAP rounds answered with a challenge, and conversations ended, by kind",
+            labels=["kind"],
+        )
+        for kind in ("rounds", "accepts", "failures"):
+            steps.add_metric([kind], self._counts.get(kind, 0))
+        dropped = CounterMetricFamily(
+            "mfa_bridge_eap_conversations_dropped",
+            "Unfinished EAP conversations dropped: expired, or evicted at a bound",
+            labels=["cause"],
+        )
+        for cause in ("expired", "evicted-client", "evicted-total"):
+            dropped.add_metric([cause], self._dropped.get(cause, 0))
+        yield steps
         yield dropped
 
 

@@ -276,6 +276,8 @@ class Daemon:
             self.directory.on_latency = metrics.directory_seconds.observe
             self.directory.on_failover = lambda url: metrics.directory_failovers.labels(url).inc()
             metrics.watch_radius(self.radius.counters)
+            if self.radius.eap is not None:
+                metrics.watch_eap(self.radius.eap.counters, self.radius.eap.conversation_counters)
             metrics.watch_store(self.store, reactor.seconds, self.store_worker)
             listen = config.metrics
             self.service.addService(

@@ -20,7 +20,7 @@ from cryptography import x509
 
 from tests.certs import make_ca, make_server_cert
 from tests.conftest import require_binary
-from tests.harness import Bridge, code_for, wait_for
+from tests.harness import Bridge, code_for, free_tcp_port, scrape_metrics, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -87,13 +87,13 @@ def eapol(
 def wifi(make_bridge: MakeBridge, tmp_path: Path) -> Callable[..., Wifi]:
     """A daemon with radius.eap configured (a test CA, a server certificate it issued)."""
 
-    def make(names: int = 1, **radius: Any) -> Wifi:
+    def make(names: int = 1, change: Any = None, **radius: Any) -> Wifi:
         ca = make_ca(tmp_path, "Wi-Fi Test CA")
         sans: list[x509.GeneralName] = [x509.DNSName("radius.example.org")]
         sans += [x509.DNSName(f"ap{i:03d}.wifi.example.org") for i in range(names - 1)]
         certificate, key = make_server_cert(ca, tmp_path, "radius", sans)
         eap = {"certificate": str(certificate), "key": str(key), "ca_file": str(ca.path)}
-        return Wifi(make_bridge(mode="append", eap=eap, **radius), ca.path)
+        return Wifi(make_bridge(mode="append", eap=eap, change=change, **radius), ca.path)
 
     return make
 
@@ -173,9 +173,15 @@ def test_a_wrong_password_is_rejected_and_the_peer_told_nothing(net: Wifi) -> No
     assert net.bridge.audit()[-1]["reason"] == "bad-password"
 
 
-def test_eap_md5_is_refused_with_the_method_named_in_the_log(net: Wifi) -> None:
+def test_eap_md5_is_refused_with_the_method_named_in_the_log(
+    wifi: Callable[..., Wifi],
+) -> None:
     """A supplicant set up for EAP-MD5 Naks TTLS without asking for PEAP: EAP-Failure,
-    audited as unsupported, and the log names the method it asked for."""
+    audited as unsupported, and the log names the method it asked for. The metrics
+    count EAP's rounds, accepts and failures."""
+    port = free_tcp_port()
+    net = wifi(change=lambda c: c.update(metrics={"listen": f"127.0.0.1:{port}"}))
+    assert eapol(net, "heidi", "heidi-pw").success
     run = eapol(net, "heidi", "heidi-pw", eap="MD5")
     assert not run.success
     assert "EAP-Failure" in run.output
@@ -183,6 +189,13 @@ def test_eap_md5_is_refused_with_the_method_named_in_the_log(net: Wifi) -> None:
     assert (line["reason"], line["user"]) == ("unsupported", "anonymous")
     assert "MD5_CHALLENGE" in net.bridge.log()
     assert "offered TTLS,PEAP" in net.bridge.log()
+    metrics = scrape_metrics(f"127.0.0.1:{port}")
+    assert metrics['mfa_bridge_eap_steps_total{kind="accepts"}'] == 1
+    assert metrics['mfa_bridge_eap_steps_total{kind="failures"}'] == 1
+    assert metrics['mfa_bridge_eap_steps_total{kind="rounds"}'] >= 4
+    assert metrics['mfa_bridge_eap_conversations_dropped_total{cause="expired"}'] == 0
+    grace = 'mfa_bridge_decisions_total{client="127.0.0.1/32",outcome="accept",'
+    assert metrics[grace + 'protocol="eap-ttls",reason="grace"}'] == 1
 
 
 def test_a_large_certificate_and_small_client_fragments(wifi: Callable[..., Wifi]) -> None:
