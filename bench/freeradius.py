@@ -103,7 +103,7 @@ modules {{
         moddir = {work}
         filename = {work}/users
     }}
-}}
+{eap_module}}}
 
 server default {{
     listen {{
@@ -111,29 +111,80 @@ server default {{
         ipaddr = 127.0.0.1
         port = {port}
     }}
-    authorize {{
-        if (&User-Password =~ /^(.+)([0-9]{{6}})$/) {{
-            update request {{
-                &TOTP-Password := "%{{2}}"
-                &User-Password := "%{{1}}"
-            }}
-        }}
-        else {{
+{default_server}}}
+{inner_tunnel}"""
+
+# PAP with the code appended: split in unlang, LDAP search + bind, then rlm_totp.
+PAP_SERVER = """\
+    authorize {
+        if (&User-Password =~ /^(.+)([0-9]{6})$/) {
+            update request {
+                &TOTP-Password := "%{2}"
+                &User-Password := "%{1}"
+            }
+        }
+        else {
             reject
-        }}
+        }
         files
         ldap
-        update control {{
+        update control {
             &Auth-Type := 'LDAP_TOTP'
-        }}
-    }}
-    authenticate {{
-        Auth-Type LDAP_TOTP {{
+        }
+    }
+    authenticate {
+        Auth-Type LDAP_TOTP {
             ldap
             totp
-        }}
-    }}
-}}
+        }
+    }
+"""
+
+# EAP-TTLS terminated by the eap module; the inner PAP goes to PAP_SERVER's policy.
+EAP_MODULE = """\
+    eap {
+        default_eap_type = ttls
+        timer_expire = 60
+        ignore_unknown_eap_types = no
+        max_sessions = 4096
+        tls-config tls-common {
+            private_key_file = %(key)s
+            certificate_file = %(certificate)s
+            ca_file = %(ca)s
+            cipher_list = "DEFAULT"
+            tls_min_version = "1.2"
+            tls_max_version = "%(tls_max)s"
+            ecdh_curve = ""
+            fragment_size = 1024
+            cache {
+                enable = no
+            }
+            verify {
+            }
+            ocsp {
+                enable = no
+            }
+        }
+        ttls {
+            tls = tls-common
+            copy_request_to_tunnel = no
+            use_tunneled_reply = no
+            virtual_server = "inner-tunnel"
+        }
+    }
+"""
+
+EAP_SERVER = """\
+    authorize {
+        eap {
+            ok = return
+        }
+    }
+    authenticate {
+        Auth-Type EAP {
+            eap
+        }
+    }
 """
 
 
@@ -151,7 +202,10 @@ class FreeRadius:
         bind_password: str,
         base_dn: str,
         secrets: dict[str, str],
+        eap: dict[str, str] | None = None,
     ) -> None:
+        """`eap`: certificate, key, ca (PEM paths) and tls_max ("1.2" or "1.3") to serve
+        EAP-TTLS/PAP instead of plain PAP."""
         self.work = work
         self.port = port
         host, _, ldap_port = ldap_url.removeprefix("ldap://").partition(":")
@@ -169,6 +223,9 @@ class FreeRadius:
                 bind_dn=bind_dn,
                 bind_password=bind_password,
                 base_dn=base_dn,
+                eap_module=EAP_MODULE % eap if eap else "",
+                default_server=EAP_SERVER if eap else PAP_SERVER,
+                inner_tunnel="\nserver inner-tunnel {\n" + PAP_SERVER + "}\n" if eap else "",
             )
         )
         (work / "users").write_text(
