@@ -98,12 +98,24 @@ class EapResponder:
         return self._server.conversations.counters
 
     def respond(
-        self, message: bytes, state: bytes | None, client: RadiusClient, address: str
+        self,
+        message: bytes,
+        state: bytes | None,
+        client: RadiusClient,
+        address: str,
+        user_name: str = "",
     ) -> Deferred[EapReply]:
-        """The reply to one Access-Request's EAP-Message (and State, after the first)."""
-        return self._reply(self._server.respond(message, state, address), client, address)
+        """The reply to one Access-Request's EAP-Message (and State, after the first).
 
-    def _reply(self, step: Step, client: RadiusClient, address: str) -> Deferred[EapReply]:
+        `user_name` is the request's User-Name (the NAS copies the outer identity there):
+        the name audited when a conversation fails before it is known.
+        """
+        step = self._server.respond(message, state, address)
+        return self._reply(step, client, address, user_name)
+
+    def _reply(
+        self, step: Step, client: RadiusClient, address: str, user_name: str = ""
+    ) -> Deferred[EapReply]:
         if isinstance(step, Challenge):
             self.counters["rounds"] += 1
             return succeed(
@@ -117,7 +129,7 @@ class EapResponder:
             reply = EapReply(codec.ACCESS_ACCEPT, step.packet.to_bytes(), keys=keys)
             return succeed(_with(reply, accepted))
         if isinstance(step, Failure):
-            return succeed(self._failed(step, client, address))
+            return succeed(self._failed(step, client, address, user_name))
         return self._verify(step, client, address)
 
     def _verify(self, step: Verify, client: RadiusClient, address: str) -> Deferred[EapReply]:
@@ -141,15 +153,17 @@ class EapResponder:
         d = self._auth.login(credentials.user_name, credentials.password, Mode.APPEND, caller)
         return d.addCallback(decided).addErrback(broken)
 
-    def _failed(self, step: Failure, client: RadiusClient, address: str) -> EapReply:
+    def _failed(
+        self, step: Failure, client: RadiusClient, address: str, user_name: str
+    ) -> EapReply:
         """EAP-Failure; audited and logged here unless a password decision ended it."""
         self.counters["failures"] += 1
         if step.decided:
             return EapReply(codec.ACCESS_REJECT, step.packet.to_bytes())
         tunnel = step.tunnel
         reason = Reason.UNSUPPORTED if step.refused_method else Reason.EAP_ERROR
-        user = (tunnel.inner_user or tunnel.outer_identity) if tunnel is not None else ""
-        caller = _caller(tunnel, client, address)
+        user = (tunnel.inner_user or tunnel.outer_identity) if tunnel is not None else user_name
+        caller = _caller(tunnel, client, address, user_name)
         decision = self._auth.refuse(user, reason, caller)
         if self._throttle.allow((reason, address)):
             log.warn(
@@ -162,10 +176,12 @@ class EapResponder:
         return EapReply(codec.ACCESS_REJECT, step.packet.to_bytes(), decision=decision)
 
 
-def _caller(tunnel: Tunnel | None, client: RadiusClient, address: str) -> Caller:
+def _caller(
+    tunnel: Tunnel | None, client: RadiusClient, address: str, user_name: str = ""
+) -> Caller:
     where = f"{client.name}({address})"
     if tunnel is None:
-        return Caller("eap", where, client.name)
+        return Caller("eap", where, client.name, outer_identity=user_name or None)
     return Caller(tunnel.protocol, where, client.name, outer_identity=tunnel.outer_identity)
 
 

@@ -209,7 +209,7 @@ class RadiusProtocol(DatagramProtocol):
         user = request.user_name or ""
         if request.has_eap and self.eap is not None:
             self._in_flight += 1
-            d_eap = self.eap.respond(request.eap_message, request.state, client, addr[0])
+            d_eap = self.eap.respond(request.eap_message, request.state, client, addr[0], user)
             d_eap.addCallback(self._answer_eap, request, client, key, addr)
             d_eap.addErrback(self._failed, request, client, key, addr)
             d_eap.addBoth(self._landed)

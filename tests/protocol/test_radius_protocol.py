@@ -1492,3 +1492,19 @@ def test_a_long_eap_request_is_joined_from_its_attributes(make_bridge: MakeBridg
     assert refused.code == REJECT
     assert bridge.audit_lines()[-1]["outer_identity"] == "n" * 253
     assert bridge.audit_lines()[-1]["reason"] == "unsupported"
+
+
+def test_an_eap_round_with_an_unknown_state_is_refused_and_audited(
+    make_bridge: MakeBridge,
+) -> None:
+    """A State no conversation holds (expired, another server's): EAP-Failure at once,
+    audited as eap-error under the request's User-Name; the next login is unaffected."""
+    bridge = make_bridge(eap=True)
+    stray = EapPacket(Code.RESPONSE, 9, Type.TTLS, b"\x00").to_bytes()
+    reply = bridge.exchange(request("walter", state=b"s" * 16, eap=stray))
+    assert reply.code == REJECT
+    assert [v for t, v in reply.attributes if t == EAP_MESSAGE] == [b"\x04\x09\x00\x04"]
+    line = bridge.audit_lines()[-1]
+    assert (line["user"], line["protocol"], line["reason"]) == ("walter", "eap", "eap-error")
+    identity = EapPacket(Code.RESPONSE, 1, Type.IDENTITY, b"anonymous").to_bytes()
+    assert bridge.exchange(request("anonymous", eap=identity)).code == CHALLENGE

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 
 from bridge.eap import peap
@@ -229,3 +231,28 @@ def test_a_peap_peer_that_naks_gtc_is_refused(server: EapServer, ca: Path) -> No
     peer.receive(server, step)
     step = peer.flight(server, peer.seal(bytes((Type.NAK, Type.MSCHAPV2))))
     assert isinstance(step, Failure) and "MSCHAPV2" in step.why
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    first=st.binary(max_size=40),
+    data=st.binary(max_size=300),
+    flags=st.sampled_from([0x00, 0x40, 0x80, 0xC0, 0x20, 0x07]),
+    kind=st.sampled_from([Type.TTLS, Type.PEAP, Type.NAK, Type.IDENTITY, 254]),
+)
+def test_whatever_a_peer_sends_the_server_answers_and_never_raises(
+    server: EapServer, ca: Path, *, first: bytes, data: bytes, flags: int, kind: int
+) -> None:
+    """Random EAP packets, first and in the middle of a handshake: a step, never an
+    exception, and a failure leaves no conversation behind for it."""
+    assert isinstance(server.respond(first, None, CLIENT), (Challenge, Failure))
+    peer = Peer(ca, "carol", "pw")
+    peer.start(server)
+    before = len(server.conversations)
+    packet = EapPacket(Code.RESPONSE, peer.identifier, kind, bytes((flags,)) + data)
+    step = server.respond(packet.to_bytes(), peer.state, CLIENT)
+    assert isinstance(step, (Challenge, Failure))
+    if isinstance(step, Failure):
+        assert len(server.conversations) == before - 1
