@@ -141,21 +141,22 @@ def measured(pid: int, slapd_pid: int, go: Any) -> Run:
     return run
 
 
-def handshake_share(pid: int, go: Any, work: Path) -> str:
+def handshake_share(pid: int, go: Any, seconds: float, work: Path) -> str:
     """py-spy's samples of the bridge during `go()`: the share under bridge/eap/tls.py."""
     spy = shutil.which("py-spy")
     if spy is None:
         return "py-spy not installed: handshake share not measured"
     raw = work / "profile.txt"
+    command = [spy, "record", "-p", str(pid), "-r", "200", "-d", str(int(seconds) + 2)]
+    command += ["-f", "raw", "-o", str(raw), "--nonblocking"]
     recorder = subprocess.Popen(
-        [spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(raw), "--nonblocking"],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     time.sleep(1.0)
     go()
-    recorder.terminate()
-    recorder.wait(30)
+    recorder.wait(60)  # it writes the profile when its duration is over
     total = tls = inner = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -300,7 +301,7 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
         if args.profile:
             next_step()
             port, pid = servers["mfa-bridge"]
-            out += ["", "- " + handshake_share(pid, lambda: go(port), work)]
+            out += ["", "- " + handshake_share(pid, lambda: go(port), args.seconds, work)]
     finally:
         bridge.stop()
         radius.stop()
