@@ -37,14 +37,19 @@ sys.path.insert(0, str(REPO))
 
 from cryptography import x509  # noqa: E402
 
-from bench.freeradius import FreeRadius  # noqa: E402
-from bench.run import bridge_config, cpu_seconds, import_secrets, next_step  # noqa: E402
-from bridge.core.totp import code_at_step, encode_secret, new_secret  # noqa: E402
+from bench.run import (  # noqa: E402
+    SECRET,
+    bridge_config,
+    cpu_seconds,
+    freeradius_for,
+    import_secrets,
+    next_step,
+    population,
+)
+from bridge.core.totp import code_at_step  # noqa: E402
 from tests.certs import make_ca, make_server_cert  # noqa: E402
 from tests.harness import Bridge, free_udp_port  # noqa: E402
-from tests.slapd import Slapd, SlapdUser  # noqa: E402
 
-SECRET = "bench-radius-secret-0123456789"  # noqa: S105 - a throwaway test secret
 STEP = 30
 
 
@@ -190,29 +195,11 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
     confs.mkdir()
     ca = make_ca(work, "Bench Wi-Fi CA")
     certificate, key = make_server_cert(ca, work, "radius", [x509.DNSName("radius.bench")])
-    users = [SlapdUser(f"user{i:06d}", f"pw-{i:06d}") for i in range(args.users)]
-    secrets = {u.uid: new_secret() for u in users}
-    slapd = Slapd(work / "slapd", users=users, stats_log=False)
-    slapd.start()
-    radius = FreeRadius(
-        work / "freeradius",
-        port=free_udp_port(),
-        secret=SECRET,
-        ldap_url=slapd.url,
-        bind_dn=slapd.service_dn,
-        bind_password=slapd.service_password,
-        base_dn=slapd.people_dn,
-        secrets={u: encode_secret(k) for u, k in secrets.items()},
-        eap={
-            "certificate": str(certificate),
-            "key": str(key),
-            "ca": str(ca.path),
-            "tls_max": args.tls,
-        },
-    )
+    users, secrets, slapd = population(work, args.users)
+    eap = {"certificate": str(certificate), "key": str(key), "ca": str(ca.path)}
+    radius = freeradius_for(slapd, secrets, work, {**eap, "tls_max": args.tls})
     config = bridge_config(slapd, work / "bridge", free_udp_port())
     config["radius"]["eap"] = {"certificate": str(certificate), "key": str(key)}
-    config["radius"]["clients"][0]["secret"] = SECRET
     bridge = Bridge(work / "bridge", config)
     out: list[str] = []
     try:

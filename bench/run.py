@@ -155,12 +155,20 @@ def import_secrets(bridge: Bridge, secrets: dict[str, bytes], work: Path) -> flo
     return took
 
 
-def side_by_side(args: argparse.Namespace, work: Path, out: list[str]) -> None:
-    users = [SlapdUser(f"user{i:06d}", f"pw-{i:06d}") for i in range(args.users)]
+def population(work: Path, count: int) -> tuple[list[SlapdUser], dict[str, bytes], Slapd]:
+    """`count` users with TOTP secrets, in a throwaway slapd (started)."""
+    users = [SlapdUser(f"user{i:06d}", f"pw-{i:06d}") for i in range(count)]
     secrets = {u.uid: new_secret() for u in users}
     slapd = Slapd(work / "slapd", users=users, stats_log=False)
     slapd.start()
-    radius = FreeRadius(
+    return users, secrets, slapd
+
+
+def freeradius_for(
+    slapd: Slapd, secrets: dict[str, bytes], work: Path, eap: dict[str, str] | None = None
+) -> FreeRadius:
+    """FreeRADIUS doing the bridge's job against `slapd`, with the same secrets."""
+    return FreeRadius(
         work / "freeradius",
         port=free_udp_port(),
         secret=SECRET,
@@ -169,7 +177,13 @@ def side_by_side(args: argparse.Namespace, work: Path, out: list[str]) -> None:
         bind_password=slapd.service_password,
         base_dn=slapd.people_dn,
         secrets={u: encode_secret(k) for u, k in secrets.items()},
+        eap=eap,
     )
+
+
+def side_by_side(args: argparse.Namespace, work: Path, out: list[str]) -> None:
+    users, secrets, slapd = population(work, args.users)
+    radius = freeradius_for(slapd, secrets, work)
     bridge = Bridge(work / "bridge", bridge_config(slapd, work / "bridge", free_udp_port()))
     try:
         radius.check()

@@ -19,6 +19,7 @@ from bridge.audit import AuditLog
 from bridge.core.credentials import normalize_username
 from bridge.core.identity import name_key, name_keys
 from bridge.core.policy import (
+    Access,
     Attempt,
     Mode,
     Policy,
@@ -33,6 +34,7 @@ from bridge.core.policy import (
 from bridge.core.totp import guard_tag
 from bridge.core.types import Decision, Identity, Outcome, Reason, UserRecord
 from bridge.directory import Binder, BindResult, BindStatus, Plan
+from bridge.ldapdn import DnKey
 from bridge.logs import Throttle
 from bridge.store import RecordStore, StoreUnavailableError
 from bridge.store.batching import ReadBatcher, WriteBatcher
@@ -80,11 +82,26 @@ class LoginOutcome:
     password: str | None = field(default=None, repr=False)  # never in a repr or a log
     identity: Identity | None = None  # the entry, for an accept or a challenge
     server: str | None = None
+    groups: frozenset[DnKey] = frozenset()  # the configured groups it is in, for replies
 
     @property
     def dn(self) -> str | None:
         """The DN the directory accepted the password for."""
         return self.identity.dn if self.identity is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRules:
+    """What a RADIUS client allows (SPEC 11), applied to each login through it."""
+
+    name: str  # the client's configured name: remembered devices are per client
+    allowed_groups: frozenset[DnKey] = frozenset()  # empty: every user
+    mfa: bool = True
+    remember_seconds: int = 0
+
+    def allows(self, groups: frozenset[DnKey]) -> bool:
+        """Whether a member of `groups` may log in through this client."""
+        return not self.allowed_groups or bool(self.allowed_groups & groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +158,9 @@ class Authenticator:
         self._accepted_binds = _Recent(limit=65_536)
         self._throttle = Throttle(clock.seconds)  # log lines about the store being down
         self.stopping = False  # shutting down: the directory is being closed under logins
+        # The configured groups of an entry (Directory.memberships_of), for an accept
+        # decided after its bind: a challenge's answer. None: no group is configured.
+        self.memberships: Callable[[Identity], Deferred[BindResult]] | None = None
 
     def reconfigure(self, policy: Policy, exempt_users: frozenset[str]) -> None:
         """New MFA rules and exempt users, for logins that start from now on (SIGHUP)."""
@@ -168,6 +188,8 @@ class Authenticator:
         *,
         code: str | None = None,
         rebind: Rebind | None = None,
+        rules: ClientRules | None = None,
+        device: str | None = None,
     ) -> Deferred[LoginOutcome]:
         """`login`, also saying whose entry it was and which password the directory took.
 
@@ -175,6 +197,8 @@ class Authenticator:
         on the connection it keeps for the session, so the login costs one bind. `code`
         is a code given in a field of its own (the portal), `field` then the password.
         `rebind`: the LDAP proxy's client, which may repeat a bind it was accepted with.
+        `rules`: the RADIUS client's (SPEC 11); `device` its Calling-Station-Id, by which
+        a device is remembered when the client's `remember_seconds` says so.
         """
         started = self._clock.seconds()
         username = normalize_username(raw_username)
@@ -201,6 +225,7 @@ class Authenticator:
             exempt = name_key(identity.name) in self._exempt_users or result.in_exempt_group
 
             macs: list[bytes | None] = []  # the bind's keyed hash, from the last decision
+            devices: list[bytes | None] = []  # the device's, likewise
 
             def decide(current: UserRecord | None) -> tuple[UserRecord | None, Verdict]:
                 # Decided here, on the record as written (after the password was bound), so
@@ -212,6 +237,8 @@ class Authenticator:
                 if mac is not None and current is not None and self._rebinds(mac, identity):
                     verdict = conclude_rebind(current, identity, self._now())
                     return verdict.record, verdict
+                device_mac = self._device_mac(identity, rules, device, current)
+                devices[:] = [device_mac]
                 verdict = conclude(
                     current,
                     identity,
@@ -220,28 +247,38 @@ class Authenticator:
                     can_challenge=mode is not Mode.APPEND,
                     now=self._now(),
                     policy=self._policy,
+                    access=self._access(rules, result.groups, identity, device_mac),
                 )
-                if mac is not None and verdict.decision.reason in _CODE_ACCEPTS:
-                    self._accepted_binds.put(mac, self._now() + RECENT_SECONDS)
+                if verdict.decision.reason in _CODE_ACCEPTS:
+                    for key in (mac, device_mac):
+                        if key is not None:
+                            self._accepted_binds.put(key, self._now() + RECENT_SECONDS)
                 return verdict.record, verdict
 
             if self._writes is None:
                 verdict = self._store.update_seen(identity.entry_id, chosen.record, decide)
-                return written(verdict, chosen, result, macs)
+                return written(verdict, chosen, result, macs, devices)
             d = self._writes.update_seen(identity.entry_id, chosen.record, decide)
-            return d.addCallback(written, chosen, result, macs)
+            return d.addCallback(written, chosen, result, macs, devices)
 
         def written(
-            verdict: Verdict, chosen: _Plan, result: BindResult, macs: list[bytes | None]
+            verdict: Verdict,
+            chosen: _Plan,
+            result: BindResult,
+            macs: list[bytes | None],
+            devices: list[bytes | None],
         ) -> LoginOutcome:
             decision = self._audit(verdict.decision, caller, started, username)
-            if rebind is not None and rebind.seconds > 0 and decision.reason in _CODE_ACCEPTS:
-                mac = macs[0] if macs else None
-                if mac is not None:
-                    self._remember(mac, chosen.identity, rebind.seconds)
+            if decision.reason in _CODE_ACCEPTS:  # a code spent: remember the bind, the device
+                if rebind is not None and rebind.seconds > 0 and macs and macs[0]:
+                    self._remember(macs[0], chosen.identity, rebind.seconds)
+                if rules is not None and devices and devices[0]:
+                    self._remember(devices[0], chosen.identity, rules.remember_seconds)
             if decision.accepted:
                 password = chosen.attempt.password
-                return LoginOutcome(decision, password, chosen.identity, result.server)
+                return LoginOutcome(
+                    decision, password, chosen.identity, result.server, result.groups
+                )
             if decision.outcome is Outcome.CHALLENGE:
                 return LoginOutcome(decision, identity=chosen.identity, server=result.server)
             return LoginOutcome(decision)
@@ -304,6 +341,35 @@ class Authenticator:
         parts = (identity.entry_id, client, guard_tag(record.secret).hex(), field)
         return self._store.mac(b"rebind", *(part.encode() for part in parts))
 
+    def _access(
+        self,
+        rules: ClientRules | None,
+        groups: frozenset[DnKey],
+        identity: Identity,
+        device_mac: bytes | None,
+    ) -> Access:
+        """What the client allows this user: its groups, its MFA, a remembered device."""
+        if rules is None:
+            return Access()
+        remembered = device_mac is not None and self._rebinds(device_mac, identity)
+        return Access(allowed=rules.allows(groups), mfa=rules.mfa, remembered=remembered)
+
+    def _device_mac(
+        self,
+        identity: Identity,
+        rules: ClientRules | None,
+        device: str | None,
+        record: UserRecord | None,
+    ) -> bytes | None:
+        """What a device is remembered by: entry, client, device and the key's tag (hashed);
+        None when the client remembers no devices or the login names none."""
+        if rules is None or rules.remember_seconds <= 0 or not device:
+            return None
+        if record is None or record.secret is None:
+            return None
+        parts = (identity.entry_id, rules.name, device.lower(), guard_tag(record.secret).hex())
+        return self._store.mac(b"device", *(part.encode() for part in parts))
+
     def _remember(self, mac: bytes, identity: Identity, seconds: int) -> None:
         """An LDAP bind accepted with a fresh code: the same one may come again, for a while."""
         now = self._now()
@@ -342,22 +408,35 @@ class Authenticator:
             self._writes.remember_challenge(row)
 
     def answer_state(
-        self, state: bytes, raw_username: str, client: str, code: str, caller: Caller
-    ) -> Deferred[Decision]:
+        self,
+        state: bytes,
+        raw_username: str,
+        client: str,
+        code: str,
+        caller: Caller,
+        *,
+        rules: ClientRules | None = None,
+        device: str | None = None,
+    ) -> Deferred[LoginOutcome]:
         """Decide the answer to a challenge: a State issued (by any instance sharing the
-        store), not yet answered, unexpired, for this client and this user."""
+        store), not yet answered, unexpired, for this client and this user. An accept
+        names the entry and its groups (for the reply attributes); a device is
+        remembered as after an appended code."""
         started = self._clock.seconds()
 
-        def answer(challenge: ChallengeRow | None) -> Decision | Deferred[Decision]:
+        def answer(challenge: ChallengeRow | None) -> LoginOutcome | Deferred[LoginOutcome]:
             if (
                 challenge is None
                 or challenge.client != client
                 or not self.same_user(raw_username, challenge.username)
             ):
-                return self.refuse(raw_username, Reason.BAD_STATE, caller)
+                return LoginOutcome(self.refuse(raw_username, Reason.BAD_STATE, caller))
             owner = Identity(challenge.entry_id, challenge.name, challenge.dn)
-            decided = self._worker.run(self._store.update, owner.entry_id, self._check(owner, code))
-            return decided.addCallback(self._audit, caller, started, challenge.username)
+            devices: list[bytes | None] = []
+            check = self._check(owner, code, rules, device, devices)
+            decided = self._worker.run(self._store.update, owner.entry_id, check)
+            decided.addCallback(self._audit, caller, started, challenge.username)
+            return decided.addCallback(self._answered, owner, rules, devices)
 
         queued = self._writes.take_queued_challenge(state) if self._writes else None
         if queued is not None:
@@ -366,9 +445,33 @@ class Authenticator:
             )
         else:
             taken = self._worker.run(self._store.take_challenge, state, started)
-        decided: Deferred[Decision] = taken.addCallback(answer)
-        decided.addErrback(self._store_down_decision, raw_username, caller, started)
+        decided: Deferred[LoginOutcome] = taken.addCallback(answer)
+        decided.addErrback(self._store_down, raw_username, caller, started)
         return decided
+
+    def _answered(
+        self,
+        decision: Decision,
+        owner: Identity,
+        rules: ClientRules | None,
+        devices: list[bytes | None],
+    ) -> LoginOutcome | Deferred[LoginOutcome]:
+        """A challenge's answer decided: remember the device, find the groups to reply with."""
+        if not decision.accepted:
+            return LoginOutcome(decision)
+        if rules is not None and devices and devices[0]:
+            self._remember(devices[0], owner, rules.remember_seconds)
+        if self.memberships is None:
+            return LoginOutcome(decision, identity=owner)
+
+        def grouped(result: BindResult) -> LoginOutcome:
+            return LoginOutcome(decision, identity=owner, groups=result.groups)
+
+        def unknown(failure: Failure) -> LoginOutcome:  # the accept stands; no group replies
+            log.failure("auth.groups-after-challenge", failure)
+            return LoginOutcome(decision, identity=owner)
+
+        return self.memberships(owner).addCallbacks(grouped, unknown)
 
     def _store_down(
         self, failure: Failure, username: str, caller: Caller, started: float
@@ -390,14 +493,21 @@ class Authenticator:
         return self._audit(decision, caller, started)
 
     def _check(
-        self, owner: Identity, code: str
+        self,
+        owner: Identity,
+        code: str,
+        rules: ClientRules | None,
+        device: str | None,
+        devices: list[bytes | None],
     ) -> Callable[[UserRecord | None], tuple[UserRecord | None, Decision]]:
-        """The decision on a code given in answer to a challenge (the password was checked)."""
+        """The decision on a code given in answer to a challenge (the password was checked).
+        The device's keyed hash goes to `devices`, from the record as written."""
 
         def decide(current: UserRecord | None) -> tuple[UserRecord | None, Decision]:
             if current is None:
                 return None, rejected(owner.name, Reason.BAD_STATE)
             verdict = check_code(current, code, now=self._now(), policy=self._policy)
+            devices[:] = [self._device_mac(owner, rules, device, verdict.record)]
             return verdict.record, verdict.decision
 
         return decide

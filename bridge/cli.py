@@ -107,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config or default_config_path())
         if args.command == "check-config":
+            from bridge.radius.replies import compile_replies  # noqa: PLC0415
+
+            compile_replies(config.radius)  # names and types against the dictionary
             for warning in config.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
             from bridge.budget import ensure_descriptors  # noqa: PLC0415

@@ -93,6 +93,19 @@ class RadiusClient:
     secret: bytes  # shared secret, UTF-8 encoded
     require_message_authenticator: bool  # defaults to radius.require_message_authenticator
     name: str  # for logs; defaults to str(network)
+    mode: str | None = None  # append | challenge | auto; None: radius.mode (SPEC 11)
+    mfa: bool = True  # `mfa: off`: the password alone decides, for gear that cannot do MFA
+    allowed_groups: tuple[str, ...] = ()  # group DNs; empty: every user may log in here
+    remember_seconds: int = 0  # a device (Calling-Station-Id) after a code: password alone
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRule:
+    """Attributes an Access-Accept carries when its user and client match (SPEC 11)."""
+
+    attributes: tuple[tuple[str, object], ...]  # (name, value) in order; checked in radius/
+    group: str | None = None  # a group DN; None: every user
+    clients: tuple[str, ...] = ()  # radius.clients names; empty: every client
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +129,8 @@ class RadiusConfig:
     state_ttl: int = 120  # seconds a challenge State stays valid
     clients: tuple[RadiusClient, ...] = ()  # no two overlap
     eap: EapConfig | None = None  # absent: EAP-Message requests are rejected
+    replies: tuple[ReplyRule, ...] = ()  # every matching rule applies, in order
+    dictionaries: tuple[Path, ...] = ()  # FreeRADIUS-format files beside the shipped one
 
 
 @dataclass(frozen=True, slots=True)
@@ -865,6 +880,8 @@ _RADIUS_KEYS: Final = (
     "state_ttl",
     "clients",
     "eap",
+    "replies",
+    "dictionaries",
 )
 _CLIENT_KEYS: Final = (
     "name",
@@ -872,7 +889,13 @@ _CLIENT_KEYS: Final = (
     "secret",
     "secret_file",
     "require_message_authenticator",
+    "mode",
+    "mfa",
+    "allowed_groups",
+    "remember_seconds",
 )
+_MODES: Final = ("append", "challenge", "auto")
+_REMEMBER_LIMIT: Final = 30 * 86_400  # a month: a device is asked for a code again after
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -911,6 +934,12 @@ def _radius_client(
         )
     rma = m.boolean("require_message_authenticator", default_rma)
     name = m.string("name", str(network))
+    mode = m.choice("mode", _MODES, "auto") if m.get("mode") is not None else None
+    mfa = m.choice("mfa", ("required", "off"), "required") == "required"
+    allowed = _dn_list(m, "allowed_groups")
+    remember = m.integer("remember_seconds", 0, 0, _REMEMBER_LIMIT)
+    if not mfa and remember:
+        m.error("remember_seconds", "has no effect with mfa: off (no code is ever asked)")
     if network is None or len(report.problems) > before:
         return network, None
     client = RadiusClient(
@@ -918,6 +947,10 @@ def _radius_client(
         secret=secret.encode("utf-8"),
         require_message_authenticator=rma,
         name=name,
+        mode=mode,
+        mfa=mfa,
+        allowed_groups=allowed,
+        remember_seconds=remember,
     )
     return network, client
 
@@ -957,16 +990,71 @@ def _radius(report: _Report, data: Mapping[object, object]) -> RadiusConfig:
     m = _Map(report, "radius", data, _RADIUS_KEYS)
     host, port = m.listen("listen", "127.0.0.1:1812")
     default_rma = m.boolean("require_message_authenticator", True)
+    clients = _radius_clients(m, default_rma)
     return RadiusConfig(
         listen_host=host,
         listen_port=port,
-        mode=m.choice("mode", ("append", "challenge", "auto"), _DEFAULT_RADIUS.mode),
+        mode=m.choice("mode", _MODES, _DEFAULT_RADIUS.mode),
         require_message_authenticator=default_rma,
         reject_delay=m.number("reject_delay", _DEFAULT_RADIUS.reject_delay, 0, 10),
         state_ttl=m.integer("state_ttl", _DEFAULT_RADIUS.state_ttl, 10, 600),
-        clients=_radius_clients(m, default_rma),
+        clients=clients,
         eap=_eap(report, eap) if (eap := m.section("eap")) is not None else None,
+        replies=_replies(m, {client.name for client in clients}),
+        dictionaries=_files(m, "dictionaries"),
     )
+
+
+def _files(m: _Map, key: str) -> tuple[Path, ...]:
+    """A list of readable files, resolved against the config file's directory."""
+    paths = []
+    for index, text in enumerate(m.str_list(key)):
+        path = m.report.resolve(text)
+        if (problem := _file_problem(path)) is not None:
+            m.error(f"{key}[{index}]", problem)
+        paths.append(path)
+    return tuple(paths)
+
+
+def _replies(m: _Map, client_names: set[str]) -> tuple[ReplyRule, ...]:
+    """radius.replies: each a mapping of group (optional), clients (optional) and
+    attributes (name: value, or name: [values]); names and types are checked against the
+    dictionary by the RADIUS layer (`bridge.radius.replies`)."""
+    value = m.get("replies")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        m.error("replies", f"must be a list of rules, got {_kind(value)}")
+        return ()
+    rules = []
+    for index, item in enumerate(value):
+        path = m.sub(f"replies[{index}]")
+        if not isinstance(item, dict):
+            m.report.error(path, f"must be a mapping with attributes, got {_kind(item)}")
+            continue
+        r = _Map(m.report, path, item, ("group", "clients", "attributes"))
+        group = r.string("group") or None
+        if group is not None and (problem := _dn_problem(group)):
+            r.error("group", problem)
+        clients = r.str_list("clients")
+        for position, name in enumerate(clients):
+            if name not in client_names:
+                close = difflib.get_close_matches(name, sorted(client_names), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                r.error(f"clients[{position}]", f"no radius.clients entry is named {name!r}{hint}")
+        attributes = r.get("attributes")
+        if not isinstance(attributes, dict) or not attributes:
+            r.error("attributes", "required: a mapping of attribute names to values")
+            continue
+        pairs: list[tuple[str, object]] = []
+        for name, given in attributes.items():
+            for one in given if isinstance(given, list) else [given]:
+                if not isinstance(one, (str, int)) or isinstance(one, bool):
+                    r.error(f"attributes.{name}", f"must be a string or a number, got {_kind(one)}")
+                    continue
+                pairs.append((str(name), one))
+        rules.append(ReplyRule(tuple(pairs), group, tuple(clients)))
+    return tuple(rules)
 
 
 def _eap(report: _Report, data: Mapping[object, object]) -> EapConfig | None:

@@ -38,6 +38,7 @@ from twisted.python.threadpool import ThreadPool
 from bridge.config import DirectoryConfig
 from bridge.core.identity import id_text
 from bridge.core.types import Identity
+from bridge.ldapdn import DnKey, dn_key
 
 log = Logger(namespace="bridge.directory")
 
@@ -66,6 +67,7 @@ class BindResult:
     identity: Identity | None = None  # the entry the name resolved to, once found
     in_exempt_group: bool = False
     server: str | None = None
+    groups: frozenset[DnKey] = frozenset()  # of the configured groups, those it is in
 
     @property
     def dn(self) -> str | None:
@@ -95,6 +97,18 @@ def group_query(config: DirectoryConfig, dn: str, name: str) -> str:
     return config.group_filter.replace("{dn}", escape_filter_chars(dn)).replace(
         "{username}", escape_filter_chars(name)
     )
+
+
+def _union(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
+    """The DNs of both, each once (compared as DNs), in order."""
+    seen: set[DnKey | str] = set()
+    out = []
+    for dn in (*first, *second):
+        key = dn_key(dn) or dn
+        if key not in seen:
+            seen.add(key)
+            out.append(dn)
+    return tuple(out)
 
 
 class NoEntryIdError(Exception):
@@ -359,9 +373,13 @@ class _Server:
             return None
         return identity_of(found[0][0], found[0][1], self._config, username)
 
-    async def member_of_any(self, dn: str, username: str, groups: tuple[str, ...]) -> bool:
-        """Whether `dn` is a member of one of `groups` (a base search on each)."""
+    async def memberships(
+        self, dn: str, username: str, groups: tuple[str, ...]
+    ) -> frozenset[DnKey]:
+        """Which of `groups` `dn` is a member of: a base search on each with group_filter
+        (each tests one entry, so no index is needed; nested groups are the filter's)."""
         query = group_query(self._config, dn, username)
+        found = set()
         for group in groups:
             try:
                 _kind, entries = await self._search(group, ldap.SCOPE_BASE, query, 1, ["1.1"])
@@ -369,9 +387,9 @@ class _Server:
                 continue
             except ldap.LDAPError as exc:
                 raise UnavailableError(_describe(exc)) from exc
-            if any(entry_dn for entry_dn, _attrs in entries):
-                return True
-        return False
+            if any(entry_dn for entry_dn, _attrs in entries) and (key := dn_key(group)):
+                found.add(key)
+        return frozenset(found)
 
     async def bind(self, dn: str, password: str) -> bool:
         """Whether the directory accepts `password` for `dn`: one simple bind."""
@@ -451,14 +469,16 @@ class Directory:
         exempt_groups: tuple[str, ...],
         reactor: Any,  # IReactorFDSet, IReactorTime and IReactorFromThreads
         *,
+        groups: tuple[str, ...] = (),  # besides the exempt ones: allowed, replies (SPEC 11)
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._exempt_groups = exempt_groups
+        self._groups = _union(exempt_groups, groups)
         self._monotonic = monotonic
         self._down_until: dict[str, float] = {}
         self._entries = _Expiring(config.cache_ttl, monotonic)  # typed name -> Identity
-        self._exempt = _Expiring(config.cache_ttl, monotonic)
+        self._members = _Expiring(config.cache_ttl, monotonic)  # DN -> memberships
         self._no_id_logged = float("-inf")
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="directory-connect")
         self._servers = {url: _Server(url, config, reactor, self.pool) for url in config.urls}
@@ -473,12 +493,18 @@ class Directory:
         """Groups whose members need no code."""
         return self._exempt_groups
 
-    @exempt_groups.setter
-    def exempt_groups(self, groups: tuple[str, ...]) -> None:
-        """New exempt groups (SIGHUP): remembered memberships are dropped if they changed."""
-        if groups != self._exempt_groups:
-            self._exempt_groups = groups
-            self._exempt = _Expiring(self._config.cache_ttl, self._monotonic)
+    @property
+    def has_groups(self) -> bool:
+        """Whether any group is configured (exempt, allowed or in a reply rule)."""
+        return bool(self._groups)
+
+    def set_groups(self, exempt: tuple[str, ...], others: tuple[str, ...] = ()) -> None:
+        """New exempt groups and other groups of interest (SIGHUP): remembered
+        memberships are dropped if they changed."""
+        groups = _union(exempt, others)
+        if (exempt, groups) != (self._exempt_groups, self._groups):
+            self._exempt_groups, self._groups = exempt, groups
+            self._members = _Expiring(self._config.cache_ttl, self._monotonic)
 
     def start(self) -> None:
         """Start the thread that opens connections, and the operation deadline checks."""
@@ -516,6 +542,15 @@ class Directory:
     def resolve(self, username: str) -> Deferred[BindResult]:
         """Find `username`'s entry without binding (attaching records from before 8)."""
         return _start(self._resolve(username))
+
+    def memberships_of(self, identity: Identity) -> Deferred[BindResult]:
+        """The configured groups `identity` is in (remembered for `cache_ttl`), for a
+        login decided in a later round than its bind: a challenge's answer."""
+        return _start(self._failover(lambda server: self._groups_of(server, identity)))
+
+    async def _groups_of(self, server: _Server, identity: Identity) -> BindResult:
+        groups = await self._memberships(server, identity)
+        return BindResult(BindStatus.OK, identity, server=server.url, groups=groups)
 
     def probe(self) -> Deferred[BindResult]:
         """Open connections to the first server that answers (start-up, health checks)."""
@@ -601,17 +636,22 @@ class Directory:
                 identity = fresh
         if not ok:
             return BindResult(BindStatus.BAD_PASSWORD, identity, server=server.url)
-        exempt = await self._is_exempt(server, identity)
-        return BindResult(BindStatus.OK, identity, in_exempt_group=exempt, server=server.url)
+        groups = await self._memberships(server, identity)
+        exempt = any(dn_key(group) in groups for group in self._exempt_groups)
+        return BindResult(
+            BindStatus.OK, identity, in_exempt_group=exempt, server=server.url, groups=groups
+        )
 
-    async def _is_exempt(self, server: _Server, identity: Identity) -> bool:
-        if not self._exempt_groups:
-            return False
-        exempt: bool | None = self._exempt.get(identity.dn)
-        if exempt is None:
-            exempt = await server.member_of_any(identity.dn, identity.name, self._exempt_groups)
-            self._exempt.put(identity.dn, exempt)
-        return exempt
+    async def _memberships(self, server: _Server, identity: Identity) -> frozenset[DnKey]:
+        """The configured groups the entry is in: looked up once per `cache_ttl`, for the
+        exemption, the clients' allowed groups and the reply rules alike."""
+        if not self._groups:
+            return frozenset()
+        groups: frozenset[DnKey] | None = self._members.get(identity.dn)
+        if groups is None:
+            groups = await server.memberships(identity.dn, identity.name, self._groups)
+            self._members.put(identity.dn, groups)
+        return groups
 
     def _no_entry_id(self, dn: str, server: _Server) -> BindResult:
         """An entry without the id attribute: refused, and the admin told how to fix it."""

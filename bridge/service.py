@@ -38,6 +38,7 @@ from bridge.portal.flows import Portal
 from bridge.portal.sessions import AttemptLimiter, Sessions
 from bridge.portal.web import Limits, make_site
 from bridge.radius.eap import EapResponder, eap_context
+from bridge.radius.replies import Replies, compile_replies
 from bridge.radius.server import RadiusProtocol
 from bridge.store import RecordStore
 from bridge.store import open_store as open_configured_store
@@ -233,7 +234,10 @@ class Daemon:
         self.store_worker = worker = StoreWorker(reactor, threaded=self.store.remote)
         writes = WriteBatcher(self.store, reactor, worker)
         self.service.addService(StoreService(self.store, writes, worker))
-        self.directory = Directory(config.directory, config.mfa.exempt_groups, reactor)
+        replies = compile_replies(config.radius)
+        self.directory = Directory(
+            config.directory, config.mfa.exempt_groups, reactor, groups=groups_of(config, replies)
+        )
         self.directory_service = DirectoryService(self.directory, reactor)
         self.service.addService(self.directory_service)
         # Stopped after the listeners, before the directory closes under what is left.
@@ -252,12 +256,15 @@ class Daemon:
             self.authenticator.upgrading = True
             upgrade = Upgrade(self.store, self.directory, reactor, self._upgraded)
             self.directory_service.reached.addCallback(_then, upgrade.start)
+        if self.directory.has_groups:
+            self.authenticator.memberships = self.directory.memberships_of
         self.radius = RadiusProtocol(
             config.radius,
             self.authenticator,
             reactor,
             setup_url=public_url,
             eap=self._eap(config.radius.eap, reactor),
+            replies=replies,
         )
         # The longest a login waits: a search and a bind at each server, in turn.
         drain_seconds = 2 * config.directory.timeout * len(config.directory.urls) + 1.0
@@ -307,7 +314,7 @@ class Daemon:
     def _upgraded(self) -> None:
         self.authenticator.upgrading = False
 
-    def reload(self, new: Config) -> list[str]:
+    def reload(self, new: Config, replies: Replies | None = None) -> list[str]:
         """Apply what can change while running; returns the changed settings that cannot.
 
         RADIUS clients, secrets, mode and timings, the MFA rules and exemptions, the
@@ -318,14 +325,18 @@ class Daemon:
         # The TOTP step numbers the replay guard remembers: never changed under it.
         policy = policy_from(replace(new, mfa=replace(new.mfa, step=started.mfa.step)))
         public_url = new.portal.public_url if new.portal is not None else None
-        self.radius.reconfigure(new.radius, setup_url=public_url)
+        replies = replies if replies is not None else compile_replies(new.radius)
+        self.radius.reconfigure(new.radius, setup_url=public_url, replies=replies)
         if new.radius.eap is not None and self.radius.eap is not None:
             try:  # a renewed certificate, for the tunnels that start from now on
                 self.radius.eap.use(eap_context(new.radius.eap))
             except TlsSetupError as exc:
                 log.warn("reload.eap-certificate: {error}; the current one stays", error=exc)
         self.authenticator.reconfigure(policy, frozenset(new.mfa.exempt_users))
-        self.directory.exempt_groups = new.mfa.exempt_groups
+        self.directory.set_groups(new.mfa.exempt_groups, groups_of(new, replies))
+        self.authenticator.memberships = (
+            self.directory.memberships_of if self.directory.has_groups else None
+        )
         self.audit.setup_url = public_url
         self.audit.reopen()  # logrotate moves the file and sends SIGHUP
         if self.portal is not None:
@@ -363,6 +374,13 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     return changed
 
 
+def groups_of(config: Config, replies: Replies) -> tuple[str, ...]:
+    """The groups a login looks up besides the exempt ones: the clients' allowed groups
+    and the reply rules' (SPEC 11); one lookup per user serves them all."""
+    allowed = (dn for client in config.radius.clients for dn in client.allowed_groups)
+    return tuple(dict.fromkeys((*allowed, *replies.groups)))
+
+
 def _but_the_url(portal: PortalConfig | None) -> PortalConfig | None:
     return replace(portal, public_url=None) if portal is not None else None
 
@@ -371,6 +389,7 @@ def reload_config(daemon: Daemon, path: Path) -> bool:
     """Re-read the config file (SIGHUP); a config with errors is logged and not used."""
     try:
         new = load_config(path)
+        replies = compile_replies(new.radius)
     except ConfigError as exc:
         problems = exc.problems
     else:
@@ -380,7 +399,7 @@ def reload_config(daemon: Daemon, path: Path) -> bool:
             log.error("config.reload-rejected problem={problem}", problem=problem)
         log.error("config.reload-rejected: the running config stays in force")
         return False
-    pending = daemon.reload(new)
+    pending = daemon.reload(new, replies)
     set_level(new.log.level)
     if pending:
         log.warn(

@@ -42,6 +42,18 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class Access:
+    """What the client a login came through allows (SPEC 11), found out by the caller."""
+
+    allowed: bool = True  # in one of the client's allowed_groups, or it has none
+    mfa: bool = True  # False: the client's `mfa: off`, the password alone decides
+    remembered: bool = False  # this device was accepted with a code lately
+
+
+EVERYONE = Access()
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """The password to bind with, and the code that came with it (if any)."""
 
@@ -113,16 +125,26 @@ def conclude(
     can_challenge: bool,
     now: int,
     policy: Policy,
+    access: Access = EVERYONE,
 ) -> Verdict:
     """Decide a login whose password the directory has just accepted.
 
     `owner` is the entry the login resolved to; its record is `record` (None: none yet).
+    The client's `access` comes first: a user outside its allowed groups is refused
+    whatever their state; `mfa: off` accepts without touching the record; a remembered
+    device of an active user is accepted without a code (one sent is not checked).
     """
     username = owner.name
     before = record.state if record else None
     seen = record
     if record is not None and record.username != username:  # renamed in the directory
         record = record.evolve(username=username)
+    if not access.allowed:
+        decision = Decision(Outcome.REJECT, Reason.NOT_ALLOWED, username, before, before)
+        return Verdict(_authenticated(decision), record, changed=record is not seen)
+    if not access.mfa:
+        decision = Decision(Outcome.ACCEPT, Reason.MFA_OFF, username, before, before)
+        return Verdict(_authenticated(decision), record, changed=record is not seen)
     if exempt:
         decision = Decision(Outcome.ACCEPT, Reason.EXEMPT, username, before, State.EXEMPT)
         return Verdict(_authenticated(decision), record, changed=record is not seen)
@@ -143,6 +165,9 @@ def conclude(
     changed = current is not seen
     if current.state is State.LOCKED:
         return Verdict(_locked(current, before), current, changed)
+    if access.remembered and current.state is State.ACTIVE:
+        decision = Decision(Outcome.ACCEPT, Reason.REMEMBERED, username, before, State.ACTIVE)
+        return Verdict(_authenticated(decision), current, changed)
     if attempt.code is not None and current.secret is not None:
         return check_code(current, attempt.code, now=now, policy=policy, before=before)
     if current.state is State.GRACE or (

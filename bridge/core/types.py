@@ -40,6 +40,8 @@ class Reason(StrEnum):
     GRACE = "grace"  # password only, inside the enrollment period
     EXEMPT = "exempt"  # exempt user or group: password only
     REBIND = "rebind"  # an app's bind again with a password+code it was just accepted with
+    REMEMBERED = "remembered"  # a device accepted with a code lately: the password alone
+    MFA_OFF = "mfa-off"  # a client with `mfa: off`: the password alone decides
     CHALLENGED = "challenged"  # correct password, code asked for
     EMPTY_PASSWORD = "empty-password"  # noqa: S105 - a reason, not a password
     BAD_USERNAME = "bad-username"
@@ -52,6 +54,7 @@ class Reason(StrEnum):
     CODE_REQUIRED = "code-required"  # append mode, enrolled user sent no code
     NOT_ENROLLED = "not-enrolled"  # enrollment_days 0 and no secret
     LOCKED = "locked"
+    NOT_ALLOWED = "not-allowed"  # right password, not in the client's allowed_groups
     BAD_STATE = "bad-state"  # challenge State unknown, expired, reused or misbound
     UNSUPPORTED = "unsupported"  # CHAP, an EAP method not offered, no password
     EAP_ERROR = "eap-error"  # malformed EAP or TLS, a failed handshake, a conversation lost

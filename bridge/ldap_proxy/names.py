@@ -1,54 +1,15 @@
-"""Bind DNs to user names, and DNs compared the way a directory compares them.
-
-Parsing is python-ldap's (OpenLDAP's `ldap_str2dn`, RFC 4514 escapes included); no DN
-is ever built by string concatenation here.
-"""
+"""Bind DNs to user names (DNs compared as `bridge.ldapdn` compares them)."""
 
 from __future__ import annotations
 
-import functools
 import re
 
 import ldap
-import ldap.dn
 
-DnKey = tuple[tuple[tuple[str, str], ...], ...]
+from bridge.ldapdn import dn_key, key_of, parse_dn
 
 # `(attr={username})` anywhere in the user filter: the attribute a user DN is named by.
 _NAMING_ATTRIBUTE = re.compile(r"\(\s*([A-Za-z][A-Za-z0-9-]*)\s*=\s*\{username\}\s*\)")
-
-
-def parse_dn(text: str) -> list[list[tuple[str, str, int]]] | None:
-    """RDNs of `text` (most specific first), or None when it is not a DN."""
-    try:
-        rdns: list[list[tuple[str, str, int]]] = ldap.dn.str2dn(text)
-    except (ldap.DECODING_ERROR, TypeError, ValueError):
-        return None
-    return rdns
-
-
-def _key(rdns: list[list[tuple[str, str, int]]]) -> DnKey:
-    """Attribute names and values case-folded, AVAs of a multi-valued RDN in order."""
-    return tuple(
-        tuple(sorted((attr.lower(), value.casefold()) for attr, value, _flags in rdn))
-        for rdn in rdns
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def dn_key(text: str) -> DnKey | None:
-    """A comparable form of the DN `text` (case-insensitive), or None when not a DN.
-
-    Remembered for the last few thousand DNs: a bind compares its DN twice or more.
-    """
-    rdns = parse_dn(text)
-    return None if rdns is None else _key(rdns)
-
-
-def same_dn(a: str, b: str) -> bool:
-    """Whether two DNs name the same entry (case-insensitively, escapes resolved)."""
-    key_a = dn_key(a)
-    return key_a is not None and key_a == dn_key(b)
 
 
 def naming_attribute(user_filter: str) -> str | None:
@@ -80,7 +41,7 @@ class UserMapper:
         attr, value, flags = rdns[0][0]
         if attr.lower() != self.attribute or flags & ldap.AVA_BINARY:
             return None
-        parent = _key(rdns[1:])
+        parent = key_of(rdns[1:])
         if len(parent) < len(self._base) or parent[len(parent) - len(self._base) :] != self._base:
             return None
         return value

@@ -54,9 +54,10 @@ from bridge.directory import Binder, UnavailableError
 from bridge.ldap_proxy.ber import BindRequest, bind_response, parse_bind_request
 from bridge.ldap_proxy.framing import FramingError, operation_tag, pdu_size
 from bridge.ldap_proxy.login import LoginResult
-from bridge.ldap_proxy.names import DnKey, UserMapper, dn_key, same_dn
+from bridge.ldap_proxy.names import UserMapper
 from bridge.ldap_proxy.tls import server_tls_options
 from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailableError, no_delay
+from bridge.ldapdn import DnKey, dn_key, same_dn
 from bridge.logs import Throttle
 
 log = Logger(namespace="bridge.ldap")

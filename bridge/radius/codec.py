@@ -67,6 +67,7 @@ _MESSAGE_AUTHENTICATOR: Final = 80
 _NAS_IP_ADDRESS: Final = 4
 _REPLY_MESSAGE: Final = 18
 _NAS_IDENTIFIER: Final = 32
+_CALLING_STATION_ID: Final = 31
 _ZERO16: Final = bytes(16)
 _MA_PLACEHOLDER: Final = bytes((_MESSAGE_AUTHENTICATOR, 18)) + _ZERO16
 _HEADER: Final = struct.Struct("!BBH")
@@ -135,6 +136,7 @@ class Request:
     proxy_states: tuple[bytes, ...]  # in the order received
     nas_identifier: str | None
     nas_ip: str | None
+    calling_station_id: str | None = None  # the device (a MAC address, a phone's IP)
 
 
 def peek_header(data: bytes) -> tuple[int, int, bytes]:
@@ -272,6 +274,7 @@ def decode_request(data: bytes, secret: bytes) -> Request:
         proxy_states=tuple(proxy_states),
         nas_identifier=nas_identifier,
         nas_ip=nas_ip,
+        calling_station_id=_text(first.get(_CALLING_STATION_ID), "Calling-Station-Id"),
     )
 
 
@@ -324,12 +327,14 @@ def encode_reply(
     eap_message: bytes | None = None,
     mppe_keys: tuple[bytes, bytes] | None = None,
     random_bytes: Callable[[int], bytes] = os.urandom,
+    attributes: bytes = b"",
 ) -> bytes:
     """The reply datagram: Message-Authenticator first, then Reply-Message, State, Proxy-State.
 
     `eap_message` goes out split over EAP-Message attributes (RFC 3579 3.1), and
     `mppe_keys` (receive, send) as MS-MPPE-Recv-Key and MS-MPPE-Send-Key, encrypted with
     the secret and the request authenticator under fresh salts (RFC 2548 2.4).
+    `attributes` are encoded ones added as they are (the reply rules of SPEC 11).
 
     A long Reply-Message is split over several attributes, and left out if it would take
     the reply past 4096 octets; the request's Proxy-State attributes are copied
@@ -346,12 +351,13 @@ def encode_reply(
     if state is not None and not 1 <= len(state) <= MAX_VALUE_LENGTH:
         raise ValueError(f"State must be 1..{MAX_VALUE_LENGTH} octets, not {len(state)}")
 
-    attributes = bytearray(_MA_PLACEHOLDER)
+    out = bytearray(_MA_PLACEHOLDER)
     message = b"".join(
         bytes((_REPLY_MESSAGE, len(chunk) + 2)) + chunk
         for chunk in _split_text(reply_message or "")
     )
     after = b"" if state is None else bytes((_STATE, len(state) + 2)) + state
+    after += attributes
     if eap_message is not None:
         after += b"".join(
             bytes((_EAP_MESSAGE, len(chunk) + 2)) + chunk for chunk in split_message(eap_message)
@@ -359,19 +365,19 @@ def encode_reply(
     if mppe_keys is not None:
         after += _mppe_attributes(mppe_keys, secret, request.authenticator, random_bytes)
     carried = sum(len(p) + 2 for p in request.proxy_states)
-    fixed = HEADER_LENGTH + len(attributes) + carried + len(after)
+    fixed = HEADER_LENGTH + len(out) + carried + len(after)
     if fixed + len(message) <= MAX_PACKET_LENGTH:  # else the decision goes out without it
-        attributes += message
-    attributes += after
+        out += message
+    out += after
     for proxy_state in request.proxy_states:
-        attributes += bytes((_PROXY_STATE, len(proxy_state) + 2)) + proxy_state
-    header = _HEADER.pack(code, request.identifier, HEADER_LENGTH + len(attributes))
-    signed = header + request.authenticator + attributes
-    attributes[2:18] = hmac.digest(secret, signed, "md5")  # RFC 3579 s3.2, request auth.
+        out += bytes((_PROXY_STATE, len(proxy_state) + 2)) + proxy_state
+    header = _HEADER.pack(code, request.identifier, HEADER_LENGTH + len(out))
+    signed = header + request.authenticator + out
+    out[2:18] = hmac.digest(secret, signed, "md5")  # RFC 3579 s3.2, request auth.
     response = hashlib.md5(  # noqa: S324 - RFC 2865 s3 mandates MD5
-        header + request.authenticator + attributes + secret
+        header + request.authenticator + out + secret
     ).digest()
-    data = header + response + bytes(attributes)
+    data = header + response + bytes(out)
     if len(data) > MAX_PACKET_LENGTH:
         raise ValueError(f"reply of {len(data)} octets exceeds {MAX_PACKET_LENGTH}")
     return data

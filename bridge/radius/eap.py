@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure as TwistedFailure
 
-from bridge.auth import Authenticator, Caller
+from bridge.auth import Authenticator, Caller, ClientRules, LoginOutcome
 from bridge.certificates import TlsSetupError, load_chain, load_key
 from bridge.config import EapConfig, RadiusClient
 from bridge.core.policy import Mode
@@ -29,6 +29,7 @@ from bridge.eap.conversations import Conversations
 from bridge.eap.machine import Challenge, EapServer, Failure, Step, Success, Tunnel, Verify
 from bridge.eap.packets import Code, EapPacket
 from bridge.eap.tls import server_context
+from bridge.ldapdn import DnKey
 from bridge.logs import Throttle
 from bridge.radius import codec
 
@@ -46,6 +47,7 @@ class EapReply:
     state: bytes | None = None  # Access-Challenge: the conversation's next State
     keys: tuple[bytes, bytes] | None = field(default=None, repr=False)  # (recv, send)
     decision: Decision | None = None  # the inner password's, for the Reply-Message
+    groups: frozenset[DnKey] = frozenset()  # the user's configured groups: reply rules
 
 
 def eap_context(config: EapConfig) -> SSL.Context:
@@ -104,18 +106,20 @@ class EapResponder:
         client: RadiusClient,
         address: str,
         user_name: str = "",
+        *,
+        rules: ClientRules | None = None,
+        device: str | None = None,
     ) -> Deferred[EapReply]:
         """The reply to one Access-Request's EAP-Message (and State, after the first).
 
         `user_name` is the request's User-Name (the NAS copies the outer identity there):
-        the name audited when a conversation fails before it is known.
+        the name audited when a conversation fails before it is known. `rules` and
+        `device` are the client's and the Calling-Station-Id, as for PAP.
         """
         step = self._server.respond(message, state, address)
-        return self._reply(step, client, address, user_name)
+        return self._reply(step, _Login(client, address, user_name, rules, device))
 
-    def _reply(
-        self, step: Step, client: RadiusClient, address: str, user_name: str = ""
-    ) -> Deferred[EapReply]:
+    def _reply(self, step: Step, login: _Login) -> Deferred[EapReply]:
         if isinstance(step, Challenge):
             self.counters["rounds"] += 1
             return succeed(
@@ -124,33 +128,46 @@ class EapResponder:
         if isinstance(step, Success):
             self.counters["accepts"] += 1
             accepted = step.tunnel.accepted
-            assert isinstance(accepted, Decision)  # `verified` keeps the accept it was given
+            assert isinstance(accepted, LoginOutcome)  # `verified` keeps what it was given
             keys = (step.keys.recv, step.keys.send)
-            reply = EapReply(codec.ACCESS_ACCEPT, step.packet.to_bytes(), keys=keys)
-            return succeed(_with(reply, accepted))
+            reply = EapReply(
+                codec.ACCESS_ACCEPT,
+                step.packet.to_bytes(),
+                keys=keys,
+                decision=accepted.decision,
+                groups=accepted.groups,
+            )
+            return succeed(reply)
         if isinstance(step, Failure):
-            return succeed(self._failed(step, client, address, user_name))
-        return self._verify(step, client, address)
+            return succeed(self._failed(step, login.client, login.address, login.user_name))
+        return self._verify(step, login)
 
-    def _verify(self, step: Verify, client: RadiusClient, address: str) -> Deferred[EapReply]:
+    def _verify(self, step: Verify, login: _Login) -> Deferred[EapReply]:
         """Decide the inner password as PAP's append mode does, then take the next step."""
         tunnel = step.tunnel
-        caller = _caller(tunnel, client, address)
+        caller = _caller(tunnel, login.client, login.address)
         credentials = step.credentials
 
-        def decided(decision: Decision) -> Deferred[EapReply]:
-            accepted = decision if decision.outcome is Outcome.ACCEPT else None
-            after = self._reply(self._server.verified(tunnel, accepted, address), client, address)
+        def decided(outcome: LoginOutcome) -> Deferred[EapReply]:
+            accepted = outcome if outcome.decision.outcome is Outcome.ACCEPT else None
+            after = self._reply(self._server.verified(tunnel, accepted, login.address), login)
             if accepted is None:
-                return after.addCallback(_with, decision)
+                return after.addCallback(_with, outcome.decision)
             return after
 
         def broken(failure: TwistedFailure) -> EapReply:
-            log.failure("radius.eap.login-error client={client}", failure, client=address)
+            log.failure("radius.eap.login-error client={client}", failure, client=login.address)
             decision = self._auth.refuse(credentials.user_name, Reason.INTERNAL_ERROR, caller)
             return EapReply(codec.ACCESS_REJECT, _eap_failure(tunnel), decision=decision)
 
-        d = self._auth.login(credentials.user_name, credentials.password, Mode.APPEND, caller)
+        d = self._auth.login_outcome(
+            credentials.user_name,
+            credentials.password,
+            Mode.APPEND,
+            caller,
+            rules=login.rules,
+            device=login.device,
+        )
         return d.addCallback(decided).addErrback(broken)
 
     def _failed(
@@ -176,6 +193,18 @@ class EapResponder:
         return EapReply(codec.ACCESS_REJECT, step.packet.to_bytes(), decision=decision)
 
 
+@dataclass(frozen=True, slots=True)
+class _Login:
+    """Who an EAP round came from: the client, its address, and for the inner login the
+    request's User-Name, the client's rules and the device."""
+
+    client: RadiusClient
+    address: str
+    user_name: str = ""
+    rules: ClientRules | None = None
+    device: str | None = None
+
+
 def _caller(
     tunnel: Tunnel | None, client: RadiusClient, address: str, user_name: str = ""
 ) -> Caller:
@@ -190,4 +219,4 @@ def _eap_failure(tunnel: Tunnel) -> bytes:
 
 
 def _with(reply: EapReply, decision: Decision) -> EapReply:
-    return EapReply(reply.code, reply.eap_message, reply.state, reply.keys, decision)
+    return EapReply(reply.code, reply.eap_message, reply.state, reply.keys, decision, reply.groups)

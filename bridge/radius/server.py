@@ -18,16 +18,18 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bridge.auth import Authenticator, Caller, LoginOutcome
+from bridge.auth import Authenticator, Caller, ClientRules, LoginOutcome
 from bridge.config import RadiusClient, RadiusConfig
 from bridge.core.credentials import normalize_username
 from bridge.core.policy import REJECT_SPREAD, Mode
 from bridge.core.types import Decision, Identity, Outcome, Reason
 from bridge.eap.packets import Code, EapPacket
+from bridge.ldapdn import DnKey, dn_key
 from bridge.logs import Throttle
 from bridge.radius import codec
 from bridge.radius.codec import MalformedPacket, Request
 from bridge.radius.eap import EapReply, EapResponder
+from bridge.radius.replies import Replies
 
 log = Logger(namespace="bridge.radius")
 
@@ -74,9 +76,12 @@ class RadiusProtocol(DatagramProtocol):
         random_bytes: Callable[[int], bytes] = os.urandom,
         setup_url: str | None = None,
         eap: EapResponder | None = None,
+        replies: Replies | None = None,
     ) -> None:
         self._config = config
         self.eap = eap  # None: no radius.eap certificate, EAP is refused
+        self._reply_rules = replies or Replies()
+        self._rules = {client.name: rules_of(client) for client in config.clients}
         self._setup_url = setup_url  # the portal, named in grace notices
         self._auth = authenticator
         self._clock = clock
@@ -92,13 +97,22 @@ class RadiusProtocol(DatagramProtocol):
         self._drained: list[Deferred[None]] | None = None  # set once draining (shutdown)
         self.counters: Counter[str] = Counter()
 
-    def reconfigure(self, config: RadiusConfig, *, setup_url: str | None = None) -> None:
-        """New clients, secrets, mode and timings for the next request (SIGHUP).
+    def reconfigure(
+        self,
+        config: RadiusConfig,
+        *,
+        setup_url: str | None = None,
+        replies: Replies | None = None,
+    ) -> None:
+        """New clients, secrets, modes, rules, reply attributes and timings for the next
+        request (SIGHUP).
 
         Replies already cached keep answering retransmissions; challenges issued stay
         valid for their user and client.
         """
         self._config = config
+        self._reply_rules = replies or Replies()
+        self._rules = {client.name: rules_of(client) for client in config.clients}
         self._mode = Mode(config.mode)
         self._clients = sorted(config.clients, key=lambda c: c.network.prefixlen, reverse=True)
         self._client_of.clear()
@@ -207,9 +221,19 @@ class RadiusProtocol(DatagramProtocol):
     ) -> None:
         caller = Caller("radius", f"{client.name}({addr[0]})", client.name)
         user = request.user_name or ""
+        rules = self._rules[client.name]
+        device = request.calling_station_id
         if request.has_eap and self.eap is not None:
             self._in_flight += 1
-            d_eap = self.eap.respond(request.eap_message, request.state, client, addr[0], user)
+            d_eap = self.eap.respond(
+                request.eap_message,
+                request.state,
+                client,
+                addr[0],
+                user,
+                rules=rules,
+                device=device,
+            )
             d_eap.addCallback(self._answer_eap, request, client, key, addr)
             d_eap.addErrback(self._failed, request, client, key, addr)
             d_eap.addBoth(self._landed)
@@ -221,10 +245,13 @@ class RadiusProtocol(DatagramProtocol):
         d: Deferred[LoginOutcome]
         if request.state is not None:  # the answer to a challenge (issued by any instance)
             d = self._auth.answer_state(
-                request.state, user, addr[0], request.password, caller
-            ).addCallback(LoginOutcome)
+                request.state, user, addr[0], request.password, caller, rules=rules, device=device
+            )
         else:
-            d = self._auth.login_outcome(user, request.password, self._mode, caller)
+            mode = Mode(client.mode) if client.mode is not None else self._mode
+            d = self._auth.login_outcome(
+                user, request.password, mode, caller, rules=rules, device=device
+            )
         self._in_flight += 1
         d.addCallback(self._answer_outcome, request, client, key, addr)
         d.addErrback(self._failed, request, client, key, addr)
@@ -251,7 +278,15 @@ class RadiusProtocol(DatagramProtocol):
         key: CacheKey,
         addr: Address,
     ) -> None:
-        self._answer(outcome.decision, request, client, key, addr, owner=outcome.identity)
+        self._answer(
+            outcome.decision,
+            request,
+            client,
+            key,
+            addr,
+            owner=outcome.identity,
+            groups=outcome.groups,
+        )
 
     def _answer(
         self,
@@ -262,8 +297,10 @@ class RadiusProtocol(DatagramProtocol):
         addr: Address,
         *,
         owner: Identity | None = None,
+        groups: frozenset[DnKey] = frozenset(),
     ) -> None:
         state: bytes | None = None
+        extra = b""
         message: str | None
         if decision.outcome is Outcome.CHALLENGE:
             if owner is None:  # a challenge always names its entry: fail closed if not
@@ -274,6 +311,7 @@ class RadiusProtocol(DatagramProtocol):
             self.counters["challenges"] += 1
         elif decision.outcome is Outcome.ACCEPT:
             code = codec.ACCESS_ACCEPT
+            extra = self._reply_rules.for_login(groups, client.name)
             message = None
             if decision.days_left is not None:
                 message = days_left_message(decision.days_left, self._setup_url)
@@ -291,6 +329,7 @@ class RadiusProtocol(DatagramProtocol):
             reply_message=message,
             state=state,
             eap_message=eap_failure,
+            attributes=extra,
         )
         self._deliver(code, key, addr, reply)
 
@@ -299,8 +338,10 @@ class RadiusProtocol(DatagramProtocol):
     ) -> None:
         """An EAP round's reply: a challenge with the next EAP request, or the end."""
         message = None
+        extra = b""
         if reply.decision is not None and reply.code == codec.ACCESS_ACCEPT:
             self.counters["accepts"] += 1
+            extra = self._reply_rules.for_login(reply.groups, client.name)
             if reply.decision.days_left is not None:
                 message = days_left_message(reply.decision.days_left, self._setup_url)
         elif reply.code == codec.ACCESS_REJECT:
@@ -315,6 +356,7 @@ class RadiusProtocol(DatagramProtocol):
             eap_message=reply.eap_message,
             mppe_keys=reply.keys,
             random_bytes=self._random,
+            attributes=extra,
         )
         self._deliver(reply.code, key, addr, data)
 
@@ -408,6 +450,12 @@ class RadiusProtocol(DatagramProtocol):
             client=addr[0],
             what=what,
         )
+
+
+def rules_of(client: RadiusClient) -> ClientRules:
+    """A client's SPEC 11 settings as the Authenticator applies them."""
+    allowed = frozenset(key for dn in client.allowed_groups if (key := dn_key(dn)) is not None)
+    return ClientRules(client.name, allowed, client.mfa, client.remember_seconds)
 
 
 def _eap_identifier(request: Request) -> int:

@@ -37,7 +37,7 @@ from bridge.core.types import Identity, LockReason, State, UserRecord
 from bridge.directory import Binder, BindResult, BindStatus, Plan, UnavailableError
 from bridge.ldap_proxy.framing import FramingError, complete_prefix, pdu_size
 from bridge.ldap_proxy.login import LdapLogin, LoginResult
-from bridge.ldap_proxy.names import UserMapper, same_dn
+from bridge.ldap_proxy.names import UserMapper
 from bridge.ldap_proxy.server import (
     MAX_PDU,
     LdapProxyFactory,
@@ -46,6 +46,7 @@ from bridge.ldap_proxy.server import (
 )
 from bridge.ldap_proxy.tls import TlsSetupError, server_tls_options
 from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailableError
+from bridge.ldapdn import same_dn
 from bridge.service import ldap_proxy_service, open_store, policy_from
 from bridge.store import SqliteStore
 from tests.certs import make_ca, make_server_cert
