@@ -1045,3 +1045,49 @@ def test_a_dn_list_split_at_its_commas_is_an_error(tmp_path: Path, key: str) -> 
     assert problem.startswith(f"{section}.{key}: looks like one DN split at its commas")
     data[section][key] = ["cn=wiki,ou=services,dc=example,dc=org", "cn=nas,dc=example,dc=org"]
     parse_config(data, tmp_path)
+
+
+def test_per_client_policy_keys(tmp_path: Path) -> None:
+    """A client may set its own mode, mfa, allowed groups and remembered devices."""
+    data = minimal()
+    data["radius"]["clients"] = [
+        {
+            "name": "wifi",
+            "address": "198.51.100.0/28",
+            "secret": RADIUS_SECRET,
+            "mode": "append",
+            "allowed_groups": ["cn=staff,ou=groups,dc=example,dc=org"],
+            "remember_seconds": 3600,
+        },
+        {"name": "switch", "address": "192.0.2.20", "secret": RADIUS_SECRET, "mfa": "off"},
+    ]
+    wifi, switch = parse_config(data, tmp_path).radius.clients
+    as_yaml = yaml.safe_load("mfa: off\n")  # YAML 1.1 reads a bare off as false
+    data["radius"]["clients"][1].update(as_yaml)
+    assert parse_config(data, tmp_path).radius.clients[1].mfa is False
+    assert (wifi.mode, wifi.mfa, wifi.remember_seconds) == ("append", True, 3600)
+    assert wifi.allowed_groups == ("cn=staff,ou=groups,dc=example,dc=org",)
+    assert (switch.mode, switch.mfa, switch.allowed_groups) == (None, False, ())
+    data["radius"]["clients"] = [
+        {
+            "address": "192.0.2.30",
+            "secret": RADIUS_SECRET,
+            "mode": "apend",
+            "mfa": "no",
+            "allowed_groups": ["cn=staff", "ou=groups", "dc=example"],
+            "remember_seconds": 99_999_999,
+        },
+        {"address": "192.0.2.31", "secret": RADIUS_SECRET, "mfa": "off", "remember_seconds": 60},
+    ]
+    assert problems_of(data, tmp_path) == (
+        "radius.clients[0].mode: must be one of append, challenge, auto, got 'apend'"
+        " (did you mean append?)",
+        "radius.clients[0].mfa: must be one of required, off, got 'no'",
+        "radius.clients[0].allowed_groups: looks like one DN split at its commas"
+        " (cn=staff,ou=groups,dc=example): a YAML flow list [a, b] splits at commas; write"
+        " one DN per line (- cn=...,ou=...,dc=...) or quote each",
+        "radius.clients[0].remember_seconds: must be an integer from 0 to 2592000,"
+        " got 99999999",
+        "radius.clients[1].remember_seconds: has no effect with mfa: off (no code is ever"
+        " asked)",
+    )

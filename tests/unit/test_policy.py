@@ -7,6 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core.policy import (
+    EVERYONE,
+    Access,
     DAY,
     Attempt,
     Mode,
@@ -105,12 +107,20 @@ def run(
     policy: Policy = POLICY,
     exempt: bool = False,
     can_challenge: bool = True,
+    access: Access = EVERYONE,
 ) -> Verdict:
     """conclude() for alice's entry after the directory accepted the password."""
     if isinstance(attempt, str):
         attempt = Attempt(attempt)
     return conclude(
-        record, OWNER, attempt, exempt=exempt, can_challenge=can_challenge, now=now, policy=policy
+        record,
+        OWNER,
+        attempt,
+        exempt=exempt,
+        can_challenge=can_challenge,
+        now=now,
+        policy=policy,
+        access=access,
     )
 
 
@@ -1276,3 +1286,55 @@ def test_plan_given_keeps_the_code_with_a_secret(factory: object) -> None:
     """With a secret the password and the code stay apart, whatever the code looks like."""
     assert callable(factory)
     assert plan_given(factory(), PASSWORD, "12x") == Attempt(PASSWORD, "12x")
+
+
+# --- a client's access (SPEC 11) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record", [None, grace(), active(), locked()], ids=["new", "grace", "active", "locked"]
+)
+@pytest.mark.parametrize("exempt", [False, True])
+def test_a_user_outside_the_clients_allowed_groups_is_refused_whoever_they_are(
+    record: UserRecord | None, exempt: bool
+) -> None:
+    """Not in the allowed groups: rejected after the right password, the record untouched,
+    no code checked and no failure counted, exempt or not."""
+    verdict = run(record, with_code(code()), exempt=exempt, access=Access(allowed=False))
+    assert verdict.decision.outcome is Outcome.REJECT
+    assert verdict.decision.reason is Reason.NOT_ALLOWED
+    assert verdict.decision.password_ok
+    assert not verdict.changed
+    assert verdict.record == record
+
+
+@pytest.mark.parametrize("record", [None, grace(), active(), locked(), pending()])
+def test_a_client_with_mfa_off_accepts_the_password_alone_and_changes_nothing(
+    record: UserRecord | None,
+) -> None:
+    """`mfa: off`: accepted on the password (even a locked MFA state: MFA is not asked
+    here), audited as mfa-off, the record as it was."""
+    verdict = run(record, access=Access(mfa=False))
+    assert (verdict.decision.outcome, verdict.decision.reason) == (Outcome.ACCEPT, Reason.MFA_OFF)
+    assert not verdict.changed
+    assert verdict.record == record
+
+
+def test_a_remembered_device_of_an_active_user_needs_no_code() -> None:
+    """Remembered: accepted without a code, and a code sent along (a replay, as a device
+    that saved password+code sends) is neither checked nor counted as a failure."""
+    record = active(last_step=STEP)
+    for attempt in (Attempt(PASSWORD), with_code(code()), with_code(wrong_code())):
+        verdict = run(record, attempt, can_challenge=False, access=Access(remembered=True))
+        assert (verdict.decision.outcome, verdict.decision.reason) == (
+            Outcome.ACCEPT,
+            Reason.REMEMBERED,
+        )
+        assert verdict.record == record and not verdict.changed
+
+
+def test_a_remembered_device_does_not_open_a_lock_or_skip_enrollment() -> None:
+    """Locked stays locked; a pending user still confirms the new key with a code."""
+    assert run(locked(), access=Access(remembered=True)).decision.reason is Reason.LOCKED
+    waiting = run(pending(deadline=None), can_challenge=False, access=Access(remembered=True))
+    assert waiting.decision.reason is Reason.CODE_REQUIRED
