@@ -935,7 +935,7 @@ def _radius_client(
     rma = m.boolean("require_message_authenticator", default_rma)
     name = m.string("name", str(network))
     mode = m.choice("mode", _MODES, "auto") if m.get("mode") is not None else None
-    mfa = _mfa(m)
+    mfa = _client_mfa(m)
     allowed = _dn_list(m, "allowed_groups")
     remember = m.integer("remember_seconds", 0, 0, _REMEMBER_LIMIT)
     if not mfa and remember:
@@ -955,8 +955,8 @@ def _radius_client(
     return network, client
 
 
-def _mfa(m: _Map) -> bool:
-    """`mfa: required | off`; YAML reads a bare off as false (and on, yes, true as true)."""
+def _client_mfa(m: _Map) -> bool:
+    """A client's `mfa: required | off`; YAML reads a bare off as false (and on, yes, true as true)."""
     value = m.get("mfa")
     if isinstance(value, bool):
         return value
