@@ -45,6 +45,7 @@ PROMPT = "Enter the 6-digit code from your authenticator app"
 LOCKED = "Your account is locked: contact your IT admin"
 NOT_ENROLLED = "MFA is not set up for this account: contact your IT admin"
 CODE_REQUIRED = "Add the 6-digit code from your authenticator app after your password"
+NOT_ALLOWED = "You are not allowed to log in here: contact your IT admin"
 
 Address = tuple[str, int]
 CacheKey = tuple[str, int, int, bytes]
@@ -473,4 +474,6 @@ def reject_message(decision: Decision) -> str | None:
         return NOT_ENROLLED
     if decision.reason is Reason.CODE_REQUIRED:
         return CODE_REQUIRED
+    if decision.reason is Reason.NOT_ALLOWED:
+        return NOT_ALLOWED
     return None

@@ -51,7 +51,12 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
     """One directory for the session; tests use distinct users so they stay independent."""
     require_binary("slapd")
     require_binary("ldapwhoami")
-    server = Slapd(tmp_path_factory.mktemp("slapd"), users=USERS, groups={"mfa-exempt": ["dave"]})
+    groups = {
+        "mfa-exempt": ["dave"],
+        "vpn-admins": ["load190"],  # the per-client policy tests' (SPEC 11)
+        "wifi-staff": ["load190", "load191", "load192"],
+    }
+    server = Slapd(tmp_path_factory.mktemp("slapd"), users=USERS, groups=groups)
     server.start()
     yield server
     server.stop()

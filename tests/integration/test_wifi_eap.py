@@ -21,6 +21,7 @@ from cryptography import x509
 from tests.certs import make_ca, make_server_cert
 from tests.conftest import require_binary
 from tests.harness import Bridge, code_for, free_tcp_port, scrape_metrics, wait_for
+from tests.slapd import Slapd
 
 pytestmark = pytest.mark.integration
 
@@ -258,3 +259,30 @@ def test_a_renewed_certificate_is_taken_on_sighup(
     assert wait_for(lambda: "config.reloaded" in net.bridge.log()), net.bridge.log()
     assert eapol(Wifi(net.bridge, new_ca.path), "judy", "judy-pw").success
     assert not eapol(net, "judy", "judy-pw").success  # the old CA no longer vouches for it
+
+
+def test_wifi_gets_its_vlan_and_a_remembered_device_its_password_alone(
+    wifi: Callable[..., Wifi], slapd: Slapd
+) -> None:
+    """SPEC 11 over EAP: a staff member's Access-Accept carries the VLAN of the reply
+    rule beside the MPPE keys; after one login with password+code, the same device
+    (Calling-Station-Id) re-authenticates with the password alone, audited remembered."""
+    replies = [
+        {
+            "group": slapd.group_dn("wifi-staff"),
+            "attributes": {
+                "Tunnel-Type": "VLAN",
+                "Tunnel-Medium-Type": "IEEE-802",
+                "Tunnel-Private-Group-Id": "42",
+            },
+        }
+    ]
+    client = {"address": "127.0.0.1/32", "secret": "testing123", "remember_seconds": 3600}
+    net = wifi(replies=replies, clients=[client])
+    secret = enroll(net.bridge, "load191")
+    first = eapol(net, "load191", "load191-pw" + code_for(secret), method="peap")
+    assert first.success and first.keys_ok, first.output[-2000:]
+    assert "Attribute 81 (Tunnel-Private-Group-Id) length=4" in first.output, first.output[-3000:]
+    again = eapol(net, "load191", "load191-pw")
+    assert again.success and again.keys_ok
+    assert [line["reason"] for line in net.bridge.audit()] == ["activated", "remembered"]

@@ -1086,8 +1086,6 @@ def test_per_client_policy_keys(tmp_path: Path) -> None:
         "radius.clients[0].allowed_groups: looks like one DN split at its commas"
         " (cn=staff,ou=groups,dc=example): a YAML flow list [a, b] splits at commas; write"
         " one DN per line (- cn=...,ou=...,dc=...) or quote each",
-        "radius.clients[0].remember_seconds: must be an integer from 0 to 2592000,"
-        " got 99999999",
-        "radius.clients[1].remember_seconds: has no effect with mfa: off (no code is ever"
-        " asked)",
+        "radius.clients[0].remember_seconds: must be an integer from 0 to 2592000, got 99999999",
+        "radius.clients[1].remember_seconds: has no effect with mfa: off (no code is ever asked)",
     )

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core.policy import (
+    DAY,
     EVERYONE,
     Access,
-    DAY,
     Attempt,
     Mode,
     Policy,
