@@ -956,7 +956,7 @@ def _radius_client(
 
 
 def _client_mfa(m: _Map) -> bool:
-    """A client's `mfa: required | off`; YAML reads a bare off as false (and on, yes, true as true)."""
+    """A client's `mfa: required | off`; YAML reads a bare off as false, on as true."""
     value = m.get("mfa")
     if isinstance(value, bool):
         return value
