@@ -34,7 +34,7 @@ from bridge.core.policy import (
 from bridge.core.totp import guard_tag
 from bridge.core.types import Decision, Identity, Outcome, Reason, UserRecord
 from bridge.directory import Binder, BindResult, BindStatus, Plan
-from bridge.ldapdn import DnKey
+from bridge.ldapdn import DnKey, dn_key
 from bridge.logs import Throttle
 from bridge.store import RecordStore, StoreUnavailableError
 from bridge.store.batching import ReadBatcher, WriteBatcher
@@ -98,6 +98,14 @@ class ClientRules:
     allowed_groups: frozenset[DnKey] = frozenset()  # empty: every user
     mfa: bool = True
     remember_seconds: int = 0
+
+    @classmethod
+    def of(
+        cls, name: str, allowed_groups: tuple[str, ...], mfa: bool = True, remember: int = 0
+    ) -> ClientRules:
+        """The rules of a configured client, its allowed groups given as DNs."""
+        allowed = frozenset(key for dn in allowed_groups if (key := dn_key(dn)) is not None)
+        return cls(name, allowed, mfa, remember)
 
     def allows(self, groups: frozenset[DnKey]) -> bool:
         """Whether a member of `groups` may log in through this client."""

@@ -156,6 +156,7 @@ class LdapProxyConfig:
     max_connections_per_address: int = 100  # open client connections from one IP address
     idle_timeout: float = 300.0  # seconds without a request before a connection is closed
     rebind_seconds: int = 600  # the same password+code from the same address: accepted again
+    allowed_groups: tuple[str, ...] = ()  # group DNs whose members may bind; empty: anyone
 
 
 @dataclass(frozen=True, slots=True)
@@ -1089,6 +1090,7 @@ _LDAP_PROXY_KEYS: Final = (
     "max_connections_per_address",
     "idle_timeout",
     "rebind_seconds",
+    "allowed_groups",
 )
 _DEFAULT_LDAP_PROXY: Final = LdapProxyConfig(listen_host="", listen_port=0)
 _PORTAL_KEYS: Final = (
@@ -1209,6 +1211,7 @@ def _ldap_proxy(report: _Report, data: Mapping[object, object]) -> LdapProxyConf
         ),
         idle_timeout=m.number("idle_timeout", defaults.idle_timeout, 0, 86_400, lo_open=True),
         rebind_seconds=m.integer("rebind_seconds", defaults.rebind_seconds, 0, 86_400),
+        allowed_groups=_dn_list(m, "allowed_groups"),
     )
 
 

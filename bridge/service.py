@@ -15,12 +15,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge.audit import AuditLog, open_audit
-from bridge.auth import Authenticator
+from bridge.auth import Authenticator, ClientRules
 from bridge.certificates import TlsSetupError
 from bridge.config import (
     Config,
     ConfigError,
     EapConfig,
+    LdapProxyConfig,
     PortalConfig,
     RadiusConfig,
     load_config,
@@ -273,7 +274,11 @@ class Daemon:
             self.service.addService(
                 ldap_proxy_service(
                     config,
-                    LdapLogin(self.authenticator, config.ldap_proxy.rebind_seconds),
+                    LdapLogin(
+                        self.authenticator,
+                        config.ldap_proxy.rebind_seconds,
+                        ldap_rules(config.ldap_proxy),
+                    ),
                     reactor,
                 )
             )
@@ -377,8 +382,15 @@ def restart_needed(old: Config, new: Config) -> list[str]:
 def groups_of(config: Config, replies: Replies) -> tuple[str, ...]:
     """The groups a login looks up besides the exempt ones: the clients' allowed groups
     and the reply rules' (SPEC 11); one lookup per user serves them all."""
-    allowed = (dn for client in config.radius.clients for dn in client.allowed_groups)
+    allowed = [dn for client in config.radius.clients for dn in client.allowed_groups]
+    if config.ldap_proxy is not None:
+        allowed += config.ldap_proxy.allowed_groups
     return tuple(dict.fromkeys((*allowed, *replies.groups)))
+
+
+def ldap_rules(proxy: LdapProxyConfig) -> ClientRules | None:
+    """The LDAP proxy's allowed groups (SPEC 11), as a RADIUS client's are applied."""
+    return ClientRules.of("ldap-proxy", proxy.allowed_groups) if proxy.allowed_groups else None
 
 
 def _but_the_url(portal: PortalConfig | None) -> PortalConfig | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 
-from bridge.auth import Authenticator, Caller, LoginOutcome, Rebind
+from bridge.auth import Authenticator, Caller, ClientRules, LoginOutcome, Rebind
 from bridge.core.policy import Mode
 from bridge.core.types import Decision, Reason
 from bridge.directory import Binder
@@ -21,9 +21,15 @@ LoginResult = LoginOutcome
 class LdapLogin:
     """`Authenticator.login_outcome` in append mode: the proxy's one way to decide a bind."""
 
-    def __init__(self, authenticator: Authenticator, rebind_seconds: int = 0) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        rebind_seconds: int = 0,
+        rules: ClientRules | None = None,
+    ) -> None:
         self._authenticator = authenticator
         self.rebind_seconds = rebind_seconds  # ldap_proxy.rebind_seconds (0: off)
+        self.rules = rules  # ldap_proxy.allowed_groups, as a RADIUS client's (SPEC 11)
 
     def __call__(
         self, username: str, field: str, caller: Caller, bind: Binder
@@ -35,7 +41,7 @@ class LdapLogin:
         """
         rebind = Rebind(caller.client, self.rebind_seconds) if self.rebind_seconds else None
         return self._authenticator.login_outcome(
-            username, field, Mode.APPEND, caller, bind, rebind=rebind
+            username, field, Mode.APPEND, caller, bind, rebind=rebind, rules=self.rules
         )
 
     def refuse(self, raw_username: str, reason: Reason, caller: Caller) -> Decision:

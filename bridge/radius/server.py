@@ -24,7 +24,7 @@ from bridge.core.credentials import normalize_username
 from bridge.core.policy import REJECT_SPREAD, Mode
 from bridge.core.types import Decision, Identity, Outcome, Reason
 from bridge.eap.packets import Code, EapPacket
-from bridge.ldapdn import DnKey, dn_key
+from bridge.ldapdn import DnKey
 from bridge.logs import Throttle
 from bridge.radius import codec
 from bridge.radius.codec import MalformedPacket, Request
@@ -455,8 +455,7 @@ class RadiusProtocol(DatagramProtocol):
 
 def rules_of(client: RadiusClient) -> ClientRules:
     """A client's SPEC 11 settings as the Authenticator applies them."""
-    allowed = frozenset(key for dn in client.allowed_groups if (key := dn_key(dn)) is not None)
-    return ClientRules(client.name, allowed, client.mfa, client.remember_seconds)
+    return ClientRules.of(client.name, client.allowed_groups, client.mfa, client.remember_seconds)
 
 
 def _eap_identifier(request: Request) -> int:

@@ -642,3 +642,16 @@ def test_directory_down_answers_49_then_recovers(own_slapd: Slapd, make_bridge: 
         assert time.monotonic() < deadline, result.stderr + bridge.log()
         time.sleep(0.2)
     assert result.stdout.strip().lower() == f"dn:{dn}".lower()
+
+
+def test_allowed_groups_limit_who_binds_through_the_proxy(
+    slapd: Slapd, make_bridge: MakeBridge
+) -> None:
+    """ldap_proxy.allowed_groups (SPEC 11's rule for an app): a member binds, a
+    non-member with the right password gets 49, audited not-allowed."""
+    bridge = make_bridge(change=with_proxy(allowed_groups=[slapd.group_dn("wifi-staff")]))
+    member = whoami(proxy_url(bridge), slapd.user_dn("load191"), password_of("load191"))
+    assert member.returncode == 0, member.stderr
+    outsider = whoami(proxy_url(bridge), slapd.user_dn("load196"), password_of("load196"))
+    assert outsider.returncode == 49, outsider.stdout + outsider.stderr
+    assert bridge.audit_reasons("ldap") == ["grace", "not-allowed"]
