@@ -27,6 +27,7 @@ from bridge.config import (
     load_config,
     parse_config,
 )
+from bridge.radius.replies import compile_replies
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "bridge.yaml"
 
@@ -973,7 +974,7 @@ def test_bad_entry_attribute_is_an_error_naming_the_key(
 
 # --- the shipped example ------------------------------------------------------------------
 
-COMMENTED_KEY = re.compile(r"^([ ]*)# ([ ]*(?:[a-z_]+:(?: |$)|- ).*)$", re.MULTILINE)
+COMMENTED_KEY = re.compile(r"^([ ]*)# ([ ]*(?:[A-Za-z_-]+:(?: |$)|- ).*)$", re.MULTILINE)
 FILE_KEYS = {"ca_file", "ldif", "certificate", "key"}  # certificate, key: ldap_proxy.tls
 
 
@@ -1004,11 +1005,14 @@ def test_example_config_has_only_known_keys(tmp_path: Path) -> None:
         satisfy_files(data, tmp_path)
         config = parse_config(data, EXAMPLE.parent)
         assert config.warnings == ()
+        compile_replies(config.radius)  # names and types against the dictionary
     assert config.ldap_proxy is not None
     assert config.ldap_proxy.tls is not None and config.ldap_proxy.require_tls
     assert config.demo is not None
     assert [c.require_message_authenticator for c in config.radius.clients] == [True, True, False]
     assert config.radius.eap is not None and config.radius.eap.ca_file is not None
+    assert len(config.radius.replies) == 2
+    assert config.radius.clients[1].allowed_groups and config.radius.clients[1].mode == "append"
     assert config.store.path == Path("/var/lib/mfa-bridge/state.db")
 
 
