@@ -1093,3 +1093,22 @@ def test_per_client_policy_keys(tmp_path: Path) -> None:
         "radius.clients[0].remember_seconds: must be an integer from 0 to 2592000, got 99999999",
         "radius.clients[1].remember_seconds: has no effect with mfa: off (no code is ever asked)",
     )
+
+
+README = EXAMPLE.parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("heading", ["**A VPN**", "**Wi-Fi**"])
+def test_the_readmes_policy_examples_load_and_compile(heading: str, tmp_path: Path) -> None:
+    """The worked examples of "Per-client policy and reply attributes" are valid config."""
+    text = README.read_text(encoding="utf-8")
+    after = text[text.index(heading) :]
+    block = after[
+        after.index("```yaml") + len("```yaml") : after.index("```", after.index("```yaml") + 3)
+    ]
+    example = yaml.safe_load(block)
+    data = minimal()
+    data["radius"] = example["radius"]
+    satisfy_files(data, tmp_path)
+    config = parse_config(data, tmp_path)
+    assert compile_replies(config.radius)
