@@ -38,7 +38,7 @@ from twisted.python.threadpool import ThreadPool
 from bridge.config import DirectoryConfig
 from bridge.core.identity import id_text
 from bridge.core.types import Identity
-from bridge.ldapdn import DnKey, dn_key
+from bridge.ldapdn import DnKey, dn_key, key_of, parse_dn
 
 log = Logger(namespace="bridge.directory")
 
@@ -97,6 +97,25 @@ def group_query(config: DirectoryConfig, dn: str, name: str) -> str:
     return config.group_filter.replace("{dn}", escape_filter_chars(dn)).replace(
         "{username}", escape_filter_chars(name)
     )
+
+
+def common_suffix(dns: tuple[str, ...]) -> str | None:
+    """The longest DN every one of `dns` is at or below (None: none, or not DNs)."""
+    parsed = [parse_dn(dn) for dn in dns]
+    if not parsed or any(rdns is None for rdns in parsed):
+        return None
+    shortest = min(len(rdns) for rdns in parsed if rdns is not None)
+    first = parsed[0]
+    assert first is not None
+    common = 0
+    while common < shortest and all(
+        rdns is not None and key_of([rdns[-1 - common]]) == key_of([first[-1 - common]])
+        for rdns in parsed
+    ):
+        common += 1
+    if common == 0:
+        return None
+    return str(ldap.dn.dn2str(first[len(first) - common :]))
 
 
 def _union(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
@@ -376,10 +395,26 @@ class _Server:
     async def memberships(
         self, dn: str, username: str, groups: tuple[str, ...]
     ) -> frozenset[DnKey]:
-        """Which of `groups` `dn` is a member of: a base search on each with group_filter
-        (each tests one entry, so no index is needed; nested groups are the filter's)."""
+        """Which of `groups` `dn` is a member of, by group_filter (nested groups are the
+        filter's). Several groups: one subtree search under their common suffix (usually
+        the groups' OU), its answers kept if configured; one group, or a search the server
+        will not finish: a base search on each (each tests one entry, no index needed)."""
         query = group_query(self._config, dn, username)
-        found = set()
+        wanted = {key for group in groups if (key := dn_key(group)) is not None}
+        base = common_suffix(groups) if len(groups) > 1 else None
+        if base is not None:
+            try:
+                _kind, entries = await self._search(base, ldap.SCOPE_SUBTREE, query, 0, ["1.1"])
+            except (ldap.SIZELIMIT_EXCEEDED, ldap.ADMINLIMIT_EXCEEDED):
+                pass  # a member of very many groups: ask about the configured ones instead
+            except ldap.NO_SUCH_OBJECT:
+                return frozenset()
+            except ldap.LDAPError as exc:
+                raise UnavailableError(_describe(exc)) from exc
+            else:
+                found = (dn_key(entry_dn) for entry_dn, _attrs in entries if entry_dn)
+                return frozenset(key for key in found if key in wanted)
+        members = set()
         for group in groups:
             try:
                 _kind, entries = await self._search(group, ldap.SCOPE_BASE, query, 1, ["1.1"])
@@ -388,8 +423,8 @@ class _Server:
             except ldap.LDAPError as exc:
                 raise UnavailableError(_describe(exc)) from exc
             if any(entry_dn for entry_dn, _attrs in entries) and (key := dn_key(group)):
-                found.add(key)
-        return frozenset(found)
+                members.add(key)
+        return frozenset(members)
 
     async def bind(self, dn: str, password: str) -> bool:
         """Whether the directory accepts `password` for `dn`: one simple bind."""
