@@ -42,9 +42,9 @@ from bench.run import (  # noqa: E402
     bridge_config,
     cpu_seconds,
     freeradius_for,
-    import_secrets,
     next_step,
     population,
+    start_both,
 )
 from bridge.core.totp import code_at_step  # noqa: E402
 from tests.certs import make_ca, make_server_cert  # noqa: E402
@@ -203,17 +203,8 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
     bridge = Bridge(work / "bridge", config)
     out: list[str] = []
     try:
-        radius.check()
-        radius.start()
-        import_secrets(bridge, secrets, work)
-        bridge.start()
-        assert radius.proc is not None
-        assert bridge.proc is not None
+        servers = start_both(radius, bridge, secrets, work)
         assert slapd.pid is not None
-        servers = {
-            "freeradius": (radius.port, radius.proc.pid),
-            "mfa-bridge": (bridge.port, bridge.proc.pid),
-        }
 
         def logins_now() -> list[tuple[str, str]]:
             step = int(time.time()) // STEP

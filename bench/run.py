@@ -181,22 +181,30 @@ def freeradius_for(
     )
 
 
+def start_both(
+    radius: FreeRadius, bridge: Bridge, secrets: dict[str, bytes], work: Path
+) -> dict[str, tuple[int, int]]:
+    """FreeRADIUS started, the secrets imported and the bridge started: {name: (port, pid)}."""
+    radius.check()
+    radius.start()
+    import_secrets(bridge, secrets, work)
+    bridge.start()
+    assert radius.proc is not None
+    assert bridge.proc is not None
+    return {
+        "freeradius": (radius.port, radius.proc.pid),
+        "mfa-bridge": (bridge.port, bridge.proc.pid),
+    }
+
+
 def side_by_side(args: argparse.Namespace, work: Path, out: list[str]) -> None:
     users, secrets, slapd = population(work, args.users)
     radius = freeradius_for(slapd, secrets, work)
     bridge = Bridge(work / "bridge", bridge_config(slapd, work / "bridge", free_udp_port()))
     try:
-        radius.check()
-        radius.start()
-        import_secrets(bridge, secrets, work)
-        bridge.start()
-        assert radius.proc is not None
-        assert bridge.proc is not None
+        started = start_both(radius, bridge, secrets, work)
         assert slapd.pid is not None
-        servers = {
-            "freeradius": (("127.0.0.1", radius.port), radius.proc.pid),
-            "mfa-bridge": (("127.0.0.1", bridge.port), bridge.proc.pid),
-        }
+        servers = {name: (("127.0.0.1", port), pid) for name, (port, pid) in started.items()}
         # One warm-up pass each (connection pools, caches), as a NAS would see after start.
         next_step()
         for address, pid in servers.values():
