@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bridge import __version__
 from bridge.admin import Admin, AdminError, Changed, describe
 from bridge.config import Config, ConfigError, default_config_path, load_config
 from bridge.store import StoreError
@@ -45,13 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--config",
         type=Path,
-        default=None,
+        default=argparse.SUPPRESS,  # not None: it would hide a --config given before
         help="config file (default: $MFA_BRIDGE_CONFIG or config/bridge.yaml)",
     )
     as_json = _Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON")
 
     parser = _Parser(prog="mfa-bridge", description="TOTP MFA for RADIUS and LDAP logins")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="config file, before or after the command"
+    )
+    parser.add_argument("--version", action="version", version=f"mfa-bridge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("run", parents=[config], help="run the daemon")
     commands.add_parser("check-config", parents=[config], help="validate the config file")

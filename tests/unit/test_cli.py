@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -262,6 +263,19 @@ def test_check_config_ok(cli: Run) -> None:
     """A valid config: exit 0, "config OK" on stdout, nothing on stderr."""
     result = cli("check-config")
     assert (result.code, result.out, result.err) == (0, "config OK\n", "")
+
+
+def test_config_may_come_before_the_command_and_the_version_is_printed(
+    cli: Run, config_path: Path
+) -> None:
+    """`mfa-bridge --config F check-config` as well as after; `--version` says which."""
+    before = cli("--config", str(config_path), "check-config", config=None)
+    assert (before.code, before.out) == (0, "config OK\n")
+    missing = cli("--config", "/nowhere.yaml", "check-config", config=None)
+    assert missing.code == 1 and "/nowhere.yaml" in missing.err
+    version = cli("--version", config=None)
+    assert version.code == 0
+    assert re.fullmatch(r"mfa-bridge \d+\.\d+\.\d+\S*\n", version.out), version.out
 
 
 def test_check_config_warnings_go_to_stderr(cli: Run, tmp_path: Path) -> None:
