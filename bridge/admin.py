@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from bridge.audit import AuditLog
 from bridge.core.credentials import normalize_username
 from bridge.core.identity import name_key, name_keys
 from bridge.core.policy import (
@@ -52,6 +53,7 @@ class Changed:
 
     username: str  # the entry's name
     record: UserRecord | None  # None: forgotten
+    before: State | None = None  # the state it had, for the audit line
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,13 @@ class Admin:
         issuer: str,
         exempt: frozenset[str],
         directory: Resolver,
+        *,
+        audit: AuditLog | None = None,
+        actor: str = "cli",
     ) -> None:
         self.store = store
+        self.audit = audit or AuditLog(None)  # admin changes are audited (SPEC 12)
+        self.actor = actor  # who ran the command: the audit line's client
         self.policy = policy
         self.issuer = issuer
         self.exempt = name_keys(exempt)
@@ -213,10 +220,15 @@ class Admin:
         """Issue a new secret: the user is `pending` until the first code."""
         owner = self._known(raw, now)
         secret = new_secret()
-        record = self.store.update(
-            owner.entry_id, lambda old: _same(admin_enroll(old, owner, secret, now, self.policy))
-        )
+        before: list[State | None] = [None]
+
+        def enroll(old: UserRecord | None) -> tuple[UserRecord, UserRecord]:
+            before[0] = old.state if old is not None else None
+            return _same(admin_enroll(old, owner, secret, now, self.policy))
+
+        record = self.store.update(owner.entry_id, enroll)
         self.store.forget_rebinds(owner.entry_id)
+        self._audited("enroll", Changed(owner.name, record, before[0]))
         uri = provisioning_uri(secret, owner.name, self.issuer, self.policy.totp)
         return Enrollment(record, encode_secret(secret), uri)
 
@@ -235,12 +247,13 @@ class Admin:
             if identity is not None:
                 owner = identity
                 self.store.forget_rebinds(owner.entry_id)
-                return self.store.update(
+                locked = self.store.update(
                     owner.entry_id,
                     lambda old: _same_changed(
-                        admin_lock(old, now) if old else admin_lock_unseen(owner, now)
+                        admin_lock(old, now) if old else admin_lock_unseen(owner, now), old
                     ),
                 )
+                return self._audited("lock", locked)
             why = "not in the directory"
         changed = [
             self._change(Identity(r.entry_id, r.username, ""), lambda r: admin_lock(r, now))
@@ -249,6 +262,8 @@ class Admin:
         changed += [Changed(r.username, r) for r in self.store.lock_legacy(canonical(raw), now)]
         if not changed:
             raise AdminError(f"unknown user: {canonical(raw)} ({why})")
+        for each in changed:
+            self._audited("lock", each, by_stored_name=True)
         names = ", ".join(c.username for c in changed)
         self.notes.append(f"{why}: locked by the stored name ({len(changed)} records: {names})")
         return changed[0]
@@ -258,12 +273,16 @@ class Admin:
         if days is not None and days < 0:
             raise AdminError("--days must be 0 or more")
         owner = self._known(raw, now)
-        return self._change(owner, lambda r: admin_unlock(r, now, self.policy, days))
+        return self._audited(
+            "unlock", self._change(owner, lambda r: admin_unlock(r, now, self.policy, days))
+        )
 
     def reset(self, raw: str, now: int) -> Changed:
         """Forget the secret: back to grace with a fresh period."""
         owner = self._known(raw, now)
-        return self._change(owner, lambda r: admin_reset(r, now, self.policy))
+        return self._audited(
+            "reset", self._change(owner, lambda r: admin_reset(r, now, self.policy))
+        )
 
     def _change(
         self, owner: Identity, change: Callable[[UserRecord], UserRecord | None]
@@ -272,7 +291,7 @@ class Admin:
             if old is None:
                 raise AdminError(f"unknown user: {owner.name} has no MFA record yet")
             new = change(old)
-            return new, Changed(old.username, new)
+            return new, Changed(old.username, new, old.state)
 
         changed = self.store.update(owner.entry_id, apply)
         self.store.forget_rebinds(owner.entry_id)  # a bind an app repeats starts again
@@ -314,7 +333,17 @@ class Admin:
         self.store.update_many(changes)
         for entry_id, _change in changes:
             self.store.forget_rebinds(entry_id)
+        for row in rows:
+            owner = found[row.username]
+            assert owner is not None  # checked above
+            self.audit.admin("import", owner.name, self.actor, after=State.ACTIVE, source=str(path))
         return len(changes)
+
+    def _audited(self, action: str, changed: Changed, **details: object) -> Changed:
+        """Write the audit line of an admin change; returns the change."""
+        after = changed.record.state if changed.record is not None else None
+        self.audit.admin(action, changed.username, self.actor, changed.before, after, **details)
+        return changed
 
     def attach_legacy(self, now: int) -> None:
         """Attach records from before SPEC 8 to their entries, if the directory answers."""
@@ -354,8 +383,8 @@ def _same(record: UserRecord) -> tuple[UserRecord, UserRecord]:
     return record, record
 
 
-def _same_changed(record: UserRecord) -> tuple[UserRecord, Changed]:
-    return record, Changed(record.username, record)
+def _same_changed(record: UserRecord, old: UserRecord | None) -> tuple[UserRecord, Changed]:
+    return record, Changed(record.username, record, old.state if old is not None else None)
 
 
 def _importer(

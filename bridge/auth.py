@@ -45,6 +45,13 @@ log = Logger(namespace="bridge.auth")
 
 RECENT_SECONDS = 10  # an accepted bind is known in memory until its rebind row is written
 
+_CALLER_FIELDS = (
+    "outer_identity",
+    "nas_identifier",
+    "nas_ip",
+    "calling_station_id",
+    "client_address",
+)
 _CODE_ACCEPTS = frozenset({Reason.ACCEPTED, Reason.ACTIVATED})  # a code was just spent
 
 _BIND_REJECTS = {
@@ -72,6 +79,16 @@ class Caller:
     client: str
     label: str = ""  # for the metrics: a configured client's name, never an address
     outer_identity: str | None = None  # EAP: the identity outside the tunnel
+    nas_identifier: str | None = None  # RADIUS: what the NAS says about itself
+    nas_ip: str | None = None
+    calling_station_id: str | None = None  # RADIUS: the device (a MAC, a phone's IP)
+    client_address: str | None = None  # the IP address the request came from
+
+    def audit_fields(self) -> dict[str, str]:
+        """The fields of the audit line beyond protocol and client (SPEC 12), when known."""
+        return {
+            name: value for name in _CALLER_FIELDS if (value := getattr(self, name)) is not None
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,7 +570,7 @@ class Authenticator:
             caller.client,
             latency,
             caller.label,
-            outer_identity=caller.outer_identity,
+            extra=caller.audit_fields(),
         )
         return decision
 

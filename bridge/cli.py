@@ -6,7 +6,9 @@ This is the only module that reads the wall clock and imports the global reactor
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -17,6 +19,7 @@ from typing import Any, NoReturn
 
 from bridge import __version__
 from bridge.admin import Admin, AdminError, Changed, describe
+from bridge.audit import admin_audit
 from bridge.config import Config, ConfigError, default_config_path, load_config
 from bridge.store import StoreError
 
@@ -150,12 +153,15 @@ def _user(args: argparse.Namespace, config: Config) -> int:
 
     store = open_store(config)
     directory = DirectoryLookup(config.directory, config.mfa.exempt_groups)
+    audit = admin_audit(config.log.audit)
     admin = Admin(
         store,
         policy_from(config),
         config.mfa.issuer,
         frozenset(config.mfa.exempt_users),
         directory,
+        audit=audit,
+        actor=_actor(),
     )
     try:
         return _USER_ACTIONS[args.action](admin, args, int(time.time()))
@@ -164,6 +170,13 @@ def _user(args: argparse.Namespace, config: Config) -> int:
             print(f"note: {note}", file=sys.stderr)
         directory.close()
         store.close()
+        audit.close()
+
+
+def _actor() -> str:
+    """Who ran an admin command, for its audit line: the login behind sudo, if any."""
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return f"cli:{user}"
 
 
 def _show(args: argparse.Namespace, view: Any, text: Callable[[], str]) -> int:
@@ -267,6 +280,17 @@ def _store(args: argparse.Namespace, config: Config) -> int:
             view: dict[str, Any] = {"file": str(args.file), "users": count}
             return _show(args, view, lambda: f"backed up {count} users to {args.file}")
         done = restore(store, args.file, replace=args.replace)
+        audit = admin_audit(config.log.audit)
+        audit.admin(
+            "restore",
+            "*",
+            _actor(),
+            source=str(args.file),
+            added=done.added,
+            replaced=done.replaced,
+            kept=done.kept,
+        )
+        audit.close()
         view = {"added": done.added, "replaced": done.replaced, "kept": done.kept}
         kept = f", {done.kept} kept as they were (--replace overwrites)" if done.kept else ""
         text = f"restored {done.added} users, replaced {done.replaced}{kept}"

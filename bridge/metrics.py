@@ -14,7 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -24,6 +32,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from bridge import __version__
 from bridge.core.types import Decision, State
 from bridge.store import RecordStore, StoreError
 from bridge.store.worker import StoreWorker
@@ -46,6 +55,13 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.before_scrape: list[Callable[[], Deferred[None]]] = []  # reads done first
+        # The standard process_* (CPU, memory, file descriptors, start time) and
+        # python_info, as every Prometheus client exports them; and which build this is.
+        self.registry.register(PROCESS_COLLECTOR)
+        self.registry.register(PLATFORM_COLLECTOR)
+        Info(
+            "mfa_bridge_build", "The running mfa-bridge: its version", registry=self.registry
+        ).info({"version": __version__})
         self.decisions = Counter(
             "mfa_bridge_decisions",
             "Login decisions, by protocol, RADIUS client name, outcome and reason",

@@ -510,7 +510,7 @@ class LdapProxyProtocol(Protocol):
                 return self._refuse("empty-password", dn)
             return await self._open((), dn, password, "passthrough", dn)
         username = self._settings.mapper.username(dn)
-        caller = Caller("ldap", self.client)
+        caller = Caller("ldap", self.client, client_address=self.client)
         if username is None:
             self._login.refuse(dn[:256], Reason.BAD_USERNAME, caller)
             return _REFUSED

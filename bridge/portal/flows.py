@@ -133,7 +133,7 @@ class Portal:
         if code and not is_code(code, self._policy.totp.digits):
             self._failed(username)
             return succeed(SignIn(SignInResult.WRONG_CODE))
-        caller = Caller("portal", client)
+        caller = Caller("portal", client, client_address=client)
         if code:  # the code is used only if the entry has a secret (see plan_given)
             d = self._auth.login_outcome(raw_username, password, Mode.APPEND, caller, code=code)
         else:
@@ -308,7 +308,7 @@ class Portal:
         return self._worker.run(write).addCallback(decided)
 
     def _record(self, decision: Decision, client: str) -> None:
-        self._audit.record(decision, "portal", client, 0.0)
+        self._audit.record(decision, "portal", client, 0.0, extra={"client_address": client})
 
 
 def _digest(secret: bytes) -> bytes:

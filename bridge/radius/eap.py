@@ -10,7 +10,7 @@ audited here, with the reason the peer is never told.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -103,21 +103,23 @@ class EapResponder:
         self,
         message: bytes,
         state: bytes | None,
+        caller: Caller,
         client: RadiusClient,
+        *,
         address: str,
         user_name: str = "",
-        *,
         rules: ClientRules | None = None,
         device: str | None = None,
     ) -> Deferred[EapReply]:
         """The reply to one Access-Request's EAP-Message (and State, after the first).
 
         `user_name` is the request's User-Name (the NAS copies the outer identity there):
-        the name audited when a conversation fails before it is known. `rules` and
-        `device` are the client's and the Calling-Station-Id, as for PAP.
+        the name audited when a conversation fails before it is known. `caller` is the
+        request's, as for PAP; `rules` and `device` the client's and the
+        Calling-Station-Id.
         """
         step = self._server.respond(message, state, address)
-        return self._reply(step, _Login(client, address, user_name, rules, device))
+        return self._reply(step, _Login(caller, client, address, user_name, rules, device))
 
     def _reply(self, step: Step, login: _Login) -> Deferred[EapReply]:
         if isinstance(step, Challenge):
@@ -139,13 +141,13 @@ class EapResponder:
             )
             return succeed(reply)
         if isinstance(step, Failure):
-            return succeed(self._failed(step, login.client, login.address, login.user_name))
+            return succeed(self._failed(step, login))
         return self._verify(step, login)
 
     def _verify(self, step: Verify, login: _Login) -> Deferred[EapReply]:
         """Decide the inner password as PAP's append mode does, then take the next step."""
         tunnel = step.tunnel
-        caller = _caller(tunnel, login.client, login.address)
+        caller = _caller(tunnel, login)
         credentials = step.credentials
 
         def decided(outcome: LoginOutcome) -> Deferred[EapReply]:
@@ -170,18 +172,17 @@ class EapResponder:
         )
         return d.addCallback(decided).addErrback(broken)
 
-    def _failed(
-        self, step: Failure, client: RadiusClient, address: str, user_name: str
-    ) -> EapReply:
+    def _failed(self, step: Failure, login: _Login) -> EapReply:
         """EAP-Failure; audited and logged here unless a password decision ended it."""
         self.counters["failures"] += 1
         if step.decided:
             return EapReply(codec.ACCESS_REJECT, step.packet.to_bytes())
         tunnel = step.tunnel
         reason = Reason.UNSUPPORTED if step.refused_method else Reason.EAP_ERROR
-        user = (tunnel.inner_user or tunnel.outer_identity) if tunnel is not None else user_name
-        caller = _caller(tunnel, client, address, user_name)
-        decision = self._auth.refuse(user, reason, caller)
+        user = (tunnel.inner_user or tunnel.outer_identity) if tunnel is not None else None
+        caller = _caller(tunnel, login)
+        decision = self._auth.refuse(user or login.user_name, reason, caller)
+        address = login.address
         if self._throttle.allow((reason, address)):
             log.warn(
                 "radius.eap.failed client={client} method={method} outer_identity={outer!r}: {why}",
@@ -198,6 +199,7 @@ class _Login:
     """Who an EAP round came from: the client, its address, and for the inner login the
     request's User-Name, the client's rules and the device."""
 
+    caller: Caller  # the RADIUS request's, given the method's name for the audit
     client: RadiusClient
     address: str
     user_name: str = ""
@@ -205,13 +207,11 @@ class _Login:
     device: str | None = None
 
 
-def _caller(
-    tunnel: Tunnel | None, client: RadiusClient, address: str, user_name: str = ""
-) -> Caller:
-    where = f"{client.name}({address})"
+def _caller(tunnel: Tunnel | None, login: _Login) -> Caller:
+    """The request's caller, named by the method, with the outer identity beside it."""
     if tunnel is None:
-        return Caller("eap", where, client.name, outer_identity=user_name or None)
-    return Caller(tunnel.protocol, where, client.name, outer_identity=tunnel.outer_identity)
+        return replace(login.caller, protocol="eap", outer_identity=login.user_name or None)
+    return replace(login.caller, protocol=tunnel.protocol, outer_identity=tunnel.outer_identity)
 
 
 def _eap_failure(tunnel: Tunnel) -> bytes:

@@ -220,7 +220,7 @@ class RadiusProtocol(DatagramProtocol):
     def _access_request(
         self, request: Request, client: RadiusClient, key: CacheKey, addr: Address
     ) -> None:
-        caller = Caller("radius", f"{client.name}({addr[0]})", client.name)
+        caller = caller_of(request, client, addr[0])
         user = request.user_name or ""
         rules = self._rules[client.name]
         device = request.calling_station_id
@@ -229,9 +229,10 @@ class RadiusProtocol(DatagramProtocol):
             d_eap = self.eap.respond(
                 request.eap_message,
                 request.state,
+                caller,
                 client,
-                addr[0],
-                user,
+                address=addr[0],
+                user_name=user,
                 rules=rules,
                 device=device,
             )
@@ -267,7 +268,7 @@ class RadiusProtocol(DatagramProtocol):
         addr: Address,
     ) -> None:
         log.failure("radius.login-error client={client}", failure, client=addr[0])
-        caller = Caller("radius", f"{client.name}({addr[0]})", client.name)
+        caller = caller_of(request, client, addr[0])
         decision = self._auth.refuse(request.user_name or "", Reason.INTERNAL_ERROR, caller)
         self._answer(decision, request, client, key, addr)
 
@@ -451,6 +452,20 @@ class RadiusProtocol(DatagramProtocol):
             client=addr[0],
             what=what,
         )
+
+
+def caller_of(request: Request, client: RadiusClient, address: str) -> Caller:
+    """Who asked, for the audit line: the client's name and address, and what the NAS
+    said of itself and of the device (SPEC 12)."""
+    return Caller(
+        "radius",
+        f"{client.name}({address})",
+        client.name,
+        nas_identifier=request.nas_identifier,
+        nas_ip=request.nas_ip,
+        calling_station_id=request.calling_station_id,
+        client_address=address,
+    )
 
 
 def rules_of(client: RadiusClient) -> ClientRules:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -220,6 +221,11 @@ def test_metrics_count_decisions_drops_lockouts_and_users(
     assert samples['mfa_bridge_users{state="grace"}'] == 1
     assert samples['mfa_bridge_users{state="locked"}'] == 1
     assert samples["mfa_bridge_enrollment_deadlines_next_7_days"] == 0
+    assert 20e6 < samples["process_resident_memory_bytes"] < 400e6  # the daemon's own
+    assert samples["process_open_fds"] > 3
+    assert samples["process_start_time_seconds"] > 1.7e9
+    (build,) = [name for name in samples if name.startswith("mfa_bridge_build_info{")]
+    assert re.fullmatch(r'mfa_bridge_build_info\{version="\d+\.\d+\.\d+[^"]*"\}', build)
     assert sum(v for k, v in samples.items() if k.startswith(dropped)) == 1
     assert samples["mfa_bridge_directory_seconds_count"] >= 5
 

@@ -1508,3 +1508,23 @@ def test_an_eap_round_with_an_unknown_state_is_refused_and_audited(
     assert (line["user"], line["protocol"], line["reason"]) == ("walter", "eap", "eap-error")
     identity = EapPacket(Code.RESPONSE, 1, Type.IDENTITY, b"anonymous").to_bytes()
     assert bridge.exchange(request("anonymous", eap=identity)).code == CHALLENGE
+
+
+def test_audit_lines_name_the_nas_the_device_and_the_address(bridge: Bridge) -> None:
+    """SPEC 12: NAS-Identifier, NAS-IP-Address and Calling-Station-Id, as the NAS sent
+    them, and the address the request came from, in the decision's audit line."""
+    req = request(
+        "alice",
+        "alice-pass",
+        NAS_Identifier="vpn-1",
+        NAS_IP_Address="192.0.2.7",
+        Calling_Station_Id="203.0.113.9",
+    )
+    assert bridge.exchange(req).code == ACCEPT
+    line = bridge.audit_lines()[-1]
+    assert (line["nas_identifier"], line["nas_ip"]) == ("vpn-1", "192.0.2.7")
+    assert (line["calling_station_id"], line["client_address"]) == ("203.0.113.9", NAS[0])
+    assert line["client"] == f"vpn({NAS[0]})"
+    plain = bridge.exchange(request("alice", "wrong-pass"))
+    assert plain.code == REJECT
+    assert "nas_identifier" not in bridge.audit_lines()[-1]  # absent when not sent

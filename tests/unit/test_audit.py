@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
+import sys
 from pathlib import Path
 
-from bridge.audit import AuditLog, open_audit, utc_iso
+from bridge.audit import AuditLog, admin_audit, open_audit, utc_iso
 from bridge.core.types import Decision, LockReason, Outcome, Reason, State
 
 
@@ -77,3 +79,31 @@ def test_the_audit_file_is_created_for_the_owner_only(tmp_path: Path) -> None:
         os.umask(old)
     assert (tmp_path / "audit.log.1").stat().st_mode & 0o777 == 0o600
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_admin_lines_go_to_the_system_log_when_the_audit_is_stdout(tmp_path: Path) -> None:
+    """With log.audit: stdout the admin commands' lines go to the syslog socket (journald
+    keeps them beside the daemon's), tagged mfa-bridge, facility authpriv; without one,
+    to standard error."""
+    path = str(tmp_path / "log")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    try:
+        audit = admin_audit("stdout", syslog=path)
+        audit.admin("lock", "alice", "cli:maria", State.ACTIVE, State.LOCKED)
+        audit.close()
+        got = listener.recv(4096).decode()
+    finally:
+        listener.close()
+    prefix, _, line = got.partition(": ")
+    assert prefix.startswith("<86>mfa-bridge[")
+    fields = json.loads(line)
+    assert (fields["event"], fields["protocol"], fields["client"]) == (
+        "admin.lock",
+        "admin",
+        "cli:maria",
+    )
+    assert (fields["state_before"], fields["state_after"]) == ("active", "locked")
+    fallback = admin_audit("stdout", syslog=str(tmp_path / "none"))
+    assert fallback._stream is sys.stderr
+    assert admin_audit("off")._stream is None

@@ -72,6 +72,7 @@ def config_data(tmp_path: Path) -> dict[str, Any]:
             "listen": "127.0.0.1:0",
             "clients": [{"address": "127.0.0.1", "secret": "radius-shared-secret-0123456789"}],
         },
+        "log": {"audit": str(tmp_path / "audit.jsonl")},  # admin changes land here
     }
 
 
@@ -1369,3 +1370,41 @@ def test_installed_mfa_bridge_command(config_path: Path, tmp_path: Path) -> None
         == 1
     )
     assert run_program([script], tmp_path).returncode == 2
+
+
+
+# --- admin changes are audited (SPEC 12) ------------------------------------------------------
+
+
+def audit_lines(config_path: Path) -> list[dict[str, Any]]:
+    path = Path(config_data(config_path.parent.parent)["log"]["audit"])
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_every_admin_change_writes_an_audit_line(
+    cli: Run, config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """enroll, lock, unlock, reset, import and store restore: one line each (one per user
+    for an import), protocol admin, the account behind sudo as the client, states."""
+    monkeypatch.setenv("SUDO_USER", "maria")
+    assert cli("user", "enroll", "alice").code == 0
+    assert cli("user", "lock", "alice").code == 0
+    assert cli("user", "unlock", "alice").code == 0
+    assert cli("user", "reset", "alice").code == 0
+    import_users(cli, tmp_path, f"bob,{SECRET_160}")
+    backup = tmp_path / "backup.db"
+    assert cli("store", "backup", str(backup)).code == 0
+    assert cli("store", "restore", str(backup)).code == 0
+    assert cli("user", "status", "alice").code == 0  # a read: no line
+    lines = audit_lines(config_path)
+    assert [(x["event"], x["user"], x["state_before"], x["state_after"]) for x in lines] == [
+        ("admin.enroll", "alice", None, "pending"),
+        ("admin.lock", "alice", "pending", "locked"),
+        ("admin.unlock", "alice", "locked", "grace"),
+        ("admin.reset", "alice", "grace", "grace"),
+        ("admin.import", "bob", None, "active"),
+        ("admin.restore", "*", None, None),
+    ]
+    assert {(x["protocol"], x["client"]) for x in lines} == {("admin", "cli:maria")}
+    assert lines[-1]["kept"] == 2 and lines[-1]["source"] == str(backup)
+    assert all("secret" not in line for line in lines)
