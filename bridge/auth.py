@@ -35,7 +35,7 @@ from bridge.core.totp import guard_tag
 from bridge.core.types import Decision, Identity, Outcome, Reason, UserRecord
 from bridge.directory import Binder, BindResult, BindStatus, Plan
 from bridge.ldapdn import DnKey, dn_key
-from bridge.logs import Throttle
+from bridge.logs import Throttle, debugging
 from bridge.store import RecordStore, StoreUnavailableError
 from bridge.store.batching import ReadBatcher, WriteBatcher
 from bridge.store.records import ChallengeRow
@@ -564,6 +564,19 @@ class Authenticator:
         ):
             return decision  # RADIUS has stopped: the closing directory decided nothing sent
         latency = self._clock.seconds() - started
+        if debugging():
+            log.debug(
+                "auth.decision {protocol} {client} user={user}: {outcome} ({reason})"
+                " state {before} -> {after} in {ms:.1f} ms",
+                protocol=caller.protocol,
+                client=caller.client,
+                user=decision.username,
+                outcome=decision.outcome.value,
+                reason=decision.reason.value,
+                before=decision.state_before.value if decision.state_before else "none",
+                after=decision.state_after.value if decision.state_after else "none",
+                ms=latency * 1000,
+            )
         self._audit_log.record(
             decision,
             caller.protocol,

@@ -61,7 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mfa-bridge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    commands.add_parser("run", parents=[config], help="run the daemon")
+    run = commands.add_parser("run", parents=[config], help="run the daemon")
+    run.add_argument(
+        "--debug",
+        action="store_true",
+        help="trace every request (attributes with passwords masked, directory operations,"
+        " decisions), as freeradius -X does",
+    )
     commands.add_parser("check-config", parents=[config], help="validate the config file")
     health = commands.add_parser(
         "healthcheck", parents=[config], help="a Status-Server round trip to the local listener"
@@ -131,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "healthcheck":
             return _healthcheck(config, args.timeout)
         if args.command == "run":
-            return _run(config, args.config or default_config_path())
+            return _run(config, args.config or default_config_path(), debug=args.debug)
         if args.command == "store":
             return _store(args, config)
         return _user(args, config)
@@ -322,20 +328,22 @@ def _healthcheck(config: Config, timeout: float) -> int:
     return EXIT_OK
 
 
-def _run(config: Config, path: Path) -> int:
+def _run(config: Config, path: Path, *, debug: bool = False) -> int:
     from twisted.internet import reactor  # noqa: PLC0415 - the one global reactor
+    from twisted.logger import Logger  # noqa: PLC0415
 
     from bridge.logs import start_logging  # noqa: PLC0415
     from bridge.service import make_daemon, reload_config  # noqa: PLC0415
     from bridge.systemd import Notifier  # noqa: PLC0415
 
-    start_logging(config.log, sys.stderr)  # stdout carries the audit lines
+    start_logging(config.log, sys.stderr, debug=debug)  # stdout carries the audit lines
+    log = Logger(namespace="bridge.cli")  # from here on, every line in log.format
     for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        log.warn("config.warning {warning}", warning=warning)
     from bridge.budget import ensure_descriptors  # noqa: PLC0415
 
     if (problem := ensure_descriptors(config)) is not None:
-        print(f"error: cannot start: {problem}", file=sys.stderr)
+        log.error("start.failed cannot start: {problem}", problem=problem)
         return EXIT_ERROR
     daemon = make_daemon(config, reactor)
     notifier = Notifier()
@@ -372,6 +380,6 @@ def _run(config: Config, path: Path) -> int:
     reactor.callWhenRunning(start)
     reactor.run()
     if failed:
-        print(f"error: cannot start: {failed[0]}", file=sys.stderr)
+        log.error("start.failed cannot start: {problem}", problem=failed[0])
         return EXIT_ERROR
     return EXIT_OK

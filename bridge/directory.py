@@ -39,6 +39,7 @@ from bridge.config import DirectoryConfig
 from bridge.core.identity import id_text
 from bridge.core.types import Identity
 from bridge.ldapdn import DnKey, dn_key, key_of, parse_dn
+from bridge.logs import debugging
 
 log = Logger(namespace="bridge.directory")
 
@@ -429,14 +430,26 @@ class _Server:
     async def bind(self, dn: str, password: str) -> bool:
         """Whether the directory accepts `password` for `dn`: one simple bind."""
         link = await self._acquire()
+        started = time.monotonic()
+        outcome = "accepted"
         try:
             await link.call(lambda c: c.simple_bind(dn, password))
         except _REFUSED:
+            outcome = "refused"
             return False
         except ldap.LDAPError as exc:
+            outcome = f"failed: {_describe(exc)}"
             raise UnavailableError(_describe(exc)) from exc
         finally:
             self._release(link)
+            if debugging():
+                log.debug(
+                    "directory.bind server={server} dn={dn} {outcome} in {ms:.1f} ms",
+                    server=self.url,
+                    dn=dn,
+                    outcome=outcome,
+                    ms=(time.monotonic() - started) * 1000,
+                )
         return True
 
     def _search(
@@ -445,9 +458,28 @@ class _Server:
         """A search on the shared connection, asking for `attrs` only (["1.1"]: none)."""
         if self._search_link is None:
             raise UnavailableError("not connected")
-        return self._search_link.call(
+        d: Deferred[Any] = self._search_link.call(
             lambda c: c.search_ext(base, scope, query, attrs, sizelimit=limit)
         )
+        if debugging():
+            d.addBoth(self._traced, base, query, time.monotonic())
+        return d
+
+    def _traced(self, result: Any, base: str, query: str, started: float) -> Any:
+        """`--debug`: a search, what it looked for and how long the directory took."""
+        if isinstance(result, Failure):
+            found = f"failed: {result.getErrorMessage()}"
+        else:
+            found = f"{sum(1 for dn, _attrs in result[1] if dn)} entries"
+        log.debug(
+            "directory.search server={server} base={base} filter={filter} {found} in {ms:.1f} ms",
+            server=self.url,
+            base=base,
+            filter=query,
+            found=found,
+            ms=(time.monotonic() - started) * 1000,
+        )
+        return result
 
     def _acquire(self) -> Deferred[_Link]:
         if self._search_link is None:

@@ -1,20 +1,31 @@
-"""Log output: readable lines or JSON lines, filtered by level; never a secret."""
+"""Log output: readable lines or JSON lines, filtered by level; never a secret.
+
+JSON lines are what a log shipper expects (SPEC 12): one object a line, `time` in ISO
+8601 UTC, `level` (debug, info, warning, error), `event` (the message's leading dotted
+name, `radius.drop`, or the emitter's namespace for Twisted's own), `message` as the
+text format renders it, then the event's own fields.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Hashable
-from typing import TextIO
+from typing import Any, TextIO
 
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
+    formatEvent,
     globalLogBeginner,
-    jsonFileLogObserver,
     textFileLogObserver,
 )
+from zope.interface import implementer
 
+from bridge.audit import utc_iso
 from bridge.config import LogConfig
 
 _LEVELS = {
@@ -26,27 +37,77 @@ _LEVELS = {
 
 
 _PREDICATE = LogLevelFilterPredicate()  # one level for all namespaces; set at start-up
+_LEVEL_NAMES = {
+    LogLevel.debug: "debug",
+    LogLevel.info: "info",
+    LogLevel.warn: "warning",
+    LogLevel.error: "error",
+    LogLevel.critical: "error",
+}
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9_-]*(?:\.[a-z0-9_-]+)+")
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr).encode
+_debugging = False
+_forced_debug = False  # `run --debug`: a reload keeps the trace on
 
 
-def observer(config: LogConfig, out: TextIO) -> ILogObserver:
-    """An observer writing to `out` in the configured format, at the configured level."""
-    inner = (
-        jsonFileLogObserver(out, recordSeparator="")
-        if config.format == "json"
-        else textFileLogObserver(out)
-    )
-    _PREDICATE.setLogLevelForNamespace("", _LEVELS[config.level])  # "": every namespace
+@implementer(ILogObserver)
+class JsonLines:
+    """Writes each event as one JSON object on a line of its own."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def __call__(self, event: LogEvent) -> None:
+        self._out.write(json_line(event) + "\n")
+        self._out.flush()
+
+
+def json_line(event: LogEvent) -> str:
+    """One event as the JSON object SPEC 12 describes."""
+    text = event.get("log_format") or ""
+    named = _EVENT_NAME.match(text)
+    fields: dict[str, Any] = {
+        "time": utc_iso(event.get("log_time", 0.0)),
+        "level": _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "info"),
+        "event": named.group(0) if named else event.get("log_namespace", "log"),
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if not key.startswith("log_") and key not in fields and not key.startswith("_"):
+            fields[key] = value if isinstance(value, str | int | float | bool) else repr(value)
+    failure = event.get("log_failure")
+    if failure is not None:
+        fields["traceback"] = failure.getTraceback()
+    return _encode(fields)
+
+
+def observer(config: LogConfig, out: TextIO, *, debug: bool = False) -> ILogObserver:
+    """An observer writing to `out` in the configured format, at the configured level
+    (debug with `--debug`, whatever the config says)."""
+    global _forced_debug  # noqa: PLW0603
+    inner = JsonLines(out) if config.format == "json" else textFileLogObserver(out)
+    _forced_debug = debug
+    set_level(config.level)
     return FilteringLogObserver(inner, [_PREDICATE])
 
 
 def set_level(level: str) -> None:
     """Change the level of the daemon's messages while it runs (SIGHUP)."""
-    _PREDICATE.setLogLevelForNamespace("", _LEVELS[level])
+    global _debugging  # noqa: PLW0603 - the one switch every trace point reads
+    level = "debug" if _forced_debug else level
+    _PREDICATE.setLogLevelForNamespace("", _LEVELS[level])  # "": every namespace
+    _debugging = level == "debug"
 
 
-def start_logging(config: LogConfig, out: TextIO) -> None:
+def debugging() -> bool:
+    """Whether per-request traces are wanted: checked before building one, so a daemon
+    not at debug level pays nothing for them."""
+    return _debugging
+
+
+def start_logging(config: LogConfig, out: TextIO, *, debug: bool = False) -> None:
     """Send Twisted's global log to `out` (once, at start-up)."""
-    globalLogBeginner.beginLoggingTo([observer(config, out)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([observer(config, out, debug=debug)], redirectStandardIO=False)
 
 
 class Throttle:

@@ -186,12 +186,18 @@ class Bridge:
             timeout=60,
         )
 
-    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> None:
-        """Start the daemon (with `env` added to its environment); wait for Status-Server."""
+    def start(
+        self,
+        timeout: float = 15.0,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        """Start the daemon (with `env` added to its environment, `args` after `run`);
+        wait for Status-Server."""
         self.write_config()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "bridge", "run", *args, "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,

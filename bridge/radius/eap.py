@@ -30,8 +30,9 @@ from bridge.eap.machine import Challenge, EapServer, Failure, Step, Success, Tun
 from bridge.eap.packets import Code, EapPacket
 from bridge.eap.tls import server_context
 from bridge.ldapdn import DnKey
-from bridge.logs import Throttle
+from bridge.logs import Throttle, debugging
 from bridge.radius import codec
+from bridge.radius.trace import describe_eap
 
 log = Logger(namespace="bridge.radius.eap")
 
@@ -124,6 +125,12 @@ class EapResponder:
     def _reply(self, step: Step, login: _Login) -> Deferred[EapReply]:
         if isinstance(step, Challenge):
             self.counters["rounds"] += 1
+            if debugging():
+                log.debug(
+                    "eap.round client={client} {packet}",
+                    client=login.address,
+                    packet=describe_eap(step.packet.to_bytes()),
+                )
             return succeed(
                 EapReply(codec.ACCESS_CHALLENGE, step.packet.to_bytes(), state=step.state)
             )

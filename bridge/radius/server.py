@@ -25,11 +25,12 @@ from bridge.core.policy import REJECT_SPREAD, Mode
 from bridge.core.types import Decision, Identity, Outcome, Reason
 from bridge.eap.packets import Code, EapPacket
 from bridge.ldapdn import DnKey
-from bridge.logs import Throttle
+from bridge.logs import Throttle, debugging
 from bridge.radius import codec
 from bridge.radius.codec import MalformedPacket, Request
 from bridge.radius.eap import EapReply, EapResponder
 from bridge.radius.replies import Replies
+from bridge.radius.trace import describe
 
 log = Logger(namespace="bridge.radius")
 
@@ -206,6 +207,8 @@ class RadiusProtocol(DatagramProtocol):
                 " require_message_authenticator: false for it",
             )
             return
+        if debugging():
+            trace("radius.request", addr, request.raw)
         if len(self._replies) >= REPLY_CACHE_LIMIT:
             self._drop("overload", addr, "too many requests in progress")
             return
@@ -401,6 +404,8 @@ class RadiusProtocol(DatagramProtocol):
         self._send(key, addr, reply)
 
     def _send(self, key: CacheKey, addr: Address, reply: bytes) -> None:
+        if debugging():
+            trace("radius.reply", addr, reply)
         entry = self._replies.get(key)
         if entry is not None:
             entry.reply = reply
@@ -452,6 +457,24 @@ class RadiusProtocol(DatagramProtocol):
             client=addr[0],
             what=what,
         )
+
+
+def trace(event: str, addr: Address, packet: bytes) -> None:
+    """`--debug`: a packet in or out, its attributes by name, secrets hidden."""
+    names = {
+        1: "Access-Request",
+        2: "Access-Accept",
+        3: "Access-Reject",
+        11: "Access-Challenge",
+        12: "Status-Server",
+    }
+    log.debug(
+        event + " client={client} id={id} {code}: {attributes}",
+        client=f"{addr[0]}:{addr[1]}",
+        id=packet[1],
+        code=names.get(packet[0], f"code {packet[0]}"),
+        attributes="; ".join(describe(packet)),
+    )
 
 
 def caller_of(request: Request, client: RadiusClient, address: str) -> Caller:

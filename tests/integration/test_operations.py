@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_binary
-from tests.harness import REPO, Bridge, RadiusClient, free_tcp_port, scrape_metrics, wait_for
+from tests.harness import (
+    REPO,
+    Bridge,
+    RadiusClient,
+    code_for,
+    free_tcp_port,
+    scrape_metrics,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -339,3 +347,44 @@ def test_sigterm_right_after_a_burst_audits_only_what_it_answers(
         answered.add(data[1])
     audited = {line["user"] for line in bridge.audit()}
     assert {ids[user] for user in audited} == answered
+
+
+# --- logs ---------------------------------------------------------------------------------
+
+
+def test_json_logs_and_the_debug_trace(make_bridge: MakeBridge, client_for: ClientFor) -> None:
+    """log.format json with `run --debug`: every line one JSON object (the start-up
+    warning too), with time, level, event and message; the trace shows the request's
+    attributes with the password hidden, the directory's search and bind with their
+    latency, and the decision; the password and the code appear nowhere."""
+    bridge = make_bridge(start=False, mode="append")
+    bridge.config["log"] = {"format": "json", "level": "info"}
+    bridge.start(args=("--debug",))
+    secret = json.loads(bridge.cli("user", "enroll", "walter", "--json").stdout)["secret"]
+    typed = "walter-pw" + code_for(secret)
+    client = client_for(bridge)
+    accepted = client.login("walter", typed, NAS_Identifier="vpn-1", Calling_Station_Id="AA-BB")
+    assert accepted is not None and accepted.accepted
+    assert wait_for(lambda: '"auth.decision"' in bridge.log())
+    text = bridge.log()
+    lines = [json.loads(line) for line in text.splitlines()]  # every line parses
+    logs = [line for line in lines if "level" in line]  # audit lines have no level
+    for line in logs:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]), line
+        assert line["level"] in {"debug", "info", "warning", "error"}, line
+        assert isinstance(line["event"], str) and isinstance(line["message"], str), line
+    events = {line["event"] for line in logs}
+    assert {"config.warning", "radius.request", "radius.reply", "auth.decision"} <= events
+    assert {"directory.search", "directory.bind"} <= events
+    request = next(
+        line
+        for line in logs
+        if line["event"] == "radius.request" and "Access-Request" in line["message"]
+    )
+    assert "User-Password = <16 octets, hidden>" in request["message"]
+    assert "NAS-Identifier = 'vpn-1'" in request["message"]
+    bind = next(line for line in logs if line["event"] == "directory.bind")
+    assert re.search(r"accepted in \d+\.\d ms", bind["message"]), bind
+    decision = next(line for line in logs if line["event"] == "auth.decision")
+    assert "accept (activated)" in decision["message"]
+    assert "walter-pw" not in text and typed not in text

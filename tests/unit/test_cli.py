@@ -1372,7 +1372,6 @@ def test_installed_mfa_bridge_command(config_path: Path, tmp_path: Path) -> None
     assert run_program([script], tmp_path).returncode == 2
 
 
-
 # --- admin changes are audited (SPEC 12) ------------------------------------------------------
 
 
