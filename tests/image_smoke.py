@@ -153,6 +153,11 @@ def main(image: str) -> None:
     try:
         whoami = container.run("id", "-un")
         check(whoami.stdout.strip() == "mfa-bridge", "runs as the non-root user mfa-bridge")
+        docs = container.run("ls", "/opt/mfa-bridge/share/doc/mfa-bridge")
+        check(
+            docs.stdout.split() == ["LICENSE", "README.md"],
+            "README and LICENSE where the systemd unit's Documentation= points",
+        )
         container.start(port, log)
         health = container.run("mfa-bridge", "healthcheck")
         check(health.returncode == 0, f"healthcheck inside the container: {health.stdout.strip()}")

@@ -140,6 +140,13 @@ def test_unit_file_verifies_and_rates_ok(tmp_path: Path) -> None:
     marker = "Overall exposure level for mfa-bridge.service:"
     score = float(rated.stdout.rsplit(marker, 1)[1].split()[0])
     assert score <= 2.0
+    text = UNIT.read_text()
+    # pip puts pyproject's data-files beside bin/ (the image test checks they are there).
+    assert "Documentation=file:///opt/mfa-bridge/share/doc/mfa-bridge/README.md" in text
+    assert (
+        '"share/doc/mfa-bridge" = ["README.md", "LICENSE"]' in (REPO / "pyproject.toml").read_text()
+    )
+    assert "LogsDirectory=mfa-bridge" in text  # a file audit log under ProtectSystem=strict
 
 
 # --- reload --------------------------------------------------------------------------------
