@@ -509,6 +509,22 @@ class _Map:
                 return None
         return path
 
+    def certificates(self, key: str, *, required: bool = False) -> Path | None:
+        """A file that must hold at least one PEM certificate (a CA bundle, a server
+        certificate and its chain): a key file or a DER file named here is an error."""
+        path = self.path(key, required=required, must_be_file=True)
+        if path is None:
+            return None
+        try:
+            head = path.read_bytes()[: 1 << 20]
+        except OSError as exc:
+            self.error(key, f"cannot read {path}: {exc.strerror or exc}")
+            return None
+        if b"-----BEGIN CERTIFICATE-----" not in head:
+            self.error(key, f"{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+            return None
+        return path
+
     def listen(self, key: str, default: str | None) -> tuple[str, int]:
         """A ``host:port`` / ``[v6]:port`` listen address; required when no default."""
         text = self.string(key, default or "", required=default is None)
@@ -730,7 +746,7 @@ def _directory(report: _Report, data: Mapping[object, object]) -> DirectoryConfi
     user_filter = m.string("user_filter", _DEFAULT_DIRECTORY.user_filter)
     if problem := _filter_problem(user_filter, ("username",)):
         m.error("user_filter", problem)
-    ca_file = m.path("ca_file", must_be_file=True)
+    ca_file = m.certificates("ca_file")
     timeout = m.number("timeout", _DEFAULT_DIRECTORY.timeout, 0, 60, lo_open=True)
     group_filter = m.string("group_filter", _DEFAULT_DIRECTORY.group_filter)
     if problem := _filter_problem(group_filter, ("dn", "username")):
@@ -1068,9 +1084,9 @@ def _replies(m: _Map, client_names: set[str]) -> tuple[ReplyRule, ...]:
 
 def _eap(report: _Report, data: Mapping[object, object]) -> EapConfig | None:
     m = _Map(report, "radius.eap", data, ("certificate", "key", "ca_file"))
-    certificate = m.path("certificate", required=True, must_be_file=True)
+    certificate = m.certificates("certificate", required=True)
     key = m.path("key", required=True, must_be_file=True)
-    ca_file = m.path("ca_file", must_be_file=True)
+    ca_file = m.certificates("ca_file")
     if certificate is None or key is None:
         return None
     return EapConfig(certificate=certificate, key=key, ca_file=ca_file)
@@ -1121,7 +1137,7 @@ def _portal(report: _Report, data: Mapping[object, object]) -> PortalConfig:
     tls = None
     if tls_data is not None:
         t = _Map(report, "portal.tls", tls_data, ("certificate", "key"))
-        certificate = t.path("certificate", required=True, must_be_file=True)
+        certificate = t.certificates("certificate", required=True)
         key = t.path("key", required=True, must_be_file=True)
         if certificate is not None and key is not None:
             tls = LdapProxyTls(certificate=certificate, key=key)
@@ -1175,7 +1191,7 @@ def _portal(report: _Report, data: Mapping[object, object]) -> PortalConfig:
 
 def _ldap_proxy_tls(report: _Report, data: Mapping[object, object]) -> LdapProxyTls | None:
     m = _Map(report, "ldap_proxy.tls", data, ("certificate", "key"))
-    certificate = m.path("certificate", required=True, must_be_file=True)
+    certificate = m.certificates("certificate", required=True)
     key = m.path("key", required=True, must_be_file=True)
     if certificate is None or key is None:
         return None
@@ -1195,6 +1211,12 @@ def _ldap_proxy(report: _Report, data: Mapping[object, object]) -> LdapProxyConf
             m.error("listen_tls", "needs ldap_proxy.tls (certificate and key)")
         if require_tls:
             m.error("require_tls", "needs ldap_proxy.tls (certificate and key)")
+        if host and not _is_loopback(host):
+            m.warn(
+                "listen",
+                f"{host} is not a loopback address and there is no ldap_proxy.tls: passwords"
+                " and codes would cross the network in clear",
+            )
     if listen_tls is not None and _same_tcp_port((host, port), listen_tls):
         m.error("listen_tls", "same port as ldap_proxy.listen")
     return LdapProxyConfig(

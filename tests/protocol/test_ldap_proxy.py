@@ -1216,13 +1216,22 @@ def test_service_listens_plain_and_ldaps_with_one_factory(
 
 
 def test_unusable_certificate_is_a_config_error(tmp_path: Path, tls_files: dict[str, str]) -> None:
-    """A certificate file that holds no certificate stops the daemon with a config error."""
+    """A certificate file that holds no certificate is a config error (check-config says
+    so); one whose certificate does not parse stops the daemon with one."""
     junk = tmp_path / "junk.pem"
     junk.write_text("junk\n")
+    with pytest.raises(ConfigError) as info:
+        service_config(tmp_path, tls={**tls_files, "certificate": str(junk)})
+    assert info.value.problems == (
+        f"ldap_proxy.tls.certificate: {junk} holds no PEM certificate"
+        " (-----BEGIN CERTIFICATE-----)",
+    )
+    junk.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
     config = service_config(tmp_path, tls={**tls_files, "certificate": str(junk)})
     with pytest.raises(ConfigError) as info:
         ldap_proxy_service(config, NO_LOGIN, MemoryReactorClock())
-    assert info.value.problems == (f"ldap_proxy.tls: no PEM certificate in {junk}",)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"ldap_proxy.tls: invalid certificate in {junk}")
 
 
 def test_framing_sizes() -> None:

@@ -32,6 +32,7 @@ from bridge.radius.replies import compile_replies
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "bridge.yaml"
 
 LDAP_PASSWORD = "ldap-Service-Passw0rd"
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"  # enough for config
 RADIUS_SECRET = "radius-shared-secret-0123456789"
 
 MINIMAL: dict[str, Any] = {
@@ -181,7 +182,10 @@ log:
         metrics=None,
         demo=DemoConfig(ldif=ldif, listen_host="127.0.0.1", listen_port=0),
         log=LogConfig(level="debug", format="json"),
-        warnings=(),
+        warnings=(
+            "ldap_proxy.listen: 0.0.0.0 is not a loopback address and there is no"
+            " ldap_proxy.tls: passwords and codes would cross the network in clear",
+        ),
     )
 
 
@@ -724,7 +728,7 @@ def test_relative_paths_are_resolved_against_base_dir(tmp_path: Path) -> None:
     conf_dir = tmp_path / "etc"
     (conf_dir / "secrets").mkdir(parents=True)
     write(conf_dir / "secrets" / "ldap", LDAP_PASSWORD)
-    write(conf_dir / "ca.pem", "x")
+    write(conf_dir / "ca.pem", PEM)
     write(conf_dir / "demo.ldif", "x")
     data = minimal()
     del data["directory"]["bind_password"]
@@ -808,7 +812,7 @@ def test_ldap_proxy_and_demo_cannot_share_a_port(tmp_path: Path) -> None:
 def test_ldap_proxy_tls_and_limits(tmp_path: Path) -> None:
     """The proxy's certificate, LDAPS listener, require_tls and limits land in the dataclass;
     relative certificate paths are relative to the config file's directory."""
-    write(tmp_path / "proxy.crt", "cert")
+    write(tmp_path / "proxy.crt", PEM)
     key = write(tmp_path / "proxy.key", "key")
     data = minimal()
     data["ldap_proxy"] = {
@@ -885,7 +889,7 @@ def test_radius_eap_needs_both_files_and_knows_its_keys(tmp_path: Path) -> None:
     assert problems[1].startswith(f"radius.eap.certificate: cannot read {tmp_path}")
     assert problems[2] == "radius.eap.key: required"
     data["radius"]["eap"] = {
-        "certificate": str(write(tmp_path / "radius.crt", "pem")),
+        "certificate": str(write(tmp_path / "radius.crt", PEM)),
         "key": str(write(tmp_path / "radius.key", "pem")),
     }
     config = parse_config(data, tmp_path)
@@ -991,7 +995,8 @@ def satisfy_files(node: object, tmp_path: Path) -> None:
                 else:
                     stand_in = tmp_path / key / Path(value).name
                     stand_in.parent.mkdir(exist_ok=True)
-                    stand_in.write_text(RADIUS_SECRET + "\n", encoding="utf-8")
+                    content = PEM if key in ("ca_file", "certificate") else RADIUS_SECRET + "\n"
+                    stand_in.write_text(content, encoding="utf-8")
                     node[key] = str(stand_in)
             else:
                 satisfy_files(value, tmp_path)
@@ -1112,3 +1117,30 @@ def test_the_readmes_policy_examples_load_and_compile(heading: str, tmp_path: Pa
     satisfy_files(data, tmp_path)
     config = parse_config(data, tmp_path)
     assert compile_replies(config.radius)
+
+
+def test_certificate_files_must_hold_certificates(tmp_path: Path) -> None:
+    """A key, a DER file or a typo'd file where a CA bundle or a certificate goes: named."""
+    data = minimal()
+    data["directory"]["ca_file"] = str(write(tmp_path / "ca.pem", "-----BEGIN PRIVATE KEY-----"))
+    data["radius"]["eap"] = {
+        "certificate": str(write(tmp_path / "radius.der", "0\x82")),
+        "key": str(write(tmp_path / "radius.key", "key")),
+    }
+    assert problems_of(data, tmp_path) == (
+        f"directory.ca_file: {tmp_path / 'ca.pem'} holds no PEM certificate"
+        " (-----BEGIN CERTIFICATE-----)",
+        f"radius.eap.certificate: {tmp_path / 'radius.der'} holds no PEM certificate"
+        " (-----BEGIN CERTIFICATE-----)",
+    )
+
+
+def test_an_ldap_proxy_beyond_loopback_without_tls_is_warned_about(tmp_path: Path) -> None:
+    data = minimal()
+    data["ldap_proxy"] = {"listen": "192.0.2.5:389"}
+    assert parse_config(data, tmp_path).warnings == (
+        "ldap_proxy.listen: 192.0.2.5 is not a loopback address and there is no"
+        " ldap_proxy.tls: passwords and codes would cross the network in clear",
+    )
+    data["ldap_proxy"] = {"listen": "127.0.0.1:1389"}
+    assert parse_config(data, tmp_path).warnings == ()
