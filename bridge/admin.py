@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,15 @@ from bridge.core.policy import (
     days_left,
     effective,
 )
-from bridge.core.totp import decode_secret, encode_secret, new_secret, provisioning_uri
+from bridge.core.totp import (
+    LEGACY_SECRET_BYTES,
+    MIN_SECRET_BYTES,
+    TotpParams,
+    decode_secret,
+    encode_secret,
+    new_secret,
+    provisioning_uri,
+)
 from bridge.core.types import Identity, State, UserRecord
 from bridge.directory import NoEntryIdError, UnavailableError
 from bridge.store import RecordStore
@@ -297,15 +306,19 @@ class Admin:
         self.store.forget_rebinds(owner.entry_id)  # a bind an app repeats starts again
         return changed
 
-    def import_csv(self, path: Path, now: int) -> int:
-        """Import `username,secret` rows: all or nothing, imported users are `active`."""
+    def import_csv(self, path: Path, now: int, *, replace: bool = False) -> int:
+        """Import `username,secret` rows: all or nothing, imported users are `active`.
+
+        A user who has a secret already keeps it unless `replace`: an import that would
+        overwrite one is refused whole, naming who.
+        """
         try:
             text = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise AdminError(
                 f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}"
             ) from exc
-        rows = parse_import(text, str(path))
+        rows = parse_import(text, str(path), self.policy.totp)
         self.attach_legacy(now)
         try:
             found = self.directory.resolve_many([row.username for row in rows])
@@ -330,6 +343,11 @@ class Admin:
                 )
             changes.append((owner.entry_id, _importer(owner, row.secret, now)))
         self._attach({row.username: found[row.username] for row in rows}, now)
+        if not replace:
+            self._refuse_overwrites(path, rows, found)
+        for row in rows:
+            if row.warning is not None:
+                self.notes.append(f"{path}: line {row.line}: {row.username}: {row.warning}")
         self.store.update_many(changes)
         for entry_id, _change in changes:
             self.store.forget_rebinds(entry_id)
@@ -338,6 +356,26 @@ class Admin:
             assert owner is not None  # checked above
             self.audit.admin("import", owner.name, self.actor, after=State.ACTIVE, source=str(path))
         return len(changes)
+
+    def _refuse_overwrites(
+        self, path: Path, rows: Sequence[ImportRow], found: Mapping[str, Identity | None]
+    ) -> None:
+        """AdminError naming the rows whose user has a secret already (without --replace)."""
+        owners = {row.username: found[row.username] for row in rows}
+        records = self.store.get_many([o.entry_id for o in owners.values() if o is not None])
+        taken = [
+            f"{row.username} (line {row.line})"
+            for row in rows
+            if (owner := owners[row.username]) is not None
+            and (record := records.get(owner.entry_id)) is not None
+            and record.secret is not None
+        ]
+        if taken:
+            shown = ", ".join(taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
+            raise AdminError(
+                f"{path}: {len(taken)} users have a secret already: {shown};"
+                " nothing imported (--replace overwrites their secrets)"
+            )
 
     def _audited(self, action: str, changed: Changed, **details: object) -> Changed:
         """Write the audit line of an admin change; returns the change."""
@@ -400,21 +438,66 @@ class ImportRow:
     line: int
     username: str
     secret: bytes = field(repr=False)
+    warning: str | None = None  # a weak key, taken all the same
 
 
-def parse_import(text: str, source: str) -> list[ImportRow]:
+def read_secret(text: str, params: TotpParams) -> tuple[bytes, str | None]:
+    """A key as admins migrate it: base32 (what apps show), an `otpauth://` URI (its
+    period, digits and algorithm must be the bridge's), or `hex:` and the seed in hex.
+
+    Keys of 80 bits (older pam_google_authenticator files) are taken with a warning;
+    anything shorter, or not one of these, is a ValueError.
+    """
+    value = text.strip()
+    if value.lower().startswith("otpauth://"):
+        value = _uri_secret(value, params)
+    if value.lower().startswith("hex:"):
+        try:
+            secret = bytes.fromhex(value[4:].strip())
+        except ValueError:
+            raise ValueError("not a hex seed after hex:") from None
+    else:
+        secret = decode_secret(value, shortest=LEGACY_SECRET_BYTES)
+    if len(secret) < LEGACY_SECRET_BYTES:
+        raise ValueError(f"key too short: {len(secret) * 8} bits, at least 128 needed")
+    if len(secret) < MIN_SECRET_BYTES:
+        return secret, (
+            f"a {len(secret) * 8}-bit key (as older pam_google_authenticator files hold):"
+            " RFC 4226 asks for 128 bits at least, so it is easier to guess; enroll the"
+            " user again to replace it"
+        )
+    return secret, None
+
+
+def _uri_secret(uri: str, params: TotpParams) -> str:
+    """The base32 secret of an otpauth:// URI whose code settings are the bridge's."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.netloc.lower() != "totp":
+        raise ValueError(f"an otpauth URI of type {parts.netloc or 'none'}: only totp")
+    query = {k.lower(): v for k, v in urllib.parse.parse_qsl(parts.query)}
+    if "secret" not in query:
+        raise ValueError("an otpauth URI without a secret")
+    wanted = {"algorithm": "SHA1", "digits": str(params.digits), "period": str(params.step)}
+    for name, value in wanted.items():
+        given = query.get(name, value)
+        if given.upper() != value:
+            raise ValueError(f"an otpauth URI with {name}={given}: the bridge uses {value}")
+    return query["secret"]
+
+
+def parse_import(text: str, source: str, params: TotpParams | None = None) -> list[ImportRow]:
     """Rows of a `username,secret` CSV; AdminError names the bad line."""
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None or [h.strip().lower() for h in header] != ["username", "secret"]:
         raise AdminError(f"{source}: line 1: the header must be exactly 'username,secret'")
     try:
-        return _import_rows(reader, source)
+        return _import_rows(reader, source, params or TotpParams())
     except csv.Error as exc:  # e.g. a field over the csv module's size limit
         raise AdminError(f"{source}: line {reader.line_num}: {exc}") from exc
 
 
-def _import_rows(reader: Any, source: str) -> list[ImportRow]:
+def _import_rows(reader: Any, source: str, params: TotpParams) -> list[ImportRow]:
     seen: set[str] = set()
     rows: list[ImportRow] = []
     for row in reader:
@@ -430,8 +513,8 @@ def _import_rows(reader: Any, source: str) -> list[ImportRow]:
             raise AdminError(f"{source}: line {line}: {username} appears twice")
         seen.add(username)
         try:
-            secret = decode_secret(row[1])
+            secret, warning = read_secret(row[1], params)
         except ValueError as exc:
             raise AdminError(f"{source}: line {line}: secret: {exc}") from exc
-        rows.append(ImportRow(line, username, secret))
+        rows.append(ImportRow(line, username, secret, warning))
     return rows

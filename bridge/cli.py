@@ -92,9 +92,14 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--days", type=_days, help="length of a fresh enrollment period")
     actions.add_parser("list", parents=[config, as_json], help="list known users")
     imp = actions.add_parser(
-        "import", parents=[config, as_json], help="import 'username,secret' rows (CSV)"
+        "import",
+        parents=[config, as_json],
+        help="import 'username,secret' rows (CSV): base32, otpauth:// URIs or hex: seeds",
     )
     imp.add_argument("file", type=Path)
+    imp.add_argument(
+        "--replace", action="store_true", help="overwrite the secrets users already have"
+    )
     store = commands.add_parser("store", help="back up and restore the store")
     store_actions = store.add_subparsers(dest="action", required=True, parser_class=_Parser)
     backup = store_actions.add_parser(
@@ -260,7 +265,7 @@ def _gone(args: argparse.Namespace, username: str) -> int:
 
 
 def _import(admin: Admin, args: argparse.Namespace, now: int) -> int:
-    count = admin.import_csv(args.file, now)
+    count = admin.import_csv(args.file, now, replace=args.replace)
     return _show(args, {"imported": count}, lambda: f"imported {count} users (active)")
 
 

@@ -15,7 +15,8 @@ import pyotp
 _COUNTER = struct.Struct(">Q")
 _WORD = struct.Struct(">I")
 SECRET_BYTES = 20  # 160 bits, RFC 4226 R6's recommendation
-MIN_SECRET_BYTES = 16  # 128 bits: the least we accept from an import
+MIN_SECRET_BYTES = 16  # 128 bits: the least RFC 4226 allows, and what we accept as is
+LEGACY_SECRET_BYTES = 10  # 80 bits: older pam_google_authenticator keys, with a warning
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +84,10 @@ def encode_secret(secret: bytes) -> str:
     return b32encode(secret).decode("ascii").rstrip("=")
 
 
-def decode_secret(text: str) -> bytes:
+def decode_secret(text: str, shortest: int = MIN_SECRET_BYTES) -> bytes:
     """Parse a base32 key as apps show it (any case, spaces and dashes allowed).
 
-    Raises ValueError when it is not base32 or shorter than 128 bits.
+    Raises ValueError when it is not base32 or shorter than `shortest` octets (128 bits).
     """
     cleaned = "".join(text.split()).replace("-", "").upper().rstrip("=")
     if not _BASE32.fullmatch(cleaned):
@@ -96,8 +97,8 @@ def decode_secret(text: str) -> bytes:
         secret = b32decode(padded)
     except ValueError as exc:  # binascii.Error is a ValueError
         raise ValueError("not a base32 key") from exc
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"key too short: {len(secret) * 8} bits, at least 128 needed")
+    if len(secret) < shortest:
+        raise ValueError(f"key too short: {len(secret) * 8} bits, at least {shortest * 8} needed")
     return secret
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -38,7 +39,7 @@ DAYS = 14  # mfa.enrollment_days in the test config
 ISSUER = "ACME"
 SECRET_160 = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # 20 bytes
 SECRET_160_B = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"  # another 20 bytes
-SECRET_80 = "JBSWY3DPEHPK3PXP"  # 10 bytes: too short to import
+SECRET_80 = "JBSWY3DPEHPK3PXP"  # 10 bytes: an older pam_google_authenticator key
 QR_CHARS = frozenset("█▀▄ ")
 EXEMPT_GROUP = "cn=mfa-exempt,ou=groups,dc=example,dc=org"
 DOWN = "ldap://127.0.0.1:1: Can't contact LDAP server"  # the fake directory's failure
@@ -250,10 +251,11 @@ def store(config_path: Path) -> Iterator[Callable[[], SqliteStore]]:
         each.close()
 
 
-def import_users(cli: Run, tmp_path: Path, *rows: str) -> None:
-    """Import `username,secret` rows: confirmed, active users."""
+def import_users(cli: Run, tmp_path: Path, *rows: str, replace: bool = False) -> None:
+    """Import `username,secret` rows: confirmed, active users (over existing secrets too,
+    with `replace`)."""
     path = write_csv(tmp_path / "users.csv", "username,secret", *rows)
-    result = cli("user", "import", str(path))
+    result = cli("user", "import", str(path), *(("--replace",) if replace else ()))
     assert result.code == 0, result
 
 
@@ -765,13 +767,18 @@ def test_import_missing_file(cli: Run, tmp_path: Path) -> None:
     assert str(missing) in line
 
 
-def test_import_refuses_a_short_secret(cli: Run, tmp_path: Path) -> None:
-    """An 80-bit secret is refused (128 bits at least)."""
+def test_import_takes_an_80_bit_key_with_a_warning_and_refuses_shorter(
+    cli: Run, tmp_path: Path
+) -> None:
+    """An 80-bit key (older pam_google_authenticator files) is imported with a note that
+    names the risk; 64 bits is refused."""
     path = write_csv(tmp_path / "users.csv", "username,secret", f"alice,{SECRET_80}")
-    line = assert_one_line_error(cli("user", "import", str(path)))
-    assert "line 2" in line
-    assert "80" in line
-    assert cli("user", "list", "--json").json() == []
+    taken = cli("user", "import", str(path))
+    assert taken.code == 0, taken
+    assert "line 2: alice: a 80-bit key" in taken.err and "RFC 4226" in taken.err
+    short = write_csv(tmp_path / "short.csv", "username,secret", "bob,GEZDGNBVGY3TQ===")
+    line = assert_one_line_error(cli("user", "import", str(short)))
+    assert "line 2" in line and "64 bits" in line
 
 
 def test_import_refuses_duplicates(cli: Run, tmp_path: Path) -> None:
@@ -812,9 +819,12 @@ def test_import_unparsable_csv_is_one_line(cli: Run, tmp_path: Path) -> None:
 
 
 def test_import_over_existing_users(cli: Run, tmp_path: Path) -> None:
-    """Importing over a pending user makes them active with the imported secret."""
+    """A pending user has a secret too (maybe scanned already): --replace is needed, and
+    then they are active with the imported one."""
     cli("user", "enroll", "alice")
-    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    path = write_csv(tmp_path / "users.csv", "username,secret", f"alice,{SECRET_160}")
+    assert "--replace" in assert_one_line_error(cli("user", "import", str(path)))
+    assert cli("user", "import", str(path), "--replace").code == 0
     view = cli("user", "status", "alice", "--json").json()
     assert (view["state"], view["deadline"]) == ("active", None)
 
@@ -979,7 +989,7 @@ def test_import_again_keeps_the_replay_guard_only_for_the_same_key(
     """Re-importing the same key keeps last_step (no code reused); a new key starts afresh."""
     import_users(cli, tmp_path, f"alice,{SECRET_160}")
     store().update(ALICE.entry_id, lambda old: (old and old.evolve(last_step=4_000), None))
-    import_users(cli, tmp_path, f"alice@example.org,{secret}")
+    import_users(cli, tmp_path, f"alice@example.org,{secret}", replace=True)
     record = store().get(ALICE.entry_id)
     assert record is not None
     assert (record.secret, record.last_step) == (b32decode(secret), kept)
@@ -1407,3 +1417,46 @@ def test_every_admin_change_writes_an_audit_line(
     assert {(x["protocol"], x["client"]) for x in lines} == {("admin", "cli:maria")}
     assert lines[-1]["kept"] == 2 and lines[-1]["source"] == str(backup)
     assert all("secret" not in line for line in lines)
+
+
+# --- import: formats and overwrites ------------------------------------------------------------
+
+
+def test_import_reads_otpauth_uris_and_hex_seeds(cli: Run, tmp_path: Path, clock: Clock) -> None:
+    """otpauth:// URIs (with the bridge's period, digits and algorithm) and hex: seeds
+    give the same keys as their base32; other settings are refused, naming them."""
+    key = bytes(range(20))
+    b32 = base64.b32encode(key).decode()
+    uri = f"otpauth://totp/ACME:alice?secret={b32}&issuer=ACME&period=30&digits=6"
+    path = write_csv(
+        tmp_path / "users.csv", "username,secret", f"alice,{uri}", f"bob,hex:{key.hex()}"
+    )
+    assert cli("user", "import", str(path)).code == 0
+    for user in ("alice", "bob"):
+        view = cli("user", "status", user, "--json").json()
+        assert view["state"] == "active"
+    for bad, why in (
+        (uri.replace("period=30", "period=60"), "period=60"),
+        (uri.replace("totp", "hotp", 1), "type hotp"),
+        (f"{uri}&algorithm=SHA256", "algorithm=SHA256"),
+        ("hex:xyz", "hex"),
+    ):
+        wrong = write_csv(tmp_path / "wrong.csv", "username,secret", f"carol,{bad}")
+        line = assert_one_line_error(cli("user", "import", str(wrong)))
+        assert "line 2" in line and why in line, line
+
+
+def test_import_refuses_to_overwrite_secrets_unless_replace(cli: Run, tmp_path: Path) -> None:
+    """A user who has a secret keeps it: the import is refused whole, naming who; with
+    --replace it goes through, each user audited."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    again = write_csv(
+        tmp_path / "again.csv", "username,secret", f"bob,{SECRET_160_B}", f"alice,{SECRET_160_B}"
+    )
+    line = assert_one_line_error(cli("user", "import", str(again)))
+    assert "1 users have a secret already: alice (line 3)" in line
+    assert "--replace" in line
+    assert [u["username"] for u in cli("user", "list", "--json").json()] == ["alice"]
+    replaced = cli("user", "import", str(again), "--replace")
+    assert replaced.code == 0, replaced
+    assert sorted(u["username"] for u in cli("user", "list", "--json").json()) == ["alice", "bob"]
