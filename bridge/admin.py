@@ -293,6 +293,15 @@ class Admin:
             "reset", self._change(owner, lambda r: admin_reset(r, now, self.policy))
         )
 
+    def delete(self, raw: str, now: int) -> Changed:
+        """Forget the user's MFA record altogether: secret, state, replay guard, devices.
+
+        Their next login starts as a new user's (an enrollment period); `reset` keeps the
+        replay guard and is what a lost phone calls for.
+        """
+        owner = self._known(raw, now)
+        return self._audited("delete", self._change(owner, lambda _record: None))
+
     def _change(
         self, owner: Identity, change: Callable[[UserRecord], UserRecord | None]
     ) -> Changed:

@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         ("lock", "lock the user"),
         ("unlock", "clear the lock and failures"),
         ("reset", "forget the secret: back to grace"),
+        ("delete", "forget the user's MFA record altogether (a new user at next login)"),
     ):
         sub = actions.add_parser(name, parents=[config, as_json], help=text)
         sub.add_argument("username")
@@ -276,6 +277,7 @@ _USER_ACTIONS: dict[str, Callable[[Admin, argparse.Namespace, int], int]] = {
     "lock": _changed(lambda admin, args, now: admin.lock(args.username, now)),
     "unlock": _changed(lambda admin, args, now: admin.unlock(args.username, now, args.days)),
     "reset": _changed(lambda admin, args, now: admin.reset(args.username, now)),
+    "delete": _changed(lambda admin, args, now: admin.delete(args.username, now)),
     "import": _import,
 }
 

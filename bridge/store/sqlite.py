@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import Logger
+
 from bridge.core.identity import merge, name_key
 from bridge.core.policy import admin_lock
 from bridge.core.totp import guard_tag
@@ -28,6 +30,8 @@ from bridge.store.records import (
     StoreError,
 )
 from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
+
+log = Logger(namespace="bridge.store")
 
 __all__ = ["Attached", "RebindRow", "SeenChange", "SqliteStore", "StoreError"]
 
@@ -232,6 +236,8 @@ class SqliteStore(RecordStore):
                 f"{self.path}: schema version {version} is newer than this release"
                 f" understands ({SCHEMA_VERSION}); upgrade mfa-bridge"
             )
+        if 0 < version < SCHEMA_VERSION:
+            self._keep_copy(version)
         if version < SCHEMA_VERSION:
             with self._transaction():
                 # Read again under the write lock: another process may have just upgraded.
@@ -242,6 +248,28 @@ class SqliteStore(RecordStore):
                     for step in range(version, SCHEMA_VERSION):
                         self._script(_MIGRATIONS[step])
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _keep_copy(self, version: int) -> None:
+        """Before an upgrade, a copy of the store as it was (an online backup beside it,
+        `state.db.schema2.bak`): a release rolled back can open it again."""
+        copy = self.path.with_name(f"{self.path.name}.schema{version}.bak")
+        if copy.exists():
+            return  # an upgrade that did not finish made it already
+        partial = copy.with_name(copy.name + ".partial")
+        try:
+            target = sqlite3.connect(partial)
+            try:
+                self._db.backup(target)
+            finally:
+                target.close()
+            os.chmod(partial, 0o600)
+            partial.replace(copy)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(
+                f"{self.path}: cannot keep a copy before upgrading the schema ({exc});"
+                " nothing was changed"
+            ) from exc
+        log.info("store.upgrade-copy {copy}: the store as it was before this upgrade", copy=copy)
 
     def _script(self, sql: str) -> None:
         """Several statements, inside the caller's transaction (executescript commits)."""

@@ -1405,6 +1405,7 @@ def test_every_admin_change_writes_an_audit_line(
     assert cli("store", "backup", str(backup)).code == 0
     assert cli("store", "restore", str(backup)).code == 0
     assert cli("user", "status", "alice").code == 0  # a read: no line
+    assert cli("user", "delete", "bob").code == 0
     lines = audit_lines(config_path)
     assert [(x["event"], x["user"], x["state_before"], x["state_after"]) for x in lines] == [
         ("admin.enroll", "alice", None, "pending"),
@@ -1413,9 +1414,10 @@ def test_every_admin_change_writes_an_audit_line(
         ("admin.reset", "alice", "grace", "grace"),
         ("admin.import", "bob", None, "active"),
         ("admin.restore", "*", None, None),
+        ("admin.delete", "bob", "active", None),
     ]
     assert {(x["protocol"], x["client"]) for x in lines} == {("admin", "cli:maria")}
-    assert lines[-1]["kept"] == 2 and lines[-1]["source"] == str(backup)
+    assert lines[-2]["kept"] == 2 and lines[-2]["source"] == str(backup)
     assert all("secret" not in line for line in lines)
 
 
@@ -1460,3 +1462,17 @@ def test_import_refuses_to_overwrite_secrets_unless_replace(cli: Run, tmp_path: 
     replaced = cli("user", "import", str(again), "--replace")
     assert replaced.code == 0, replaced
     assert sorted(u["username"] for u in cli("user", "list", "--json").json()) == ["alice", "bob"]
+
+
+def test_delete_forgets_the_record_and_the_next_login_starts_afresh(
+    cli: Run, tmp_path: Path, store: Callable[[], SqliteStore]
+) -> None:
+    """`user delete`: the record is gone (secret, guard, state), the user unknown to the
+    bridge; deleting again is an error naming the user."""
+    import_users(cli, tmp_path, f"alice,{SECRET_160}")
+    result = cli("user", "delete", "alice")
+    assert (result.code, result.out) == (0, "alice: forgotten (enroll to set up MFA)\n")
+    assert store().get(ALICE.entry_id) is None
+    assert cli("user", "list", "--json").json() == []
+    again = assert_one_line_error(cli("user", "delete", "alice"))
+    assert "alice has no MFA record yet" in again

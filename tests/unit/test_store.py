@@ -506,6 +506,28 @@ def test_a_store_file_of_the_previous_release_attaches(tmp_path: Path) -> None:
     assert store.legacy_names() == ["ghost", "quinn"]
 
 
+def test_an_upgrade_keeps_a_copy_of_the_store_as_it_was(tmp_path: Path) -> None:
+    """Before the schema moves on, the previous release's store is copied beside it
+    (0600, whole: the same rows, the old schema version), once."""
+    path, key = tmp_path / "state.db", tmp_path / "state.key"
+    path.write_bytes((FIXTURE / "state.db").read_bytes())
+    key.write_bytes((FIXTURE / "state.key").read_bytes())
+    key.chmod(0o600)
+    SqliteStore.open(path, key).close()
+    copy = tmp_path / "state.db.schema2.bak"
+    assert copy.stat().st_mode & 0o777 == 0o600
+    old = sqlite3.connect(copy)
+    try:
+        assert old.execute("PRAGMA user_version").fetchone() == (2,)
+        assert old.execute("SELECT count(*) FROM users").fetchone() == (6,)
+    finally:
+        old.close()
+    before = copy.stat().st_mtime_ns
+    SqliteStore.open(path, key).close()  # already upgraded: no new copy
+    assert copy.stat().st_mtime_ns == before
+    assert sorted(p.name for p in tmp_path.iterdir() if ".bak" in p.name) == [copy.name]
+
+
 # --- the key file --------------------------------------------------------------------------
 
 
