@@ -220,7 +220,7 @@ def _list(admin: Admin, args: argparse.Namespace, now: int) -> int:
 
 
 def _enroll(admin: Admin, args: argparse.Namespace, now: int) -> int:
-    import segno  # noqa: PLC0415
+    from bridge.qr import terminal_qr  # noqa: PLC0415
 
     enrollment = admin.enroll(args.username, now)
     view = describe(enrollment.record, enrollment.record.username, now)
@@ -231,7 +231,7 @@ def _enroll(admin: Admin, args: argparse.Namespace, now: int) -> int:
             )
         )
         return EXIT_OK
-    segno.make(enrollment.uri, error="m").terminal(out=sys.stdout, compact=True)
+    sys.stdout.write(terminal_qr(enrollment.uri))
     print("\nScan the QR code with an authenticator app, or type the key by hand.")
     print(f"key: {enrollment.secret}")
     print(f"uri: {enrollment.uri}")

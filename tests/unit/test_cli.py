@@ -406,7 +406,10 @@ def test_enroll_text_prints_qr_key_and_uri(cli: Run) -> None:
     assert result.code == 0
     assert result.err == ""
     lines = result.out.splitlines()
-    qr = [line for line in lines if len(line) >= 21 and set(line) <= QR_CHARS]
+    colours = ("\x1b[30;107m", "\x1b[0m")  # black on white, whatever the terminal's theme
+    drawn = [line for line in lines if line.startswith(colours[0]) and line.endswith(colours[1])]
+    qr = [line.removeprefix(colours[0]).removesuffix(colours[1]) for line in drawn]
+    assert all(len(line) >= 21 and set(line) <= QR_CHARS for line in qr)
     assert len(qr) >= 10, result.out
     assert any(set(line) & {"▀", "▄"} for line in qr)
     keys = [line.removeprefix("key: ") for line in lines if line.startswith("key: ")]
