@@ -44,6 +44,7 @@ from bench.run import (  # noqa: E402
     freeradius_for,
     next_step,
     population,
+    publish,
     start_both,
 )
 from bridge.core.totp import code_at_step  # noqa: E402
@@ -284,11 +285,7 @@ def main() -> None:  # noqa: PLR0915 - one run, top to bottom
         bridge.stop()
         radius.stop()
         slapd.stop()
-    text = "\n".join(out) + "\n"
-    print("\n" + text)
-    target = REPO / "bench" / "out"
-    target.mkdir(exist_ok=True)
-    (target / "eap-latest.md").write_text(text)
+    publish(out, "eap-latest.md")
 
 
 if __name__ == "__main__":

@@ -289,11 +289,16 @@ def main() -> None:
     if args.big:
         out.append("")
         big(args, work, out)
+    publish(out, "latest.md")
+
+
+def publish(out: list[str], name: str) -> None:
+    """Print the report and keep it in bench/out/`name`."""
     text = "\n".join(out) + "\n"
     print("\n" + text)
     target = REPO / "bench" / "out"
     target.mkdir(exist_ok=True)
-    (target / "latest.md").write_text(text)
+    (target / name).write_text(text)
 
 
 if __name__ == "__main__":
