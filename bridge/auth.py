@@ -259,7 +259,13 @@ class Authenticator:
                 if rebind is not None and chosen.attempt.code is not None and not exempt:
                     mac = self._rebind_mac(identity, rebind.client, current, field)
                 macs[:] = [mac]
-                if mac is not None and current is not None and self._rebinds(mac, identity):
+                if (
+                    # a bind repeated after the client stopped allowing the user: refused
+                    (rules is None or rules.allows(result.groups))
+                    and mac is not None
+                    and current is not None
+                    and self._rebinds(mac, identity)
+                ):
                     verdict = conclude_rebind(current, identity, self._now())
                     return verdict.record, verdict
                 device_mac = self._device_mac(identity, rules, device, current)

@@ -30,7 +30,7 @@ from twisted.logger import globalLogPublisher
 from zope.interface import directlyProvides
 
 from bridge.audit import AuditLog
-from bridge.auth import Authenticator, Caller
+from bridge.auth import Authenticator, Caller, ClientRules
 from bridge.config import ConfigError, LdapProxyTls, parse_config
 from bridge.core.totp import code_at_step
 from bridge.core.types import Identity, LockReason, State, UserRecord
@@ -611,6 +611,19 @@ def test_a_rebind_ends_with_a_lock_or_a_wrong_password(make_proxy: MakeProxy) ->
         lambda r: (r.evolve(state=State.LOCKED, lock_reason=LockReason.ADMIN) if r else None, 0),
     )
     assert proxy.bind(dn("bob"), "bob-pass" + code, 3) == INVALID
+
+
+def test_a_remembered_bind_does_not_outlive_the_users_permission(make_proxy: MakeProxy) -> None:
+    """Once ldap_proxy.allowed_groups leaves the user out, the password+code remembered from
+    before is refused as the first bind would be (not-allowed), not accepted as a rebind."""
+    proxy = make_proxy()
+    code = proxy.code()
+    assert proxy.bind(dn("bob"), "bob-pass" + code) == SUCCESS
+    login = proxy.factory.login
+    assert isinstance(login, LdapLogin)
+    login.rules = ClientRules.of("ldap-proxy", ("cn=wiki-users,ou=groups,dc=example,dc=org",))
+    assert proxy.bind(dn("bob"), "bob-pass" + code, 2) == INVALID
+    assert failures_of(proxy, "bob") == (0, NOW // 30)  # refused, not counted as a failure
 
 
 def test_what_is_remembered_of_a_bind_is_a_keyed_hash(make_proxy: MakeProxy) -> None:
