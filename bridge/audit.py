@@ -107,9 +107,7 @@ class AuditLog:
             fields["days_left"] = decision.days_left
             if self.setup_url:
                 fields["setup_url"] = self.setup_url
-        self._stream.write(_encode(fields) + "\n")
-        self._stream.flush()
-        self.written += 1
+        self._write(fields)
 
     def admin(
         self,
@@ -134,6 +132,11 @@ class AuditLog:
             "state_after": after.value if after else None,
             **details,
         }
+        self._write(fields)
+
+    def _write(self, fields: Mapping[str, object]) -> None:
+        """One line, flushed at once so a crash loses none."""
+        assert self._stream is not None  # the callers return early without one
         self._stream.write(_encode(fields) + "\n")
         self._stream.flush()
         self.written += 1
