@@ -30,7 +30,7 @@ from bridge.radius import codec
 from bridge.radius.codec import MalformedPacket, Request
 from bridge.radius.eap import EapReply, EapResponder
 from bridge.radius.replies import Replies
-from bridge.radius.trace import describe
+from bridge.radius.trace import trace
 
 log = Logger(namespace="bridge.radius")
 
@@ -457,24 +457,6 @@ class RadiusProtocol(DatagramProtocol):
             client=addr[0],
             what=what,
         )
-
-
-def trace(event: str, addr: Address, packet: bytes) -> None:
-    """`--debug`: a packet in or out, its attributes by name, secrets hidden."""
-    names = {
-        1: "Access-Request",
-        2: "Access-Accept",
-        3: "Access-Reject",
-        11: "Access-Challenge",
-        12: "Status-Server",
-    }
-    log.debug(
-        event + " client={client} id={id} {code}: {attributes}",
-        client=f"{addr[0]}:{addr[1]}",
-        id=packet[1],
-        code=names.get(packet[0], f"code {packet[0]}"),
-        attributes="; ".join(describe(packet)),
-    )
 
 
 def caller_of(request: Request, client: RadiusClient, address: str) -> Caller:

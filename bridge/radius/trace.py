@@ -12,13 +12,36 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from twisted.logger import Logger
+
 from bridge.eap.packets import Code, method_name
 from bridge.radius.codec import DICTIONARY
+
+log = Logger(namespace="bridge.radius")
 
 _HIDDEN = frozenset({2, 3, 69, (311, 16), (311, 17)})  # passwords and keys
 _EAP_MESSAGE = 79
 _VENDOR_SPECIFIC = 26
 _LIMIT = 64  # characters of a value shown
+_CODES = {
+    1: "Access-Request",
+    2: "Access-Accept",
+    3: "Access-Reject",
+    11: "Access-Challenge",
+    12: "Status-Server",
+}
+
+
+def trace(event: str, addr: tuple[str, int], packet: bytes) -> None:
+    """`--debug`: a packet in or out (`event` radius.request or radius.reply), its
+    attributes by name, secrets hidden."""
+    log.debug(
+        event + " client={client} id={id} {code}: {attributes}",
+        client=f"{addr[0]}:{addr[1]}",
+        id=packet[1],
+        code=_CODES.get(packet[0], f"code {packet[0]}"),
+        attributes="; ".join(describe(packet)),
+    )
 
 
 def describe(packet: bytes) -> list[str]:
