@@ -180,6 +180,9 @@ class SqliteStore(RecordStore):
             self._db = sqlite3.connect(
                 path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}") from exc
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
@@ -188,7 +191,11 @@ class SqliteStore(RecordStore):
             self._check_id_attribute(id_attribute)
             self._legacy = self._legacy_index()
         except (sqlite3.Error, OSError) as exc:
+            self._db.close()
             raise StoreError(f"{path}: cannot open the store: {exc}") from exc
+        except BaseException:
+            self._db.close()  # a store refused (wrong key, other id_attribute): not left open
+            raise
 
     @classmethod
     def open(cls, path: Path, key_file: Path, id_attribute: str = "entryUUID") -> SqliteStore:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,10 @@ NOW = 1_700_000_000
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    opened = SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
+    yield opened
+    opened.close()
 
 
 def active(owner: Identity = ALICE, secret: bytes = KEY, **changes: object) -> UserRecord:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,10 @@ def put(store: SqliteStore, rec: UserRecord) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    opened = SqliteStore.open(tmp_path / "state.db", tmp_path / "state.key")
+    yield opened
+    opened.close()
 
 
 def test_a_backup_taken_while_another_process_writes_has_every_committed_row(
