@@ -161,7 +161,7 @@ class EapResponder:
             accepted = outcome if outcome.decision.outcome is Outcome.ACCEPT else None
             after = self._reply(self._server.verified(tunnel, accepted, login.address), login)
             if accepted is None:
-                return after.addCallback(_with, outcome.decision)
+                return after.addCallback(lambda reply: replace(reply, decision=outcome.decision))
             return after
 
         def broken(failure: TwistedFailure) -> EapReply:
@@ -223,7 +223,3 @@ def _caller(tunnel: Tunnel | None, login: _Login) -> Caller:
 
 def _eap_failure(tunnel: Tunnel) -> bytes:
     return EapPacket(Code.FAILURE, tunnel.identifier).to_bytes()
-
-
-def _with(reply: EapReply, decision: Decision) -> EapReply:
-    return EapReply(reply.code, reply.eap_message, reply.state, reply.keys, decision, reply.groups)
