@@ -42,9 +42,12 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
+    """User + system CPU time of a process (all its threads) and its children (the
+    bridge's workers), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    own = (int(fields[11]) + int(fields[12])) / TICK
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def rss_mb(pid: int) -> float:
@@ -120,14 +123,18 @@ def report(parallel: int, bridge: list[Sample], radius: list[Sample]) -> list[st
     return rows
 
 
-def bridge_config(slapd: Slapd, work: Path, port: int) -> dict[str, Any]:
+def bridge_config(
+    slapd: Slapd, work: Path, port: int, *, workers: int = 1, cache_ttl: int = 300
+) -> dict[str, Any]:
     return {
+        "server": {"workers": workers},
         "directory": {
             "urls": [slapd.url],
             "bind_dn": slapd.service_dn,
             "bind_password": slapd.service_password,
             "user_base": slapd.people_dn,
             "pool_size": 32,  # as FreeRADIUS's rlm_ldap pool below (max = 32)
+            "cache_ttl": cache_ttl,  # 0: every login searches for the DN, as FreeRADIUS does
         },
         "mfa": {"issuer": "bench", "enrollment_days": 14},
         "store": {"path": str(work / "state.db")},
@@ -200,7 +207,10 @@ def start_both(
 def side_by_side(args: argparse.Namespace, work: Path, out: list[str]) -> None:
     users, secrets, slapd = population(work, args.users)
     radius = freeradius_for(slapd, secrets, work)
-    bridge = Bridge(work / "bridge", bridge_config(slapd, work / "bridge", free_udp_port()))
+    config = bridge_config(
+        slapd, work / "bridge", free_udp_port(), workers=args.workers, cache_ttl=args.cache_ttl
+    )
+    bridge = Bridge(work / "bridge", config)
     try:
         started = start_both(radius, bridge, secrets, work)
         assert slapd.pid is not None
@@ -274,6 +284,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--big", type=int, default=100_000, help="0 to skip")
+    parser.add_argument("--workers", type=int, default=1, help="the bridge's server.workers")
+    parser.add_argument(
+        "--cache-ttl", type=int, default=300, help="directory.cache_ttl (0: every login cold)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mfa-bench-"))
     out = [
@@ -282,7 +296,8 @@ def main() -> None:
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; {args.users:,} users, {args.reps} repetitions "
         f"(medians), servers alternated within each TOTP step; client, servers and slapd "
-        "share the machine.",
+        f"share the machine. Bridge: server.workers {args.workers}, directory.cache_ttl "
+        f"{args.cache_ttl}.",
         "",
     ]
     side_by_side(args, work, out)

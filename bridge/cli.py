@@ -15,13 +15,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from bridge import __version__
 from bridge.admin import Admin, AdminError, Changed, describe
 from bridge.audit import admin_audit
 from bridge.config import Config, ConfigError, default_config_path, load_config
 from bridge.store import StoreError
+
+if TYPE_CHECKING:
+    from bridge.service import Daemon
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -68,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
         help="trace every request (attributes with passwords masked, directory operations,"
         " decisions), as freeradius -X does",
     )
+    # How the main process starts its workers (server.workers; bridge/workers.py).
+    run.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    run.add_argument("--sockets", default="", help=argparse.SUPPRESS)
     commands.add_parser("check-config", parents=[config], help="validate the config file")
     health = commands.add_parser(
         "healthcheck", parents=[config], help="a Status-Server round trip to the local listener"
@@ -143,7 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "healthcheck":
             return _healthcheck(config, args.timeout)
         if args.command == "run":
-            return _run(config, args.config or default_config_path(), debug=args.debug)
+            path = args.config or default_config_path()
+            if args.worker:
+                return _run_worker(config, path, args.worker, args.sockets, debug=args.debug)
+            return _run(config, path, debug=args.debug)
         if args.command == "store":
             return _store(args, config)
         return _user(args, config)
@@ -339,20 +348,24 @@ def _run(config: Config, path: Path, *, debug: bool = False) -> int:
     from twisted.internet import reactor  # noqa: PLC0415 - the one global reactor
     from twisted.logger import Logger  # noqa: PLC0415
 
+    from bridge.budget import ensure_descriptors  # noqa: PLC0415
     from bridge.logs import start_logging  # noqa: PLC0415
-    from bridge.service import make_daemon, reload_config  # noqa: PLC0415
+    from bridge.service import reload_config  # noqa: PLC0415
     from bridge.systemd import Notifier  # noqa: PLC0415
+    from bridge.workers import ListenError  # noqa: PLC0415
 
     start_logging(config.log, sys.stderr, debug=debug)  # stdout carries the audit lines
     log = Logger(namespace="bridge.cli")  # from here on, every line in log.format
     for warning in config.warnings:
         log.warn("config.warning {warning}", warning=warning)
-    from bridge.budget import ensure_descriptors  # noqa: PLC0415
-
     if (problem := ensure_descriptors(config)) is not None:
         log.error("start.failed cannot start: {problem}", problem=problem)
         return EXIT_ERROR
-    daemon = make_daemon(config, reactor)
+    try:
+        daemon = _main_daemon(config, path, reactor, debug=debug)
+    except ListenError as exc:
+        log.error("start.failed cannot start: {problem}", problem=str(exc))  # noqa: TRY400
+        return EXIT_ERROR
     notifier = Notifier()
     failed: list[str] = []
 
@@ -388,5 +401,68 @@ def _run(config: Config, path: Path, *, debug: bool = False) -> int:
     reactor.run()
     if failed:
         log.error("start.failed cannot start: {problem}", problem=failed[0])
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _main_daemon(config: Config, path: Path, reactor: Any, *, debug: bool) -> Daemon:
+    """The main process's daemon; with `server.workers` > 1, its sockets bound once per
+    worker (ListenError when they cannot be) and its workers added."""
+    from bridge.service import make_daemon  # noqa: PLC0415
+    from bridge.workers import Workers, bind_group, worker_command  # noqa: PLC0415
+
+    if config.server.workers == 1:
+        return make_daemon(config, reactor)
+    groups = bind_group(config, config.server.workers)
+    daemon = make_daemon(config, reactor, adopt=groups[0].descriptors_here())
+    command = worker_command(str(path), debug)
+    daemon.add_workers(Workers(groups, command, reactor, daemon.drain_seconds + 5))
+    return daemon
+
+
+def _run_worker(config: Config, path: Path, number: int, sockets: str, *, debug: bool) -> int:
+    """Worker `number` of a main process (bridge/workers.py), on the sockets it was handed."""
+    from twisted.internet import reactor  # noqa: PLC0415 - the one global reactor
+    from twisted.internet.stdio import StandardIO  # noqa: PLC0415
+    from twisted.logger import Logger  # noqa: PLC0415
+
+    from bridge.logs import start_logging  # noqa: PLC0415
+    from bridge.service import make_daemon, reload_config  # noqa: PLC0415
+    from bridge.workers import ANSWERS_FD, Control, inherited  # noqa: PLC0415
+
+    start_logging(config.log, sys.stderr, debug=debug, worker=number)
+    log = Logger(namespace="bridge.cli")
+    daemon = make_daemon(config, reactor, adopt=inherited(sockets), number=number)
+    metrics = daemon.metrics
+    failed: list[str] = []
+
+    def gone() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    def start() -> None:
+        try:
+            daemon.service.startService()
+        except Exception as exc:
+            failed.append(str(exc))
+            daemon.service.stopService()
+            reactor.stop()
+            return
+        reactor.addSystemEventTrigger("before", "shutdown", daemon.service.stopService)
+        control = Control(metrics.samples if metrics is not None else list, gone)
+        stdio: Any = StandardIO
+        stdio(control, stdin=0, stdout=ANSWERS_FD, reactor=reactor)
+
+    from_thread: Any = reactor
+    signal.signal(
+        signal.SIGHUP,
+        lambda _signum, _frame: from_thread.callFromThread(reload_config, daemon, path),
+    )
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if failed:
+        log.error(
+            "start.failed worker={worker} cannot start: {problem}", worker=number, problem=failed[0]
+        )
         return EXIT_ERROR
     return EXIT_OK

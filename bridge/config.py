@@ -208,6 +208,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The daemon's processes."""
+
+    # Processes answering RADIUS and the LDAP proxy, each on its own SO_REUSEPORT socket
+    # of the same port (see bridge/workers.py); `auto` in the file is one per CPU.
+    workers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated config; ``warnings`` are non-fatal findings worth showing."""
 
@@ -221,6 +230,7 @@ class Config:
     demo: DemoConfig | None
     log: LogConfig
     warnings: tuple[str, ...]
+    server: ServerConfig = ServerConfig()
 
 
 # Defaults read from instances: on a slotted dataclass the class attribute is a descriptor.
@@ -872,6 +882,22 @@ def _check_tcp_ports(
                 break
 
 
+MAX_WORKERS: Final = 64
+
+
+def _server(report: _Report, data: Mapping[object, object]) -> ServerConfig:
+    m = _Map(report, "server", data, ("workers",))
+    if m.get("workers") == "auto":
+        return ServerConfig(workers=max(1, min(MAX_WORKERS, os.cpu_count() or 1)))
+    workers = m.get("workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+        m.error(
+            "workers", f"must be auto or an integer from 1 to {MAX_WORKERS}, got {_show(workers)}"
+        )
+        return ServerConfig()
+    return ServerConfig(workers=m.integer("workers", 1, 1, MAX_WORKERS))
+
+
 def _log(report: _Report, data: Mapping[object, object]) -> LogConfig:
     m = _Map(report, "log", data, ("level", "format", "audit"))
     audit = m.string("audit", _DEFAULT_LOG.audit)
@@ -1263,6 +1289,7 @@ _SECTIONS: Final = (
     "metrics",
     "demo",
     "log",
+    "server",
 )
 
 
@@ -1301,6 +1328,7 @@ def parse_config(data: object, base_dir: Path) -> Config:
         host, port = _Map(report, "metrics", metrics_data, ("listen",)).listen("listen", None)
         metrics = MetricsConfig(host, port)
     log = _log(report, top.section("log") or {})
+    server = _server(report, top.section("server") or {})
 
     _check_tcp_ports(report, ldap_proxy, demo, portal, metrics)
 
@@ -1317,4 +1345,5 @@ def parse_config(data: object, base_dir: Path) -> Config:
         demo=demo,
         log=log,
         warnings=tuple(report.warnings),
+        server=server,
     )

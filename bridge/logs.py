@@ -81,14 +81,33 @@ def json_line(event: LogEvent) -> str:
     return _encode(fields)
 
 
-def observer(config: LogConfig, out: TextIO, *, debug: bool = False) -> ILogObserver:
+def observer(
+    config: LogConfig, out: TextIO, *, debug: bool = False, worker: int = 0
+) -> ILogObserver:
     """An observer writing to `out` in the configured format, at the configured level
-    (debug with `--debug`, whatever the config says)."""
+    (debug with `--debug`, whatever the config says); a worker's lines say which it is."""
     global _forced_debug  # noqa: PLW0603
-    inner = JsonLines(out) if config.format == "json" else textFileLogObserver(out)
+    inner: ILogObserver = JsonLines(out) if config.format == "json" else textFileLogObserver(out)
     _forced_debug = debug
     set_level(config.level)
+    if worker:
+        inner = _Worker(inner, worker)
     return FilteringLogObserver(inner, [_PREDICATE])
+
+
+@implementer(ILogObserver)
+class _Worker:
+    """Adds `worker` to each event (server.workers): a JSON field, and in the text
+    format's brackets, `[bridge.service#info worker=2]`."""
+
+    def __init__(self, inner: ILogObserver, number: int) -> None:
+        self._inner = inner
+        self._number = number
+
+    def __call__(self, event: LogEvent) -> None:
+        level = event.get("log_level", LogLevel.info)
+        system = event.get("log_system") or f"{event.get('log_namespace', '-')}#{level.name}"
+        self._inner(dict(event, worker=self._number, log_system=f"{system} worker={self._number}"))
 
 
 def set_level(level: str) -> None:
@@ -105,9 +124,11 @@ def debugging() -> bool:
     return _debugging
 
 
-def start_logging(config: LogConfig, out: TextIO, *, debug: bool = False) -> None:
+def start_logging(config: LogConfig, out: TextIO, *, debug: bool = False, worker: int = 0) -> None:
     """Send Twisted's global log to `out` (once, at start-up)."""
-    globalLogBeginner.beginLoggingTo([observer(config, out, debug=debug)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo(
+        [observer(config, out, debug=debug, worker=worker)], redirectStandardIO=False
+    )
 
 
 class Throttle:

@@ -11,6 +11,7 @@ store answered.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ from bridge import __version__
 from bridge.core.types import Decision, State
 from bridge.store import RecordStore, StoreError
 from bridge.store.worker import StoreWorker
+from bridge.workers import Sample, add_samples, counter_samples
 
 WEEK = 7 * 86_400
 _STATES = ("grace", "pending", "active", "locked")
@@ -54,6 +56,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.page = self.registry  # what the page shows: with workers, their counters added
         self.before_scrape: list[Callable[[], Deferred[None]]] = []  # reads done first
         # The standard process_* (CPU, memory, file descriptors, start time) and
         # python_info, as every Prometheus client exports them; and which build this is.
@@ -95,6 +98,21 @@ class Metrics:
             lock = decision.lock_reason.value if decision.lock_reason else "unknown"
             self.lockouts.labels(lock).inc()
 
+    def samples(self) -> list[Sample]:
+        """This process's counters, for the main process to add (a worker's answer)."""
+        return counter_samples(self.registry.collect())
+
+    def add_workers(self, counters: Callable[[], Deferred[list[Sample]]]) -> None:
+        """Show the workers' counters added to this process's (asked before each page)."""
+        merged = _WithWorkers(self.registry)
+
+        def ask() -> Deferred[None]:
+            return counters().addCallback(merged.use)
+
+        self.before_scrape.append(ask)
+        self.page = CollectorRegistry(auto_describe=False)
+        self.page.register(merged)
+
     def watch_radius(self, counters: Mapping[str, int]) -> None:
         """Export the RADIUS listener's packet counters (read when scraped)."""
         self.registry.register(_RadiusCollector(counters))
@@ -111,6 +129,42 @@ class Metrics:
         collector = _StoreCollector(store, clock, worker)
         self.registry.register(collector)
         self.before_scrape.append(collector.refresh)
+
+
+class _WithWorkers(Collector):
+    """The main process's registry, its counters and histograms plus the workers'."""
+
+    def __init__(self, own: CollectorRegistry) -> None:
+        self._own = own
+        self._theirs: list[Sample] = []
+
+    def use(self, samples: list[Sample]) -> None:
+        self._theirs = samples
+
+    def describe(self) -> list[Any]:
+        return []  # nothing to check at registration: the names are the registry's
+
+    def collect(self) -> Iterator[Any]:
+        extra: dict[tuple[str, str], float] = {}
+        add_samples(extra, self._theirs)
+        for family in self._own.collect():
+            if family.type in ("counter", "histogram"):
+                family.samples = [
+                    sample._replace(value=sample.value + extra.pop(_key(sample), 0.0))
+                    for sample in family.samples
+                ]
+                names = {family.name + suffix for suffix in _SUFFIXES}
+                for key in [k for k in extra if k[0] in names]:
+                    name, labels = key
+                    family.add_sample(name, json.loads(labels), extra.pop(key))
+            yield family
+
+
+_SUFFIXES = ("", "_total", "_bucket", "_count", "_sum")
+
+
+def _key(sample: Any) -> tuple[str, str]:
+    return sample.name, json.dumps(dict(sample.labels), sort_keys=True)
 
 
 class _RadiusCollector(Collector):
@@ -223,7 +277,7 @@ class MetricsResource(Resource):
             if request.finished or request.channel is None:
                 return  # the scraper has gone
             request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-            request.write(generate_latest(self._metrics.registry))
+            request.write(generate_latest(self._metrics.page))
             request.finish()
 
         DeferredList(reads).addCallback(render)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -12,6 +12,7 @@ from twisted.application.internet import SSLServer, TCPServer, UDPServer
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from bridge.audit import AuditLog, open_audit
@@ -46,6 +47,7 @@ from bridge.store import open_store as open_configured_store
 from bridge.store.batching import WriteBatcher
 from bridge.store.worker import StoreWorker
 from bridge.upgrade import Upgrade
+from bridge.workers import Workers, family_of
 
 log = Logger(namespace="bridge.service")
 
@@ -191,10 +193,18 @@ class OnStop(Service):
 
 
 class RadiusListener(UDPServer):
-    """The RADIUS port; at shutdown it drains (answers the logins in flight) first."""
+    """The RADIUS port; at shutdown it drains (answers the logins in flight) first.
+
+    With `adopt`, a socket already bound (a worker's, see bridge/workers.py) is used.
+    """
 
     def __init__(
-        self, config: RadiusConfig, protocol: RadiusProtocol, reactor: Any, drain_seconds: float
+        self,
+        config: RadiusConfig,
+        protocol: RadiusProtocol,
+        reactor: Any,
+        drain_seconds: float,
+        adopt: int | None = None,
     ) -> None:
         UDPServer.__init__(
             self, config.listen_port, protocol, interface=config.listen_host, reactor=reactor
@@ -202,6 +212,13 @@ class RadiusListener(UDPServer):
         self._protocol = protocol
         self._reactor = reactor
         self._drain_seconds = drain_seconds
+        self._adopt = adopt
+        self._family = family_of(config.listen_host)
+
+    def _getPort(self) -> Any:  # noqa: N802 - Twisted's name
+        if self._adopt is None:
+            return UDPServer._getPort(self)
+        return self._reactor.adoptDatagramPort(self._adopt, self._family, self._protocol)
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Take no new request, answer those in flight (for at most drain_seconds), close."""
@@ -210,12 +227,42 @@ class RadiusListener(UDPServer):
         return drained.addCallback(lambda _: UDPServer.stopService(self))
 
 
-class Daemon:
-    """The whole daemon: its service tree (`service`), and the parts a reload reconfigures."""
+class AdoptedTcp(TCPServer):
+    """A TCP listener on a socket already bound (a worker's); `tls` wraps it for LDAPS."""
 
-    def __init__(self, config: Config, reactor: Any, stdout: TextIO) -> None:
+    def __init__(self, descriptor: int, host: str, factory: Any, reactor: Any, tls: Any) -> None:
+        TCPServer.__init__(self, 0, factory, reactor=reactor)
+        self._descriptor = descriptor
+        self._family = family_of(host)
+        self._factory = factory if tls is None else TLSMemoryBIOFactory(tls, False, factory)
+        self._reactor = reactor
+
+    def _getPort(self) -> Any:  # noqa: N802 - Twisted's name
+        return self._reactor.adoptStreamPort(self._descriptor, self._family, self._factory)
+
+
+class Daemon:
+    """The whole daemon: its service tree (`service`), and the parts a reload reconfigures.
+
+    `number` 0 is the main process; a worker (1 and up, see bridge/workers.py) answers
+    RADIUS and the LDAP proxy on the sockets it was handed (`adopt`, by listener name)
+    and leaves the demo directory, the portal, the metrics page and upgrades to the main.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        stdout: TextIO,
+        *,
+        adopt: Mapping[str, int] | None = None,
+        number: int = 0,
+    ) -> None:
         self.service = OrderedService()  # children start in the order added, stop in reverse
         self.started_with = config  # what a reload compares with for restart-only settings
+        self.number = number
+        self.workers: Workers | None = None  # the main's, when server.workers > 1
+        adopt = adopt or {}
         public_url = config.portal.public_url if config.portal is not None else None
         try:
             self.audit = open_audit(config.log.audit, stdout, public_url)
@@ -224,7 +271,7 @@ class Daemon:
             raise ConfigError([problem]) from exc
         if self.audit.path is not None:
             self.service.addService(ClosingService(self.audit))
-        if config.demo is not None:
+        if config.demo is not None and number == 0:
             from bridge.demo import demo_service  # noqa: PLC0415 - only the demo needs it
 
             demo = config.demo
@@ -255,8 +302,9 @@ class Daemon:
         )
         if self.store.has_legacy:  # records of an earlier release: attach them first
             self.authenticator.upgrading = True
-            upgrade = Upgrade(self.store, self.directory, reactor, self._upgraded)
-            self.directory_service.reached.addCallback(_then, upgrade.start)
+            if number == 0:  # the main upgrades, and starts its workers after
+                upgrade = Upgrade(self.store, self.directory, reactor, self._upgraded)
+                self.directory_service.reached.addCallback(_then, upgrade.start)
         if self.directory.has_groups:
             self.authenticator.memberships = self.directory.memberships_of
         self.radius = RadiusProtocol(
@@ -269,7 +317,12 @@ class Daemon:
         )
         # The longest a login waits: a search and a bind at each server, in turn.
         drain_seconds = 2 * config.directory.timeout * len(config.directory.urls) + 1.0
-        self.service.addService(RadiusListener(config.radius, self.radius, reactor, drain_seconds))
+        self.drain_seconds = drain_seconds
+        self.service.addService(
+            RadiusListener(
+                config.radius, self.radius, reactor, drain_seconds, adopt=adopt.get("radius")
+            )
+        )
         if config.ldap_proxy is not None:
             self.service.addService(
                 ldap_proxy_service(
@@ -280,16 +333,29 @@ class Daemon:
                         ldap_rules(config.ldap_proxy),
                     ),
                     reactor,
+                    adopt,
                 )
             )
-        if config.metrics is not None:
-            metrics = Metrics()
-            self.audit.observers.append(metrics.decision)
-            self.directory.on_latency = metrics.directory_seconds.observe
-            self.directory.on_failover = lambda url: metrics.directory_failovers.labels(url).inc()
-            metrics.watch_radius(self.radius.counters)
-            if self.radius.eap is not None:
-                metrics.watch_eap(self.radius.eap.counters, self.radius.eap.conversation_counters)
+        self.metrics = self._metrics(config, reactor)
+        self.portal: Portal | None = None
+        if config.portal is not None and number == 0:
+            self.portal = make_portal(
+                config, self.authenticator, self.store, self.audit, reactor, worker
+            )
+            self.service.addService(portal_service(config.portal, self.portal, reactor))
+
+    def _metrics(self, config: Config, reactor: Any) -> Metrics | None:
+        """The counters (`metrics.listen`); the main process serves the page."""
+        if config.metrics is None:
+            return None
+        metrics = Metrics()
+        self.audit.observers.append(metrics.decision)
+        self.directory.on_latency = metrics.directory_seconds.observe
+        self.directory.on_failover = lambda url: metrics.directory_failovers.labels(url).inc()
+        metrics.watch_radius(self.radius.counters)
+        if self.radius.eap is not None:
+            metrics.watch_eap(self.radius.eap.counters, self.radius.eap.conversation_counters)
+        if self.number == 0:
             metrics.watch_store(self.store, reactor.seconds, self.store_worker)
             listen = config.metrics
             self.service.addService(
@@ -300,12 +366,7 @@ class Daemon:
                     reactor=reactor,
                 )
             )
-        self.portal: Portal | None = None
-        if config.portal is not None:
-            self.portal = make_portal(
-                config, self.authenticator, self.store, self.audit, reactor, worker
-            )
-            self.service.addService(portal_service(config.portal, self.portal, reactor))
+        return metrics
 
     def _eap(self, config: EapConfig | None, reactor: Any) -> EapResponder | None:
         """EAP for Wi-Fi when `radius.eap` is configured; a bad certificate stops the start."""
@@ -318,6 +379,18 @@ class Daemon:
 
     def _upgraded(self) -> None:
         self.authenticator.upgrading = False
+        if self.workers is not None:
+            self.workers.release()
+
+    def add_workers(self, workers: Workers) -> None:
+        """The main process's workers: started with it (after an upgrade, if one runs),
+        stopped before its own listeners, their counters added to its metrics."""
+        self.workers = workers
+        if self.authenticator.upgrading:
+            workers.held = True
+        self.service.addService(workers)
+        if self.metrics is not None:
+            self.metrics.add_workers(workers.counters)
 
     def reload(self, new: Config, replies: Replies | None = None) -> list[str]:
         """Apply what can change while running; returns the changed settings that cannot.
@@ -363,7 +436,7 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         new.radius.listen_port,
     ):
         changed.append("radius.listen")
-    for section in ("directory", "store", "ldap_proxy", "metrics", "demo"):
+    for section in ("server", "directory", "store", "ldap_proxy", "metrics", "demo"):
         if getattr(old, section) != getattr(new, section):
             changed.append(section)
     if _but_the_url(old.portal) != _but_the_url(new.portal):
@@ -413,6 +486,8 @@ def reload_config(daemon: Daemon, path: Path) -> bool:
         return False
     pending = daemon.reload(new, replies)
     set_level(new.log.level)
+    if daemon.workers is not None:
+        daemon.workers.signal("HUP")  # each re-reads the file itself
     if pending:
         log.warn(
             "config.reload-partial restart-needed={settings}: these changes take effect"
@@ -423,9 +498,16 @@ def reload_config(daemon: Daemon, path: Path) -> bool:
     return True
 
 
-def make_daemon(config: Config, reactor: Any, stdout: TextIO = sys.stdout) -> Daemon:
+def make_daemon(
+    config: Config,
+    reactor: Any,
+    stdout: TextIO = sys.stdout,
+    *,
+    adopt: Mapping[str, int] | None = None,
+    number: int = 0,
+) -> Daemon:
     """The whole daemon, not yet started (`daemon.service.startService()`)."""
-    return Daemon(config, reactor, stdout)
+    return Daemon(config, reactor, stdout, adopt=adopt, number=number)
 
 
 def make_portal(  # noqa: PLR0917 - the daemon's parts, in the order it builds them
@@ -483,7 +565,9 @@ def portal_service(config: PortalConfig, portal: Portal, reactor: Any) -> Servic
     )
 
 
-def ldap_proxy_service(config: Config, login: LdapLogin, reactor: Any) -> MultiService:
+def ldap_proxy_service(
+    config: Config, login: LdapLogin, reactor: Any, adopt: Mapping[str, int] | None = None
+) -> MultiService:
     """The LDAP bind proxy's listeners (SPEC section 6): plain TCP, and LDAPS if configured.
 
     Both share one factory, so the connection limits count both. A certificate or key
@@ -496,11 +580,20 @@ def ldap_proxy_service(config: Config, login: LdapLogin, reactor: Any) -> MultiS
     except TlsSetupError as exc:
         raise ConfigError([f"ldap_proxy.tls: {exc}"]) from exc
     factory = LdapProxyFactory(settings, login, Opener(config.directory, reactor), reactor)
+    adopt = adopt or {}
     listeners = MultiService()
-    plain = TCPServer(proxy.listen_port, factory, interface=proxy.listen_host, reactor=reactor)
-    plain.setServiceParent(listeners)
+    if "ldap" in adopt:
+        plain: TCPServer = AdoptedTcp(adopt["ldap"], proxy.listen_host, factory, reactor, None)
+    else:
+        plain = TCPServer(proxy.listen_port, factory, interface=proxy.listen_host, reactor=reactor)
+    listeners.addService(plain)
     if proxy.listen_tls is not None and settings.tls is not None:
         host, port = proxy.listen_tls
-        ldaps = SSLServer(port, factory, settings.tls, interface=host, reactor=reactor)
-        ldaps.setServiceParent(listeners)
+        if "ldaps" in adopt:
+            ldaps: TCPServer | SSLServer = AdoptedTcp(
+                adopt["ldaps"], host, factory, reactor, settings.tls
+            )
+        else:
+            ldaps = SSLServer(port, factory, settings.tls, interface=host, reactor=reactor)
+        listeners.addService(ldaps)
     return listeners
