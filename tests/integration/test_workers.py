@@ -9,12 +9,14 @@ import json
 import os
 import signal
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import require_binary
 from tests.harness import (
     Bridge,
     RadiusClient,
@@ -23,6 +25,7 @@ from tests.harness import (
     scrape_metrics,
     wait_for,
 )
+from tests.slapd import Slapd
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +221,33 @@ def test_a_port_held_by_another_program_is_an_error_not_a_share(make_bridge: Mak
         assert f"radius: cannot listen on 127.0.0.1:{bridge.port}" in bridge.log()
     finally:
         holder.close()
+
+
+def test_the_ldap_proxy_is_served_by_every_worker(make_bridge: MakeBridge, slapd: Slapd) -> None:
+    """Each connection goes to one worker (the kernel's choice by address and port):
+    ldapwhoami, one connection per bind, reaches all of them."""
+    require_binary("ldapwhoami")
+
+    def change(config: dict[str, Any]) -> None:
+        with_workers(config)
+        config["ldap_proxy"] = {"listen": f"127.0.0.1:{free_tcp_port()}"}
+
+    bridge = make_bridge(start=False, change=change)
+    bridge.start(args=("--debug",))
+    assert wait_for(lambda: len(ready_workers(bridge)) == WORKERS, timeout=15), bridge.log()
+    url = f"ldap://{bridge.config['ldap_proxy']['listen']}"
+    dn = f"uid=judy,{slapd.people_dn}"
+    env = {**os.environ, "LDAPNOINIT": "1", "LC_ALL": "C"}
+    for _ in range(LOGINS):  # grace: the password alone
+        result = subprocess.run(
+            ["ldapwhoami", "-x", "-H", url, "-D", dn, "-w", "judy-pw"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"dn:{dn}"
+    assert wait_for(lambda: len(decided_by(bridge, "judy")) == LOGINS)
+    assert {worker for worker, _ in decided_by(bridge, "judy")} == set(range(WORKERS))

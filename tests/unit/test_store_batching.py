@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from bridge.core.types import State, UserRecord
 from bridge.store import SqliteStore
-from bridge.store.batching import ReadBatcher, WriteBatcher
+from bridge.store.batching import GATHER_SECONDS, ReadBatcher, WriteBatcher
 from bridge.store.records import ChallengeRow
 from bridge.store.worker import StoreWorker
 
@@ -53,6 +53,42 @@ def test_many_changes_commit_together_with_their_results(store: SqliteStore) -> 
     )
     assert results == [5, 6]
     assert [store.get(eid(n)).last_step for n in ("alice", "bob")] == [5, 6]  # type: ignore[union-attr]
+
+
+def test_under_load_a_batch_waits_a_moment_and_alone_it_commits_at_once(
+    store: SqliteStore,
+) -> None:
+    """After a batch of several writes (logins overlap), the next waits GATHER_SECONDS for
+    the binds about to come back; after a batch of one, a write commits next turn."""
+    clock = MemoryReactorClock()
+    batcher = WriteBatcher(store, clock)
+    names = ("alice", "bob", "carol", "dave")
+    for name in names:
+        store.update(eid(name), lambda _r, n=name: (active(n), None))
+    fired: list[int] = []
+
+    def write(name: str, value: int) -> None:
+        batcher.update_seen(eid(name), store.get(eid(name)), step(value)).addCallback(fired.append)
+
+    write("alice", 1)
+    clock.advance(0)
+    assert fired == [1]  # alone: at once
+    write("bob", 2)
+    write("carol", 3)
+    clock.advance(0)
+    assert fired == [1, 2, 3]  # this batch held two
+    write("dave", 4)
+    clock.advance(0)
+    assert fired == [1, 2, 3]  # under load: it waits for others
+    write("alice", 5)
+    clock.advance(GATHER_SECONDS)
+    assert fired == [1, 2, 3, 4, 5]  # and both commit together
+    assert (batcher.batches, batcher.writes) == (3, 5)
+    write("bob", 6)  # the last batch held two: still waiting
+    clock.advance(GATHER_SECONDS)
+    write("carol", 7)  # after a batch of one: at once again
+    clock.advance(0)
+    assert fired == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_same_user_twice_in_a_batch_sees_the_first_write(store: SqliteStore) -> None:
