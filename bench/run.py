@@ -1,17 +1,21 @@
 """mfa-bridge against FreeRADIUS 3.2 doing the same job, on this machine, in one run.
 
-    python3 bench/run.py [--users 2000] [--reps 3] [--parallel 1 16 64]
-                         [--big 100000]
+    python3 bench/run.py [--users 8000] [--reps 3] [--parallel 1 16 64]
+                         [--cache-ttl 0 300] [--workers 1] [--big 100000]
 
 Both servers check PAP logins whose password ends in a 6-digit TOTP code: the password by
 binding to the same throwaway slapd as the user (after a search as a service account),
 the code against the same per-user secrets. One load generator (bench/loadgen.py) keeps P
 requests in flight, sends each user once per run with a fresh code, verifies every
-Response Authenticator and counts lost replies. Runs alternate between the servers within
-a fresh 30-second TOTP step (FreeRADIUS's rlm_totp accepts only the current step, and the
-bridge accepts each user's step once), and each figure is the median over the
-repetitions. `--big N` then times `mfa-bridge user import` of N secrets and the daemon's
-resident memory after N users and N logins.
+Response Authenticator and counts lost replies. Each run has a fresh 30-second TOTP step
+of its own (FreeRADIUS's rlm_totp accepts only the current step, and the bridge accepts
+each user's step once), the order of the servers alternates between repetitions, and
+each figure is the median over the repetitions. Two bridges run beside FreeRADIUS by
+default: one with `directory.cache_ttl: 0` (cold: every login searches for the user's
+DN, as FreeRADIUS does, as a user's first login of the day would) and one with the
+default (warm: the DN remembered from the warm-up pass). `--big N` then times
+`mfa-bridge user import` of N secrets and the daemon's resident memory after N users and
+N logins.
 """
 
 from __future__ import annotations
@@ -95,31 +99,37 @@ def median(samples: list[Sample], pick: Any) -> float:
     return statistics.median(pick(s) for s in samples)
 
 
-def report(parallel: int, bridge: list[Sample], radius: list[Sample]) -> list[str]:
+def report(parallel: int, samples: dict[str, list[Sample]]) -> list[str]:
+    """Rows for each server at `parallel` (FreeRADIUS first), and each bridge's ratios
+    to FreeRADIUS."""
     rows = []
     figures = {}
-    for name, samples in (("freeradius", radius), ("mfa-bridge", bridge)):
+    for name, taken in samples.items():
         fig = {
-            "rate": median(samples, lambda s: s.result.rate),
-            "p50": median(samples, lambda s: s.result.percentile(50) * 1000),
-            "p99": median(samples, lambda s: s.result.percentile(99) * 1000),
-            "cpu": median(samples, lambda s: s.server_cpu * 1e6),
-            "slapd": median(samples, lambda s: s.slapd_cpu * 1e6),
-            "lost": sum(s.result.lost + s.result.bad_replies for s in samples),
-            "rejects": sum(s.result.rejects for s in samples),
+            "rate": median(taken, lambda s: s.result.rate),
+            "p50": median(taken, lambda s: s.result.percentile(50) * 1000),
+            "p99": median(taken, lambda s: s.result.percentile(99) * 1000),
+            "cpu": median(taken, lambda s: s.server_cpu * 1e6),
+            "slapd": median(taken, lambda s: s.slapd_cpu * 1e6),
+            "lost": sum(s.result.lost + s.result.bad_replies for s in taken),
+            "rejects": sum(s.result.rejects for s in taken),
         }
         figures[name] = fig
         rows.append(
-            f"| {parallel:>3} | {name:<10} | {fig['rate']:>8.0f} | {fig['p50']:>7.2f} "
+            f"| {parallel:>3} | {name:<12} | {fig['rate']:>8.0f} | {fig['p50']:>7.2f} "
             f"| {fig['p99']:>7.2f} | {fig['cpu']:>7.0f} | {fig['slapd']:>7.0f} "
             f"| {fig['lost']:>4} | {fig['rejects']:>4} |"
         )
-    b, f = figures["mfa-bridge"], figures["freeradius"]
-    ratios = [b[k] / f[k] for k in ("rate", "p50", "p99", "cpu", "slapd")]
-    rows.append(
-        f"| {parallel:>3} | ratio      | {ratios[0]:>8.2f} | {ratios[1]:>7.2f} | {ratios[2]:>7.2f} "
-        f"| {ratios[3]:>7.2f} | {ratios[4]:>7.2f} |      |      |"
-    )
+    f = figures["freeradius"]
+    for name, b in figures.items():
+        if name == "freeradius":
+            continue
+        ratios = [b[k] / f[k] for k in ("rate", "p50", "p99", "cpu", "slapd")]
+        label = "ratio" + name.removeprefix("mfa-bridge")
+        rows.append(
+            f"| {parallel:>3} | {label:<12} | {ratios[0]:>8.2f} | {ratios[1]:>7.2f} "
+            f"| {ratios[2]:>7.2f} | {ratios[3]:>7.2f} | {ratios[4]:>7.2f} |      |      |"
+        )
     return rows
 
 
@@ -204,15 +214,32 @@ def start_both(
     }
 
 
+def bridge_name(cache_ttl: int, variants: int) -> str:
+    if variants == 1:
+        return "mfa-bridge"
+    return "mfa-bridge cold" if cache_ttl == 0 else "mfa-bridge warm"
+
+
 def side_by_side(args: argparse.Namespace, work: Path, out: list[str]) -> None:
     users, secrets, slapd = population(work, args.users)
     radius = freeradius_for(slapd, secrets, work)
-    config = bridge_config(
-        slapd, work / "bridge", free_udp_port(), workers=args.workers, cache_ttl=args.cache_ttl
-    )
-    bridge = Bridge(work / "bridge", config)
+    bridges = {}
+    for ttl in args.cache_ttl:
+        home = work / f"bridge-{ttl}"
+        config = bridge_config(slapd, home, free_udp_port(), workers=args.workers, cache_ttl=ttl)
+        bridges[bridge_name(ttl, len(args.cache_ttl))] = Bridge(home, config)
     try:
-        started = start_both(radius, bridge, secrets, work)
+        started = {}
+        for name, bridge in bridges.items():
+            both = start_both(radius, bridge, secrets, work) if not started else None
+            if both is None:
+                import_secrets(bridge, secrets, work)
+                bridge.start()
+                assert bridge.proc is not None
+                started[name] = (bridge.port, bridge.proc.pid)
+            else:
+                started["freeradius"] = both["freeradius"]
+                started[name] = both["mfa-bridge"]
         assert slapd.pid is not None
         servers = {name: (("127.0.0.1", port), pid) for name, (port, pid) in started.items()}
         # One warm-up pass each (connection pools, caches), as a NAS would see after start.
@@ -222,14 +249,14 @@ def side_by_side(args: argparse.Namespace, work: Path, out: list[str]) -> None:
         samples: dict[tuple[str, int], list[Sample]] = {}
         for rep in range(args.reps):
             for parallel in args.parallel:
-                next_step()
                 order = list(servers) if (rep + parallel) % 2 == 0 else list(reversed(servers))
                 for name in order:
+                    next_step()  # each server its own step: every user's code is fresh
                     address, pid = servers[name]
                     sample = measure(address, pid, slapd.pid, logins_now(users, secrets), parallel)
                     samples.setdefault((name, parallel), []).append(sample)
                     print(
-                        f"rep {rep} P={parallel:<3} {name:<10} {sample.result.summary()}",
+                        f"rep {rep} P={parallel:<3} {name:<16} {sample.result.summary()}",
                         flush=True,
                     )
         out += [
@@ -237,12 +264,12 @@ def side_by_side(args: argparse.Namespace, work: Path, out: list[str]) -> None:
             "| slapd CPU µs/login | lost | rejects |",
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        names = ["freeradius", *bridges]
         for parallel in args.parallel:
-            out += report(
-                parallel, samples[("mfa-bridge", parallel)], samples[("freeradius", parallel)]
-            )
+            out += report(parallel, {name: samples[(name, parallel)] for name in names})
     finally:
-        bridge.stop()
+        for bridge in bridges.values():
+            bridge.stop()
         radius.stop()
         slapd.stop()
 
@@ -280,13 +307,17 @@ def big(args: argparse.Namespace, work: Path, out: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=8000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--big", type=int, default=100_000, help="0 to skip")
     parser.add_argument("--workers", type=int, default=1, help="the bridge's server.workers")
     parser.add_argument(
-        "--cache-ttl", type=int, default=300, help="directory.cache_ttl (0: every login cold)"
+        "--cache-ttl",
+        type=int,
+        nargs="+",
+        default=[0, 300],
+        help="directory.cache_ttl of each bridge run beside FreeRADIUS (0: every login cold)",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mfa-bench-"))
@@ -296,8 +327,8 @@ def main() -> None:
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; {args.users:,} users, {args.reps} repetitions "
         f"(medians), servers alternated within each TOTP step; client, servers and slapd "
-        f"share the machine. Bridge: server.workers {args.workers}, directory.cache_ttl "
-        f"{args.cache_ttl}.",
+        f"share the machine. Bridge: server.workers {args.workers}; directory.cache_ttl "
+        f"{' and '.join(map(str, args.cache_ttl))} (0: cold, every login searches).",
         "",
     ]
     side_by_side(args, work, out)

@@ -458,6 +458,9 @@ def _run_worker(config: Config, path: Path, number: int, sockets: str, *, debug:
         signal.SIGHUP,
         lambda _signum, _frame: from_thread.callFromThread(reload_config, daemon, path),
     )
+    # A terminal's Ctrl-C reaches the whole process group: the main process stops its
+    # workers itself (SIGTERM, each once), so they leave SIGINT to it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     reactor.callWhenRunning(start)
     reactor.run()
     if failed:

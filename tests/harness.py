@@ -191,9 +191,12 @@ class Bridge:
         timeout: float = 15.0,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        *,
+        own_group: bool = False,
     ) -> None:
-        """Start the daemon (with `env` added to its environment, `args` after `run`);
-        wait for Status-Server."""
+        """Start the daemon (with `env` added to its environment, `args` after `run`; in a
+        process group of its own, as a terminal would run it, with `own_group`); wait for
+        Status-Server."""
         self.write_config()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -202,6 +205,7 @@ class Bridge:
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env={**os.environ, **(env or {})},
+            start_new_session=own_group,
         )
         log.close()
         client = RadiusClient(

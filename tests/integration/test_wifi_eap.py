@@ -286,3 +286,28 @@ def test_wifi_gets_its_vlan_and_a_remembered_device_its_password_alone(
     again = eapol(net, "load191", "load191-pw")
     assert again.success and again.keys_ok
     assert [line["reason"] for line in net.bridge.audit()] == ["activated", "remembered"]
+
+
+def test_with_several_workers_each_conversation_stays_with_one(
+    wifi: Callable[..., Wifi],
+) -> None:
+    """server.workers with EAP: the kernel keeps each NAS address and port on one worker,
+    which holds the conversation's TLS state; conversations from several ports reach
+    several workers, and every one completes with working keys."""
+
+    def workers(config: dict[str, Any]) -> None:
+        config["server"] = {"workers": 3}
+
+    net = wifi(change=workers)
+    bridge = net.bridge
+    assert wait_for(lambda: bridge.log().count("directory.ready") == 3, timeout=15)
+    for _ in range(10):  # each eapol_test run: a new source port
+        run = eapol(net, "frank", "frank-pw")
+        assert run.success and run.keys_ok, run.output[-2000:]
+    answered = {
+        line.partition("worker=")[2][:1] or "0"
+        for line in bridge.log().splitlines()
+        if "auth.decision" in line and "user=frank" in line
+    }
+    assert len(answered) > 1, answered
+    assert [line["reason"] for line in bridge.audit()] == ["grace"] * 10

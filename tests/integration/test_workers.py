@@ -210,6 +210,22 @@ def test_sigterm_stops_the_workers_and_a_killed_main_takes_them_along(
     assert wait_for(lambda: not any(alive(pid) for pid in workers), timeout=10)
 
 
+def test_ctrl_c_stops_the_main_and_its_workers_once(make_bridge: MakeBridge) -> None:
+    """A terminal's Ctrl-C signals the whole process group: the main process stops its
+    workers (they leave SIGINT to it), none is restarted, and no error is logged."""
+    bridge = make_bridge(start=False, change=with_workers)
+    bridge.start(args=("--debug",), own_group=True)
+    assert wait_for(lambda: len(ready_workers(bridge)) == WORKERS, timeout=15), bridge.log()
+    workers = worker_pids(bridge)
+    assert bridge.proc is not None
+    os.killpg(bridge.proc.pid, signal.SIGINT)
+    assert bridge.proc.wait(10) == 0
+    assert wait_for(lambda: not any(alive(pid) for pid in workers), timeout=5)
+    levels = {line.get("level") for line in lines(bridge)}
+    assert "error" not in levels, [line for line in lines(bridge) if line.get("level") == "error"]
+    assert not events(bridge, "worker.died")
+
+
 def test_a_port_held_by_another_program_is_an_error_not_a_share(make_bridge: MakeBridge) -> None:
     bridge = make_bridge(start=False, change=with_workers)
     holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
