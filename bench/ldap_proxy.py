@@ -1,7 +1,7 @@
 """Bind + search through mfa-bridge's LDAP proxy, against the same directly at slapd.
 
     python3 bench/ldap_proxy.py [--users 4000] [--parallel 16] [--procs 4] [--reps 3]
-                                [--pattern kept per-login]
+                                [--pattern kept per-login] [--workers 1]
 
 The client is python-ldap (libldap, C) in `procs` processes, each keeping its share of
 `parallel` connections busy with asynchronous calls, so that the client is not what
@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--pattern", nargs="+", default=["kept", "per-login"])
+    parser.add_argument("--workers", type=int, default=1, help="the bridge's server.workers")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mfa-bench-ldap-"))
     users = [SlapdUser(f"user{i:06d}", f"pw-{i:06d}") for i in range(args.users)]
@@ -176,6 +177,7 @@ def main() -> None:
     slapd.start()
     proxy_port = free_tcp_port()
     config = {
+        "server": {"workers": args.workers},
         "directory": {
             "urls": [slapd.url],
             "bind_dn": slapd.service_dn,

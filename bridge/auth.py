@@ -183,6 +183,7 @@ class Authenticator:
         self._accepted_binds = _Recent(limit=65_536)
         self._throttle = Throttle(clock.seconds)  # log lines about the store being down
         self.stopping = False  # shutting down: the directory is being closed under logins
+        self.in_flight = 0  # logins started and not yet decided (see WriteBatcher)
         # The configured groups of an entry (Directory.memberships_of), for an accept
         # decided after its bind: a challenge's answer. None: no group is configured.
         self.memberships: Callable[[Identity], Deferred[BindResult]] | None = None
@@ -314,13 +315,16 @@ class Authenticator:
                 return LoginOutcome(decision, identity=chosen.identity, server=result.server)
             return LoginOutcome(decision)
 
-        if bind is None:
-            checked = self._authenticate(username, plan)
-        else:
-            checked = self._authenticate(username, plan, bind)
+        self.in_flight += 1
+        binds = (username, plan) if bind is None else (username, plan, bind)
+        checked = self._authenticate(*binds)
         outcome: Deferred[LoginOutcome] = checked.addCallback(bound)
         outcome.addErrback(self._store_down, username, caller, started)
-        return outcome
+        return outcome.addBoth(self._decided)
+
+    def _decided(self, result: LoginOutcome | Failure) -> LoginOutcome | Failure:
+        self.in_flight -= 1
+        return result
 
     def _planner(
         self, username: str, field: str, mode: Mode, code: str | None, planned: list[_Plan]

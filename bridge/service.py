@@ -300,6 +300,7 @@ class Daemon:
             writes=writes,
             worker=worker,
         )
+        writes.logins_in_flight = lambda: self.authenticator.in_flight
         if self.store.has_legacy:  # records of an earlier release: attach them first
             self.authenticator.upgrading = True
             if number == 0:  # the main upgrades, and starts its workers after

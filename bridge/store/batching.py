@@ -5,11 +5,13 @@ each (SQLite's locks and WAL append, or PostgreSQL's round trips); here they sha
 A write joins the batch of the current reactor turn, the batch commits at the start of
 the next (a `callLater(0)`), and only then does each login learn its decision: nothing
 is answered before it is durable. Under load (the last batch held several writes) a
-batch waits GATHER_SECONDS more for the logins whose binds are about to come back: on the
-2-vCPU development VM, 8,000 users at 16 in flight, that took a cold login from ~565 to
-~400 µs of CPU and its p50 from 9.2 to 6.9 ms (bench/RESULTS.md); a login alone still
-commits at once. On a threaded store (`worker.py`) one batch is
-committed at a time: writes that come meanwhile wait for the next.
+batch waits up to GATHER_SECONDS for the logins whose binds are about to come back, and
+commits as soon as every login in flight has its write in it (`logins_in_flight`: no one
+else could join, and waiting longer would leave the core idle). On the 2-vCPU development
+VM, 8,000 users at 16 in flight, that took a cold login from ~480 to ~340 µs of CPU and
+left a warm one as it was (docs/store-path.md); a login alone still commits at once.
+On a threaded store (`worker.py`) one batch is committed at a time: writes that come
+meanwhile wait for the next.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class WriteBatcher:
         self.batches = 0
         self.writes = 0
         self._last_size = 0  # writes in the last batch: several means logins overlap
+        # How many logins are being decided (the Authenticator's count); None: unknown.
+        self.logins_in_flight: Callable[[], int] | None = None
 
     def update_seen(self, entry_id: str, seen: UserRecord | None, change: Change) -> Deferred[Any]:
         """Queue a compare-and-set write; fires with `change`'s result once committed."""
@@ -82,9 +86,18 @@ class WriteBatcher:
         return None
 
     def _schedule(self) -> None:
-        if self._flush_call is None and self._committing is None:
-            delay = GATHER_SECONDS if self._last_size > 1 else 0.0
-            self._flush_call = self._clock.callLater(delay, self.flush)
+        if self._committing is not None:
+            return  # the next batch is scheduled when this one is committed
+        if self._flush_call is None:
+            gather = self._last_size > 1 and not self._everyone_waits()
+            self._flush_call = self._clock.callLater(GATHER_SECONDS if gather else 0, self.flush)
+        elif self._everyone_waits() and self._flush_call.getTime() > self._clock.seconds():
+            self._flush_call.reset(0)
+
+    def _everyone_waits(self) -> bool:
+        """Whether every login in flight already has its write queued."""
+        count = self.logins_in_flight
+        return count is not None and len(self._queue) >= count()
 
     def flush(self) -> Deferred[None]:
         """Commit everything queued; fires once it is (at shutdown: nothing queued is lost).

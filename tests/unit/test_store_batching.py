@@ -91,6 +91,39 @@ def test_under_load_a_batch_waits_a_moment_and_alone_it_commits_at_once(
     assert fired == [1, 2, 3, 4, 5, 6, 7]
 
 
+def test_a_batch_waits_no_longer_once_every_login_in_flight_is_in_it(
+    store: SqliteStore,
+) -> None:
+    """Under load, the wait ends when the batch holds a write of every login in flight:
+    nothing more could join it."""
+    clock = MemoryReactorClock()
+    batcher = WriteBatcher(store, clock)
+    in_flight = [0]
+    batcher.logins_in_flight = lambda: in_flight[0]
+    for name in ("alice", "bob", "carol"):
+        store.update(eid(name), lambda _r, n=name: (active(n), None))
+    fired: list[int] = []
+
+    def write(name: str, value: int) -> None:
+        batcher.update_seen(eid(name), store.get(eid(name)), step(value)).addCallback(fired.append)
+
+    in_flight[0] = 2
+    write("alice", 1)
+    write("bob", 2)
+    clock.advance(0)
+    assert fired == [1, 2]  # two in the batch: the next one gathers
+    in_flight[0] = 3
+    write("carol", 3)
+    clock.advance(0)
+    assert fired == [1, 2]  # two more logins are still at the directory
+    write("alice", 4)
+    clock.advance(0)
+    assert fired == [1, 2]
+    write("bob", 5)  # the last one: every login in flight is waiting on this batch
+    clock.advance(0)
+    assert fired == [1, 2, 3, 4, 5]
+
+
 def test_same_user_twice_in_a_batch_sees_the_first_write(store: SqliteStore) -> None:
     """The second change of a user in one batch runs again on the record the first wrote."""
     store.update(eid("alice"), lambda _r: (active("alice"), None))
