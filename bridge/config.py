@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-import psycopg
 import yaml
-from psycopg.conninfo import conninfo_to_dict
 
 DEFAULT_CONFIG_PATH: Final = Path("config/bridge.yaml")
 CONFIG_ENV: Final = "MFA_BRIDGE_CONFIG"
@@ -847,6 +845,9 @@ def _store_url(m: _Map) -> str | None:
     if not url.lower().startswith(("postgresql://", "postgres://")):
         m.error("url", "must be a PostgreSQL URL: postgresql://USER@HOST:PORT/DBNAME")
         return None
+    import psycopg  # noqa: PLC0415 - only for a PostgreSQL store (its memory, its time)
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
     try:
         conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:

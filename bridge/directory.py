@@ -44,7 +44,9 @@ from bridge.logs import debugging
 log = Logger(namespace="bridge.directory")
 
 HOLD_DOWN_SECONDS = 30.0
-CACHE_LIMIT = 200_000
+# Names remembered at most (the oldest go first): ~400 octets each (an entry id, a name
+# and a DN), so 50,000 stay under 25 MB; beyond that, a login searches again.
+CACHE_LIMIT = 50_000
 
 # Bind answers that say "this password is not good", as opposed to "cannot answer now".
 _REFUSED = (ldap.INVALID_CREDENTIALS, ldap.INAPPROPRIATE_AUTH, ldap.UNWILLING_TO_PERFORM)
@@ -519,8 +521,9 @@ class _Expiring:
     def put(self, key: str, value: Any) -> None:
         if self._ttl <= 0:
             return
+        self._items.pop(key, None)  # put back at the end: the order is the order of expiry
         if len(self._items) >= CACHE_LIMIT:
-            self._items.clear()
+            del self._items[next(iter(self._items))]
         self._items[key] = (value, self._clock() + self._ttl)
 
     def drop(self, key: str) -> None:
@@ -677,7 +680,10 @@ class Directory:
         if identity is None:
             identity = await server.find(username)
             if identity is not None:
-                self._entries.put(username, identity)
+                # The entry's own name object as the key when it is the one typed: shared.
+                self._entries.put(
+                    identity.name if identity.name == username else username, identity
+                )
         return identity
 
     async def _login(

@@ -5,13 +5,11 @@
 """
 
 from bridge.config import StoreConfig
-from bridge.store.postgres import PostgresStore
 from bridge.store.records import Attached, RecordStore, StoreError, StoreUnavailableError
 from bridge.store.sqlite import SqliteStore
 
 __all__ = [
     "Attached",
-    "PostgresStore",
     "RecordStore",
     "SqliteStore",
     "StoreError",
@@ -23,6 +21,10 @@ __all__ = [
 def open_store(config: StoreConfig, id_attribute: str) -> RecordStore:
     """The configured store, opened (StoreError says what to fix when it cannot be)."""
     if config.url is not None:
+        # Imported only here: psycopg and its libpq cost ~10 MB of memory that an
+        # SQLite bridge does not need.
+        from bridge.store.postgres import PostgresStore  # noqa: PLC0415
+
         return PostgresStore.open(
             config.url,
             config.key_file,

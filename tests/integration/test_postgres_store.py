@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from bridge.core.types import Identity, State, UserRecord
-from bridge.store import PostgresStore, StoreError, StoreUnavailableError
+from bridge.store import StoreError, StoreUnavailableError
+from bridge.store.postgres import PostgresStore
 from tests.postgres import Postgres
 
 ALICE = Identity("6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b", "alice", "uid=alice,dc=example,dc=org")
