@@ -230,11 +230,14 @@ class _Worker(ProcessProtocol):
         while b"\n" in self._buffer and self._waiting:
             line, self._buffer = self._buffer.split(b"\n", 1)
             samples = [(str(n), dict(labels), float(v)) for n, labels, v in json.loads(line)]
-            self._waiting.pop(0).callback(samples)
+            waiting = self._waiting.pop(0)
+            if not waiting.called:  # a late answer: that scrape timed out and went on
+                waiting.callback(samples)
 
     def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
         for waiting in self._waiting:
-            waiting.errback(reason)
+            if not waiting.called:
+                waiting.errback(reason)
         self._waiting.clear()
         self.slot.ended(self, reason)
         self.ended.callback(None)
