@@ -229,17 +229,15 @@ def side_by_side(args: argparse.Namespace, work: Path, out: list[str]) -> None:
         config = bridge_config(slapd, home, free_udp_port(), workers=args.workers, cache_ttl=ttl)
         bridges[bridge_name(ttl, len(args.cache_ttl))] = Bridge(home, config)
     try:
-        started = {}
+        radius.check()
+        radius.start()
+        assert radius.proc is not None
+        started = {"freeradius": (radius.port, radius.proc.pid)}
         for name, bridge in bridges.items():
-            both = start_both(radius, bridge, secrets, work) if not started else None
-            if both is None:
-                import_secrets(bridge, secrets, work)
-                bridge.start()
-                assert bridge.proc is not None
-                started[name] = (bridge.port, bridge.proc.pid)
-            else:
-                started["freeradius"] = both["freeradius"]
-                started[name] = both["mfa-bridge"]
+            import_secrets(bridge, secrets, work)
+            bridge.start()
+            assert bridge.proc is not None
+            started[name] = (bridge.port, bridge.proc.pid)
         assert slapd.pid is not None
         servers = {name: (("127.0.0.1", port), pid) for name, (port, pid) in started.items()}
         # One warm-up pass each (connection pools, caches), as a NAS would see after start.

@@ -370,12 +370,7 @@ def _run(config: Config, path: Path, *, debug: bool = False) -> int:
     failed: list[str] = []
 
     def start() -> None:
-        try:
-            daemon.service.startService()
-        except Exception as exc:  # a port in use, a bad demo LDIF: say so and exit
-            failed.append(str(exc))
-            daemon.service.stopService()  # stop what did start (the directory's threads)
-            reactor.stop()
+        if not _started(daemon, reactor, failed):
             return
         reactor.addSystemEventTrigger("before", "shutdown", stop)
         notifier.start_watchdog(reactor)
@@ -403,6 +398,19 @@ def _run(config: Config, path: Path, *, debug: bool = False) -> int:
         log.error("start.failed cannot start: {problem}", problem=failed[0])
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _started(daemon: Daemon, reactor: Any, failed: list[str]) -> bool:
+    """Start the service tree; on an error (a port in use, a bad demo LDIF) note it in
+    `failed`, stop what did start (the directory's threads) and the reactor."""
+    try:
+        daemon.service.startService()
+    except Exception as exc:  # a port in use, a bad demo LDIF: said, and the run ends
+        failed.append(str(exc))
+        daemon.service.stopService()
+        reactor.stop()
+        return False
+    return True
 
 
 def _main_daemon(config: Config, path: Path, reactor: Any, *, debug: bool) -> Daemon:
@@ -441,12 +449,7 @@ def _run_worker(config: Config, path: Path, number: int, sockets: str, *, debug:
             reactor.stop()
 
     def start() -> None:
-        try:
-            daemon.service.startService()
-        except Exception as exc:
-            failed.append(str(exc))
-            daemon.service.stopService()
-            reactor.stop()
+        if not _started(daemon, reactor, failed):
             return
         reactor.addSystemEventTrigger("before", "shutdown", daemon.service.stopService)
         control = Control(metrics.samples if metrics is not None else list, gone)

@@ -37,7 +37,7 @@ from bridge import __version__
 from bridge.core.types import Decision, State
 from bridge.store import RecordStore, StoreError
 from bridge.store.worker import StoreWorker
-from bridge.workers import Sample, add_samples, counter_samples
+from bridge.workers import Sample, add_samples, counter_samples, sample_key
 
 WEEK = 7 * 86_400
 _STATES = ("grace", "pending", "active", "locked")
@@ -150,7 +150,9 @@ class _WithWorkers(Collector):
         for family in self._own.collect():
             if family.type in ("counter", "histogram"):
                 family.samples = [
-                    sample._replace(value=sample.value + extra.pop(_key(sample), 0.0))
+                    sample._replace(
+                        value=sample.value + extra.pop(sample_key(sample.name, sample.labels), 0)
+                    )
                     for sample in family.samples
                 ]
                 names = {family.name + suffix for suffix in _SUFFIXES}
@@ -161,10 +163,6 @@ class _WithWorkers(Collector):
 
 
 _SUFFIXES = ("", "_total", "_bucket", "_count", "_sum")
-
-
-def _key(sample: Any) -> tuple[str, str]:
-    return sample.name, json.dumps(dict(sample.labels), sort_keys=True)
 
 
 class _RadiusCollector(Collector):

@@ -26,7 +26,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,9 +198,14 @@ def counter_samples(collect: Iterable[Any]) -> list[Sample]:
     ]
 
 
+def sample_key(name: str, labels: Mapping[str, str]) -> tuple[str, str]:
+    """A sample's identity across processes: its name and its labels, in order."""
+    return name, json.dumps(dict(labels), sort_keys=True)
+
+
 def add_samples(totals: dict[tuple[str, str], float], samples: Sequence[Sample]) -> None:
     for name, labels, value in samples:
-        key = (name, json.dumps(labels, sort_keys=True))
+        key = sample_key(name, labels)
         totals[key] = totals.get(key, 0.0) + value
 
 

@@ -12,7 +12,7 @@ VM, 8,000 users at 16 in flight, that took a cold login from ~480 to ~340 µs of
 left a warm one as it was (docs/store-path.md); a login alone still commits at once.
 On a threaded store (`worker.py`, PostgreSQL) one batch is committed at a time: writes
 that come meanwhile wait for the next, which gathers them without a wait of its own (a
-wait there took one instance from 0.6 to 0.4 × SQLite's logins/s).
+wait there took one instance from 0.6 to 0.4 times SQLite's logins/s).
 """
 
 from __future__ import annotations
