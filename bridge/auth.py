@@ -37,7 +37,7 @@ from bridge.directory import Binder, BindResult, BindStatus, Plan
 from bridge.ldapdn import DnKey, dn_key
 from bridge.logs import Throttle, debugging
 from bridge.store import RecordStore, StoreUnavailableError
-from bridge.store.batching import ReadBatcher, WriteBatcher
+from bridge.store.batching import StoreBatcher
 from bridge.store.records import ChallengeRow
 from bridge.store.worker import StoreWorker
 
@@ -164,14 +164,16 @@ class Authenticator:
         clock: IReactorTime,
         *,
         audit: AuditLog,
-        writes: WriteBatcher | None = None,
+        writes: StoreBatcher | None = None,
         worker: StoreWorker | None = None,
     ) -> None:
         self._store = store
         self._worker = worker or StoreWorker(clock, threaded=False)  # where store calls run
-        # Off the reactor, the records read before binds are read in batches (no legacy
-        # records there: those are SQLite's, whose reads stay inline).
-        self._reads = ReadBatcher(store, clock, self._worker) if self._worker.threaded else None
+        # Off the reactor, the records read before binds are read in the store's turns,
+        # with its writes (no legacy records there: those are SQLite's, read inline).
+        self._reads = writes if writes is not None and writes.threaded else None
+        if self._worker.threaded and self._reads is None:
+            raise ValueError("a threaded store needs its batcher: reads are batched there")
         self._audit_log = audit
         self._writes = writes  # None: each login's write commits on its own, at once
         self._authenticate = authenticate
@@ -183,7 +185,7 @@ class Authenticator:
         self._accepted_binds = _Recent(limit=65_536)
         self._throttle = Throttle(clock.seconds)  # log lines about the store being down
         self.stopping = False  # shutting down: the directory is being closed under logins
-        self.in_flight = 0  # logins started and not yet decided (see WriteBatcher)
+        self.in_flight = 0  # logins started and not yet decided (see StoreBatcher)
         # The configured groups of an entry (Directory.memberships_of), for an accept
         # decided after its bind: a challenge's answer. None: no group is configured.
         self.memberships: Callable[[Identity], Deferred[BindResult]] | None = None

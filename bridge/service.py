@@ -44,7 +44,7 @@ from bridge.radius.replies import Replies, compile_replies
 from bridge.radius.server import RadiusProtocol
 from bridge.store import RecordStore
 from bridge.store import open_store as open_configured_store
-from bridge.store.batching import WriteBatcher
+from bridge.store.batching import StoreBatcher
 from bridge.store.worker import StoreWorker
 from bridge.upgrade import Upgrade
 from bridge.workers import Workers, family_of
@@ -134,7 +134,7 @@ class ClosingService(Service):
 class StoreService(Service):
     """Commits queued writes and closes the store when the daemon stops."""
 
-    def __init__(self, store: RecordStore, writes: WriteBatcher, worker: StoreWorker) -> None:
+    def __init__(self, store: RecordStore, writes: StoreBatcher, worker: StoreWorker) -> None:
         self.store = store
         self.writes = writes
         self.worker = worker
@@ -280,7 +280,7 @@ class Daemon:
             )
         self.store = open_store(config)
         self.store_worker = worker = StoreWorker(reactor, threaded=self.store.remote)
-        writes = WriteBatcher(self.store, reactor, worker)
+        writes = StoreBatcher(self.store, reactor, worker)
         self.service.addService(StoreService(self.store, writes, worker))
         replies = compile_replies(config.radius)
         self.directory = Directory(

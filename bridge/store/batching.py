@@ -1,4 +1,4 @@
-"""Group the store writes of one reactor turn into one transaction.
+"""Group the store calls of one reactor turn: one transaction, one round trip.
 
 A burst of logins whose binds are answered together would otherwise pay one commit
 each (SQLite's locks and WAL append, or PostgreSQL's round trips); here they share one.
@@ -10,9 +10,12 @@ commits as soon as every login in flight has its write in it (`logins_in_flight`
 else could join, and waiting longer would leave the core idle). On the 2-vCPU development
 VM, 8,000 users at 16 in flight, that took a cold login from ~480 to ~340 µs of CPU and
 left a warm one as it was (docs/store-path.md); a login alone still commits at once.
-On a threaded store (`worker.py`, PostgreSQL) one batch is committed at a time: writes
-that come meanwhile wait for the next, which gathers them without a wait of its own (a
-wait there took one instance from 0.6 to 0.4 times SQLite's logins/s).
+On a threaded store (`worker.py`, PostgreSQL) the records read before binds join the
+turn too (`get`: SQLite reads inline), and one turn is on its way at a time: what comes
+meanwhile waits for the next, which gathers it without a wait of its own (a wait there
+took one instance from 0.6 to 0.4 times SQLite's logins/s). A turn's reads and writes
+are one statement there: each statement costs a round trip and the database server's
+own CPU, on this VM ~200 µs for the smallest.
 """
 
 from __future__ import annotations
@@ -30,13 +33,15 @@ from bridge.store.worker import StoreWorker
 
 Change = Callable[[UserRecord | None], tuple[UserRecord | None, Any]]
 Queued = tuple[str, UserRecord | None, Change, Deferred[Any]]
+Reads = dict[str, list[Deferred[UserRecord | None]]]  # entry -> the logins waiting for it
 
 
 GATHER_SECONDS = 0.002
 
 
-class WriteBatcher:
-    """`RecordStore.update_seen`, asynchronous, committed once per reactor turn."""
+class StoreBatcher:
+    """`RecordStore.update_seen` (and on a threaded store `get`), asynchronous, one store
+    turn per reactor turn."""
 
     def __init__(
         self, store: RecordStore, clock: IReactorTime, worker: StoreWorker | None = None
@@ -48,6 +53,7 @@ class WriteBatcher:
         self._queue: list[Queued] = []
         self._rebinds: list[RebindRow] = []
         self._challenges: list[ChallengeRow] = []
+        self._reads: dict[str, list[Deferred[UserRecord | None]]] = {}
         self._flush_call: IDelayedCall | None = None
         self.batches = 0
         self.writes = 0
@@ -59,6 +65,19 @@ class WriteBatcher:
         """Queue a compare-and-set write; fires with `change`'s result once committed."""
         done: Deferred[Any] = Deferred()
         self._queue.append((entry_id, seen, change, done))
+        self._schedule()
+        return done
+
+    @property
+    def threaded(self) -> bool:
+        """Whether the store's calls run off the reactor (then reads are batched here)."""
+        return self._worker.threaded
+
+    def get(self, entry_id: str) -> Deferred[UserRecord | None]:
+        """The entry's record (None if the bridge has never seen it), read in the next
+        turn: on a threaded store, with that turn's writes, in one statement."""
+        done: Deferred[UserRecord | None] = Deferred()
+        self._reads.setdefault(entry_id, []).append(done)
         self._schedule()
         return done
 
@@ -117,17 +136,19 @@ class WriteBatcher:
         queue, self._queue = self._queue, []
         rebinds, self._rebinds = self._rebinds, []
         challenges, self._challenges = self._challenges, []
-        if not queue and not rebinds and not challenges:
+        reads, self._reads = self._reads, {}
+        if not queue and not rebinds and not challenges and not reads:
             return succeed(None)
-        self.batches += 1
-        self.writes += len(queue)
-        self._last_size = len(queue)
+        if queue or rebinds or challenges:  # a turn of reads alone commits nothing
+            self.batches += 1
+            self.writes += len(queue)
+            self._last_size = len(queue)
         changes = [(u, s, c) for u, s, c, _d in queue]
-        committed = self._worker.run(
-            self._store.update_seen_many, changes, rebinds, challenges, self._clock.seconds()
+        turn = self._worker.run(
+            self._store.turn, list(reads), changes, rebinds, challenges, self._clock.seconds()
         )
-        done: Deferred[None] = committed.addCallbacks(
-            self._answer, self._fail, callbackArgs=(queue,), errbackArgs=(queue,)
+        done: Deferred[None] = turn.addCallbacks(
+            self._answer, self._fail, callbackArgs=(queue, reads), errbackArgs=(queue, reads)
         )
         if not done.called:
             self._committing = done
@@ -136,12 +157,18 @@ class WriteBatcher:
 
     def _committed(self, result: object) -> object:
         self._committing = None
-        if self._queue or self._rebinds or self._challenges:
+        if self._queue or self._rebinds or self._challenges or self._reads:
             self._schedule()
         return result
 
     @staticmethod
-    def _answer(results: list[Any], queue: list[Queued]) -> None:
+    def _answer(
+        turn: tuple[dict[str, UserRecord], list[Any]], queue: list[Queued], reads: Reads
+    ) -> None:
+        records, results = turn
+        for entry_id, readers in reads.items():
+            for reader in readers:
+                reader.callback(records.get(entry_id))
         for (*_rest, done), result in zip(queue, results, strict=True):
             if isinstance(result, Exception):
                 done.errback(Failure(result))
@@ -149,47 +176,10 @@ class WriteBatcher:
                 done.callback(result)
 
     @staticmethod
-    def _fail(failure: Failure, queue: list[Queued]) -> None:
-        """The store failed: every login of the batch fails closed."""
+    def _fail(failure: Failure, queue: list[Queued], reads: Reads) -> None:
+        """The store failed: every login of the turn fails closed."""
+        for readers in reads.values():
+            for reader in readers:
+                reader.errback(failure)
         for *_rest, done in queue:
             done.errback(failure)
-
-
-class ReadBatcher:
-    """Records read before the bind, gathered per reactor turn into one query.
-
-    Used for a store off the reactor (`worker.py`): each read there is a round trip and a
-    hand-over between threads, so a burst of logins shares one of each.
-    """
-
-    def __init__(self, store: RecordStore, clock: IReactorTime, worker: StoreWorker) -> None:
-        self._store = store
-        self._clock = clock
-        self._worker = worker
-        self._waiting: dict[str, list[Deferred[UserRecord | None]]] = {}
-        self._call: IDelayedCall | None = None
-
-    def get(self, entry_id: str) -> Deferred[UserRecord | None]:
-        """The entry's record (None if the bridge has never seen it), read in a batch."""
-        done: Deferred[UserRecord | None] = Deferred()
-        self._waiting.setdefault(entry_id, []).append(done)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self._read)
-        return done
-
-    def _read(self) -> None:
-        self._call = None
-        waiting, self._waiting = self._waiting, {}
-        found = self._worker.run(self._store.get_many, list(waiting))
-
-        def answer(records: dict[str, UserRecord]) -> None:
-            for entry_id, readers in waiting.items():
-                for reader in readers:
-                    reader.callback(records.get(entry_id))
-
-        def fail(failure: Failure) -> None:
-            for readers in waiting.values():
-                for reader in readers:
-                    reader.errback(failure)
-
-        found.addCallbacks(answer, fail)

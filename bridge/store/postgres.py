@@ -96,6 +96,13 @@ _BULK_UPDATE = (
     " WHERE u.entry_id = v.entry_id AND u.version = v.version RETURNING u.entry_id"
 )
 _SELECT_ANY = f"SELECT {COLUMNS} FROM users WHERE entry_id = ANY(?::text[])"  # noqa: S608
+# A store turn's writes and reads in one round trip: the rows the UPDATE wrote as one
+# array, beside the records read (one row with NULLs when none is found). Every part of
+# the statement sees the same snapshot: a record written in the turn reads as before it.
+_BULK_UPDATE_AND_READ = (
+    f"WITH w AS ({_BULK_UPDATE}) SELECT (SELECT array_agg(entry_id) FROM w), r.*"  # noqa: S608
+    f" FROM (SELECT 1) AS one LEFT JOIN ({_SELECT_ANY}) AS r ON true"
+)
 
 
 class PostgresStore(RecordStore):
@@ -229,17 +236,20 @@ class PostgresStore(RecordStore):
             with contextlib.suppress(psycopg.Error):
                 db.close()
 
-    def _set_seen_many(
-        self, writes: Sequence[tuple[str, UserRecord | None, UserRecord | None]]
-    ) -> list[bool]:
-        """The batch's common writes (same key: guard, failures, state) as one UPDATE; a
-        record's version decides per row, as in `_set_seen`. The rest one by one."""
+    def _write_and_read(
+        self,
+        writes: Sequence[tuple[str, UserRecord | None, UserRecord | None]],
+        reads: Sequence[str],
+    ) -> tuple[dict[str, UserRecord], list[bool]]:
+        """The turn's common writes (same key: guard, failures, state) as one UPDATE, with
+        the turn's reads in the same statement; a record's version decides per row, as in
+        `_set_seen`. The rest one by one."""
         bulk: dict[str, int] = {}  # entry -> position, each entry once
         for position, (entry_id, seen, after) in enumerate(writes):
             if self._same_key(seen, after) and entry_id not in bulk:
                 bulk[entry_id] = position
-        if len(bulk) < 2:
-            return super()._set_seen_many(writes)
+        if not bulk or (len(bulk) < 2 and not reads):
+            return super()._write_and_read(writes, reads)
         rows = []
         for position in bulk.values():
             _entry_id, seen, after = writes[position]
@@ -247,8 +257,17 @@ class PostgresStore(RecordStore):
             assert after is not None
             rows.append(self._changes(after, seen))
         columns = [list(column) for column in zip(*rows, strict=True)]
-        done = {row[0] for row in self._execute(_BULK_UPDATE, columns)}
-        return [
+        found: dict[str, UserRecord] = {}
+        if reads:
+            answer = self._execute(_BULK_UPDATE_AND_READ, [*columns, list(reads)]).fetchall()
+            done = set(answer[0][0] or ())
+            for row in answer:
+                if row[1] is not None:
+                    record = self._record(row[1:])
+                    found[record.entry_id] = record
+        else:
+            done = {row[0] for row in self._execute(_BULK_UPDATE, columns)}
+        return found, [
             entry_id in done
             if bulk.get(entry_id) == position
             else self._set_seen(entry_id, seen, after)

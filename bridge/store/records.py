@@ -294,6 +294,22 @@ class RecordStore:
         `rebinds` (accepted binds to remember, see `remember_rebind`) and `challenges`
         (States issued) commit with them.
         """
+        return self.turn((), changes, rebinds, challenges, now)[1]
+
+    def turn(
+        self,
+        reads: Sequence[str],
+        changes: Sequence[SeenChange[T]],
+        rebinds: Sequence[RebindRow] = (),
+        challenges: Sequence[ChallengeRow] = (),
+        now: float = 0.0,
+    ) -> tuple[dict[str, UserRecord], builtins.list[T | Exception]]:
+        """One store turn of a threaded store (`batching.py`): the records of `reads` (as
+        `get_many`) and the writes of `update_seen_many`, in as few statements as the
+        backend can (PostgreSQL: one). A record read in the turn that also writes it may
+        be the one from before the write: its login's own write then loses the
+        compare-and-set and is decided again, as against any other writer.
+        """
         batch = self._transaction() if self._batch_in_transaction else contextlib.nullcontext()
         with batch:
             decided: builtins.list[tuple[UserRecord | None, T] | Exception] = []
@@ -309,7 +325,8 @@ class RecordStore:
                 for (entry_id, seen, _change), outcome in zip(changes, decided, strict=True)
                 if not isinstance(outcome, Exception) and outcome[0] != seen
             ]
-            written = iter(self._set_seen_many(writes))
+            found, flags = self._write_and_read(writes, reads)
+            written = iter(flags)
             results: builtins.list[T | Exception] = []
             for (entry_id, seen, change), outcome in zip(changes, decided, strict=True):
                 if isinstance(outcome, Exception) or outcome[0] == seen or next(written):
@@ -326,7 +343,15 @@ class RecordStore:
                     results.append(exc)
             self._insert_rebinds(rebinds)
             self._insert_challenges(challenges, now)
-        return results
+        return found, results
+
+    def _write_and_read(
+        self,
+        writes: Sequence[tuple[str, UserRecord | None, UserRecord | None]],
+        reads: Sequence[str],
+    ) -> tuple[dict[str, UserRecord], builtins.list[bool]]:
+        """`_set_seen_many(writes)` and `get_many(reads)`; PostgreSQL makes it one statement."""
+        return (self.get_many(reads) if reads else {}), self._set_seen_many(writes)
 
     def _set_seen_many(
         self, writes: Sequence[tuple[str, UserRecord | None, UserRecord | None]]

@@ -250,3 +250,53 @@ def test_a_batch_is_written_in_one_statement_and_each_row_is_still_a_compare_and
     assert first.update_seen_many(batch) == ["accepted", "accepted", "accepted", "replay", "replay"]
     steps = {e: r.last_step for e, r in second.get_many([f"entry-{i}" for i in range(4)]).items()}
     assert steps == {"entry-0": 10, "entry-1": 10, "entry-2": 10, "entry-3": 50}
+
+
+def test_a_turn_reads_and_writes_in_one_statement(
+    pair: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """A store turn on PostgreSQL: the logins' writes and the next logins' reads are one
+    round trip; a record read in the turn that writes it reads as it was before, and a
+    login deciding on that loses its compare-and-set and is decided again."""
+    first, second = pair
+    for i in range(3):
+        put(first, record_of(i))
+    seen = first.get_many(["entry-0", "entry-1"])
+    statements: list[str] = []
+    real = first._execute
+
+    def counting(sql: str, params: Any = ()) -> Any:
+        statements.append(sql)
+        return real(sql, params)
+
+    first._execute = counting  # type: ignore[method-assign]
+
+    def spend(step: int) -> Any:
+        def change(current: UserRecord | None) -> tuple[UserRecord | None, str]:
+            assert current is not None
+            if current.last_step is not None and current.last_step >= step:
+                return current, "replay"
+            return current.evolve(last_step=step), "accepted"
+
+        return change
+
+    found, results = first.turn(
+        ["entry-1", "entry-2", "entry-9"],
+        [("entry-0", seen["entry-0"], spend(7)), ("entry-1", seen["entry-1"], spend(7))],
+    )
+    assert len(statements) == 1
+    assert results == ["accepted", "accepted"]
+    assert sorted(found) == ["entry-1", "entry-2"]  # entry-9 has no record
+    assert found["entry-2"] == second.get("entry-2")
+    assert found["entry-1"].last_step is None  # as before this turn's write
+    assert second.get("entry-1").last_step == 7  # type: ignore[union-attr]
+    # A login decided on that read: its write loses the compare-and-set, then sees step 7.
+    assert first.turn([], [("entry-1", found["entry-1"], spend(7))])[1] == ["replay"]
+    # A turn of reads alone, and one write alone with a read: one statement each.
+    statements.clear()
+    assert sorted(first.turn(["entry-0"], [])[0]) == ["entry-0"]
+    assert len(statements) == 1
+    latest = first.get("entry-2")
+    statements.clear()
+    found, results = first.turn(["entry-0"], [("entry-2", latest, spend(8))])
+    assert (len(statements), results, sorted(found)) == (1, ["accepted"], ["entry-0"])

@@ -11,9 +11,8 @@ from twisted.internet.testing import MemoryReactorClock
 
 from bridge.core.types import State, UserRecord
 from bridge.store import SqliteStore
-from bridge.store.batching import GATHER_SECONDS, ReadBatcher, WriteBatcher
+from bridge.store.batching import GATHER_SECONDS, StoreBatcher
 from bridge.store.records import ChallengeRow
-from bridge.store.worker import StoreWorker
 
 
 @pytest.fixture
@@ -61,7 +60,7 @@ def test_under_load_a_batch_waits_a_moment_and_alone_it_commits_at_once(
     """After a batch of several writes (logins overlap), the next waits GATHER_SECONDS for
     the binds about to come back; after a batch of one, a write commits next turn."""
     clock = MemoryReactorClock()
-    batcher = WriteBatcher(store, clock)
+    batcher = StoreBatcher(store, clock)
     names = ("alice", "bob", "carol", "dave")
     for name in names:
         store.update(eid(name), lambda _r, n=name: (active(n), None))
@@ -97,7 +96,7 @@ def test_a_batch_waits_no_longer_once_every_login_in_flight_is_in_it(
     """Under load, the wait ends when the batch holds a write of every login in flight:
     nothing more could join it."""
     clock = MemoryReactorClock()
-    batcher = WriteBatcher(store, clock)
+    batcher = StoreBatcher(store, clock)
     in_flight = [0]
     batcher.logins_in_flight = lambda: in_flight[0]
     for name in ("alice", "bob", "carol"):
@@ -163,7 +162,7 @@ def step_new(name: str) -> Any:
 def test_batcher_commits_once_per_turn_and_answers_after(store: SqliteStore) -> None:
     """Writes queued in one turn commit in one transaction at the next; then they fire."""
     clock = MemoryReactorClock()
-    batcher = WriteBatcher(store, clock)
+    batcher = StoreBatcher(store, clock)
     for name in ("alice", "bob", "carol"):
         store.update(eid(name), lambda _r, n=name: (active(n), None))
     fired: list[int] = []
@@ -180,26 +179,28 @@ def test_batcher_commits_once_per_turn_and_answers_after(store: SqliteStore) -> 
 def test_batcher_fails_every_login_when_the_store_fails(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A store error fails each queued write (the logins fail closed), none is left hanging."""
+    """A store error fails each queued write and read (the logins fail closed), none is
+    left hanging."""
     clock = MemoryReactorClock()
-    batcher = WriteBatcher(store, clock)
+    batcher = StoreBatcher(store, clock)
 
     def locked(*_batch: object) -> list[object]:
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(store, "update_seen_many", locked)
+    monkeypatch.setattr(store, "turn", locked)
     errors: list[str] = []
     for name in ("alice", "bob"):
         d = batcher.update_seen(eid(name), None, step_new(name))
         d.addErrback(lambda f: errors.append(f.getErrorMessage()))
+    batcher.get(eid("carol")).addErrback(lambda f: errors.append("read: " + f.getErrorMessage()))
     clock.advance(0)
-    assert errors == ["database is locked"] * 2
+    assert sorted(errors) == ["database is locked"] * 2 + ["read: database is locked"]
 
 
 def test_a_remembered_bind_commits_with_the_turns_logins(store: SqliteStore) -> None:
     """A rebind row queued in a turn is written in that turn's one transaction, not alone."""
     clock = MemoryReactorClock()
-    batcher = WriteBatcher(store, clock)
+    batcher = StoreBatcher(store, clock)
     batcher.update_seen(eid("alice"), None, step_new("alice"))
     batcher.remember_rebind(b"m" * 32, eid("alice"), expires=700, now=100)
     assert not store.knows_rebind(b"m" * 32, eid("alice"), 100)  # nothing before the commit
@@ -216,7 +217,7 @@ def test_a_remembered_bind_commits_with_the_turns_logins(store: SqliteStore) -> 
 def test_flush_at_shutdown_commits_what_is_queued(store: SqliteStore) -> None:
     """flush() commits at once (the daemon stopping), and the pending timer is cancelled."""
     clock = MemoryReactorClock()
-    batcher = WriteBatcher(store, clock)
+    batcher = StoreBatcher(store, clock)
     batcher.update_seen(eid("dave"), None, step_new("dave"))
     batcher.flush()
     assert store.get(eid("dave")) is not None
@@ -237,30 +238,38 @@ def test_expired_rebind_rows_are_deleted_at_most_once_a_minute(store: SqliteStor
     assert not store.knows_rebind(b"a" * 32, eid("alice"), 160)
 
 
-def test_reads_of_one_turn_are_one_query(store: SqliteStore) -> None:
-    """ReadBatcher: the reads asked in a reactor turn are answered from one get_many."""
+def test_reads_and_writes_of_one_turn_are_one_store_call(store: SqliteStore) -> None:
+    """The batcher's reads (a threaded store's) join the turn's writes: one `turn` call
+    reads each entry once, answers every reader, and commits the writes."""
     clock = MemoryReactorClock()
-    reads = ReadBatcher(store, clock, StoreWorker(clock, threaded=False))
+    batcher = StoreBatcher(store, clock)
     store.update(eid("alice"), lambda _r: step_new("alice")(None))
-    asked: list[list[str]] = []
-    real = store.get_many
+    store.update(eid("carol"), lambda _r: (active("carol"), None))
+    turns: list[tuple[list[str], int]] = []
+    real = store.turn
 
-    def counting(entry_ids: list[str]) -> dict[str, UserRecord]:
-        asked.append(sorted(entry_ids))
-        return real(entry_ids)
+    def counting(reads: list[str], changes: list[Any], *rest: Any) -> Any:
+        turns.append((sorted(reads), len(changes)))
+        return real(reads, changes, *rest)
 
-    store.get_many = counting  # type: ignore[method-assign]
+    store.turn = counting  # type: ignore[method-assign]
     got: dict[int, object] = {}
     for i, name in enumerate(("alice", "bob", "alice")):
-        reads.get(eid(name)).addCallback(lambda r, i=i: got.__setitem__(i, r))
+        batcher.get(eid(name)).addCallback(lambda r, i=i: got.__setitem__(i, r))
+    written: list[int] = []
+    batcher.update_seen(eid("carol"), store.get(eid("carol")), step(9)).addCallback(
+        written.append
+    )
     assert got == {}
     clock.advance(0)
-    assert asked == [[eid("alice"), eid("bob")]]
+    assert turns == [([eid("alice"), eid("bob")], 1)]
     assert {i: getattr(r, "username", None) for i, r in got.items()} == {
         0: "alice",
         1: None,
         2: "alice",
     }
+    assert written == [9]
+    assert store.get(eid("carol")).last_step == 9  # type: ignore[union-attr]
 
 
 def test_a_state_answered_before_its_row_is_written_is_taken_from_the_queue(
@@ -268,7 +277,7 @@ def test_a_state_answered_before_its_row_is_written_is_taken_from_the_queue(
 ) -> None:
     """A NAS quicker than one reactor turn: the State answers once, and is never written."""
     clock = MemoryReactorClock()
-    batcher = WriteBatcher(store, clock)
+    batcher = StoreBatcher(store, clock)
     row = ChallengeRow(b"s" * 16, "alice", eid("alice"), "alice", "uid=alice", "10.0.0.1", 99.0)
     batcher.remember_challenge(row)
     assert batcher.take_queued_challenge(b"x" * 16) is None
