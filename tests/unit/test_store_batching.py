@@ -257,9 +257,7 @@ def test_reads_and_writes_of_one_turn_are_one_store_call(store: SqliteStore) -> 
     for i, name in enumerate(("alice", "bob", "alice")):
         batcher.get(eid(name)).addCallback(lambda r, i=i: got.__setitem__(i, r))
     written: list[int] = []
-    batcher.update_seen(eid("carol"), store.get(eid("carol")), step(9)).addCallback(
-        written.append
-    )
+    batcher.update_seen(eid("carol"), store.get(eid("carol")), step(9)).addCallback(written.append)
     assert got == {}
     clock.advance(0)
     assert turns == [([eid("alice"), eid("bob")], 1)]
