@@ -223,6 +223,18 @@ def record_of(i: int, last_step: int | None = None) -> UserRecord:
     )
 
 
+def spend(step: int) -> Any:
+    """A login's change spending TOTP step `step`: accepted once, a replay after."""
+
+    def change(current: UserRecord | None) -> tuple[UserRecord | None, str]:
+        assert current is not None
+        if current.last_step is not None and current.last_step >= step:
+            return current, "replay"
+        return current.evolve(last_step=step), "accepted"
+
+    return change
+
+
 def test_a_batch_is_written_in_one_statement_and_each_row_is_still_a_compare_and_set(
     pair: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -235,15 +247,6 @@ def test_a_batch_is_written_in_one_statement_and_each_row_is_still_a_compare_and
     seen = first.get_many([f"entry-{i}" for i in range(4)])
     assert sorted(seen) == [f"entry-{i}" for i in range(4)]
     put(second, record_of(3, last_step=50))  # the other instance spends step 50 for user3
-
-    def spend(step: int) -> Any:
-        def change(current: UserRecord | None) -> tuple[UserRecord | None, str]:
-            assert current is not None
-            if current.last_step is not None and current.last_step >= step:
-                return current, "replay"
-            return current.evolve(last_step=step), "accepted"
-
-        return change
 
     batch = [(f"entry-{i}", seen[f"entry-{i}"], spend(10)) for i in range(4)]
     batch.append(("entry-0", seen["entry-0"], spend(10)))  # the same code again, same batch
@@ -270,15 +273,6 @@ def test_a_turn_reads_and_writes_in_one_statement(
         return real(sql, params)
 
     first._execute = counting  # type: ignore[method-assign]
-
-    def spend(step: int) -> Any:
-        def change(current: UserRecord | None) -> tuple[UserRecord | None, str]:
-            assert current is not None
-            if current.last_step is not None and current.last_step >= step:
-                return current, "replay"
-            return current.evolve(last_step=step), "accepted"
-
-        return change
 
     found, results = first.turn(
         ["entry-1", "entry-2", "entry-9"],
