@@ -53,7 +53,7 @@ class StoreBatcher:
         self._queue: list[Queued] = []
         self._rebinds: list[RebindRow] = []
         self._challenges: list[ChallengeRow] = []
-        self._reads: dict[str, list[Deferred[UserRecord | None]]] = {}
+        self._reads: Reads = {}
         self._flush_call: IDelayedCall | None = None
         self.batches = 0
         self.writes = 0

@@ -350,17 +350,11 @@ class RecordStore:
         writes: Sequence[tuple[str, UserRecord | None, UserRecord | None]],
         reads: Sequence[str],
     ) -> tuple[dict[str, UserRecord], builtins.list[bool]]:
-        """`_set_seen_many(writes)` and `get_many(reads)`; PostgreSQL makes it one statement."""
-        return (self.get_many(reads) if reads else {}), self._set_seen_many(writes)
-
-    def _set_seen_many(
-        self, writes: Sequence[tuple[str, UserRecord | None, UserRecord | None]]
-    ) -> builtins.list[bool]:
-        """`_set_seen` for each (entry, seen, after), in order; which ones were written.
-
-        PostgreSQL writes the common ones in one statement (a round trip saved per login).
-        """
-        return [self._set_seen(entry_id, seen, after) for entry_id, seen, after in writes]
+        """`get_many(reads)`, and `_set_seen` for each (entry, seen, after) in order with
+        which ones were written; PostgreSQL makes the common ones and the reads one
+        statement."""
+        found = self.get_many(reads) if reads else {}
+        return found, [self._set_seen(entry_id, seen, after) for entry_id, seen, after in writes]
 
     def get_many(self, entry_ids: Sequence[str]) -> dict[str, UserRecord]:
         """The records of these entries that exist, by entry (one statement)."""
