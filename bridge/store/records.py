@@ -304,11 +304,11 @@ class RecordStore:
         challenges: Sequence[ChallengeRow] = (),
         now: float = 0.0,
     ) -> tuple[dict[str, UserRecord], builtins.list[T | Exception]]:
-        """One store turn of a threaded store (`batching.py`): the records of `reads` (as
-        `get_many`) and the writes of `update_seen_many`, in as few statements as the
-        backend can (PostgreSQL: one). A record read in the turn that also writes it may
-        be the one from before the write: its login's own write then loses the
-        compare-and-set and is decided again, as against any other writer.
+        """One store turn (`batching.py`): the records of `reads` (as `get_many`; only a
+        threaded store's turns have any) and the writes of `update_seen_many`, in as few
+        statements as the backend can (PostgreSQL: one). A record read in the turn that
+        also writes it may be the one from before the write: its login's own write then
+        loses the compare-and-set and is decided again, as against any other writer.
         """
         batch = self._transaction() if self._batch_in_transaction else contextlib.nullcontext()
         with batch:
