@@ -138,6 +138,17 @@ class Rebind:
     seconds: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """What a login asks, as the password's plan needs it."""
+
+    username: str
+    typed: str = field(repr=False)  # the password field, maybe with a code
+    mode: Mode
+    code: str | None = field(default=None, repr=False)  # a code in a field of its own
+    bind: Binder | None = None  # binds instead of the directory's pool (the LDAP proxy)
+
+
 @dataclass(slots=True)
 class _Plan:
     """What the login chose once the directory had found the entry."""
@@ -145,6 +156,7 @@ class _Plan:
     identity: Identity
     record: UserRecord | None
     attempt: Attempt
+    recent: bool = False  # planned on the store's recent record, not one just read
 
 
 class Authenticator:
@@ -235,10 +247,11 @@ class Authenticator:
             return succeed(LoginOutcome(self._audit(early, caller, started)))
         assert username is not None  # refused early otherwise
         planned: list[_Plan] = []
-
-        plan = self._planner(username, field, mode, code, planned)
+        ask = _Ask(username, field, mode, code, bind)
 
         def bound(result: BindResult) -> LoginOutcome | Deferred[LoginOutcome]:
+            if result.status is BindStatus.BAD_PASSWORD and planned and planned[-1].recent:
+                return self._plan_again(result, planned, ask).addCallback(bound)
             if result.status is not BindStatus.OK or not planned:
                 chosen = planned[-1] if planned else None
                 name = result.identity.name if result.identity is not None else username
@@ -318,38 +331,65 @@ class Authenticator:
             return LoginOutcome(decision)
 
         self.in_flight += 1
-        binds = (username, plan) if bind is None else (username, plan, bind)
-        checked = self._authenticate(*binds)
+        checked = self._bind(ask, self._planner(ask, planned))
         outcome: Deferred[LoginOutcome] = checked.addCallback(bound)
         outcome.addErrback(self._store_down, username, caller, started)
         return outcome.addBoth(self._decided)
+
+    def _bind(self, ask: _Ask, plan: Plan) -> Deferred[BindResult]:
+        if ask.bind is None:
+            return self._authenticate(ask.username, plan)
+        return self._authenticate(ask.username, plan, ask.bind)
+
+    def _plan_again(
+        self, result: BindResult, planned: list[_Plan], ask: _Ask
+    ) -> Deferred[BindResult]:
+        """A password chosen on a recent record was refused: the record may have changed
+        since (a key enrolled or reset by another instance, the CLI). Read it; bind again
+        only if it makes the choice different, so a wrong password costs one bind."""
+        first = planned[-1]
+        assert self._reads is not None  # recent records are a threaded store's
+
+        def compare(record: UserRecord | None) -> BindResult | Deferred[BindResult]:
+            attempt = self._attempt(record, ask)
+            if attempt.password == first.attempt.password:
+                planned[-1] = _Plan(first.identity, record, first.attempt)
+                return result
+            return self._bind(ask, self._planner(ask, planned, fresh=True))
+
+        return self._reads.get(first.identity.entry_id).addCallback(compare)
 
     def _decided(self, result: LoginOutcome | Failure) -> LoginOutcome | Failure:
         self.in_flight -= 1
         return result
 
-    def _planner(
-        self, username: str, field: str, mode: Mode, code: str | None, planned: list[_Plan]
-    ) -> Plan:
+    def _planner(self, ask: _Ask, planned: list[_Plan], *, fresh: bool = False) -> Plan:
         """What the directory calls once it has found the entry: read its record, choose
-        the password to bind with (noting the choice in `planned`)."""
+        the password to bind with (noting the choice in `planned`). On a threaded store
+        the record this instance last read or wrote will do, unless `fresh`: the choice
+        only picks a password, and what is decided after the bind is checked against
+        the row's version (`store/recent.py`)."""
 
         def plan(identity: Identity) -> str | Deferred[str]:
-            now = self._now()
-
-            def choose(record: UserRecord | None) -> str:
-                if code is None:
-                    attempt = plan_attempt(record, field, mode, now, self._policy)
-                else:
-                    attempt = plan_given(record, field, code)
-                planned.append(_Plan(identity, record, attempt))
+            def choose(record: UserRecord | None, recent: bool = False) -> str:
+                attempt = self._attempt(record, ask)
+                planned.append(_Plan(identity, record, attempt, recent))
                 return attempt.password
 
             if self._reads is None:
-                return choose(self._record_for(identity, username, now))
+                return choose(self._record_for(identity, ask.username, self._now()))
+            recent = None if fresh else self._store.recent(identity.entry_id)
+            if recent is not None:
+                return choose(recent, recent=True)
             return self._reads.get(identity.entry_id).addCallback(choose)
 
         return plan
+
+    def _attempt(self, record: UserRecord | None, ask: _Ask) -> Attempt:
+        """The password (and code) to try, as the record says (`policy.plan_attempt`)."""
+        if ask.code is None:
+            return plan_attempt(record, ask.typed, ask.mode, self._now(), self._policy)
+        return plan_given(record, ask.typed, ask.code)
 
     def _refused_early(self, raw: str, username: str | None, field: str) -> Decision | None:
         """A login refused before the directory is asked, or None."""

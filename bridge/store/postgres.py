@@ -22,6 +22,7 @@ import psycopg
 from twisted.logger import Logger
 
 from bridge.core.types import UserRecord
+from bridge.store.recent import RecentRecords
 from bridge.store.records import COLUMNS, RecordStore, StoreError, StoreUnavailableError
 from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
 
@@ -123,6 +124,7 @@ class PostgresStore(RecordStore):
         id_attribute: str = "entryUUID",
     ) -> None:
         super().__init__(sealer, _redacted(url))
+        self._recent = RecentRecords(sealer)  # a login's read would cost a round trip
         self._url = url
         self._password = password
         self._lock = threading.Lock()

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from bridge.core.identity import name_key
 from bridge.core.types import Identity, LockReason, State, UserRecord
+from bridge.store.recent import RecentRecords
 from bridge.store.sealing import KeyFileError, Sealer
 
 T = TypeVar("T")
@@ -146,6 +147,22 @@ def first_version() -> int:
     return secrets.randbelow(1 << 31) + 1
 
 
+def _unchanged(
+    changes: Sequence[SeenChange[Any]], decided: Sequence[object], reads: Sequence[str]
+) -> builtins.list[str]:
+    """The entries of a turn's decisions that write nothing (their versions to check)."""
+    checks = dict.fromkeys(
+        entry_id
+        for (entry_id, seen, _change), outcome in zip(changes, decided, strict=True)
+        if isinstance(outcome, tuple) and outcome[0] == seen
+    )
+    return [entry_id for entry_id in checks if entry_id not in reads]
+
+
+def _version(record: UserRecord | None) -> int | None:
+    return record.version if record is not None else None
+
+
 @functools.lru_cache(maxsize=256)
 def pyformat(sql: str) -> str:
     """`?` placeholders as `%s` (no statement here has a literal `?` or `%`)."""
@@ -174,6 +191,9 @@ class RecordStore:
         self._sealer = sealer
         self.where = where
         self._purged_at: dict[str, float] = {}  # table -> when its old rows last went
+        # A remote store's records as its turns last read or wrote them (`recent.py`);
+        # None: every login reads its record (SQLite, where a read costs no round trip).
+        self._recent: RecentRecords | None = None
 
     # --- statements ----------------------------------------------------------------------
 
@@ -208,6 +228,18 @@ class RecordStore:
         row = self._one(_SELECT_ONE, (entry_id,))
         return self._record(row) if row else None
 
+    def recent(self, entry_id: str) -> UserRecord | None:
+        """The entry's record as this instance's store turns last read or wrote it, or
+        None (not known, or the store keeps none): to plan a bind with, never to decide
+        on, since another writer may have changed it (`recent.py`)."""
+        return self._recent.get(entry_id) if self._recent is not None else None
+
+    def _forget(self, *entry_ids: str) -> None:
+        """These records were written outside a turn: their next logins read them."""
+        if self._recent is not None:
+            for entry_id in entry_ids:
+                self._recent.forget(entry_id)
+
     def named(self, name: str) -> builtins.list[UserRecord]:
         """Records whose stored name is `name` (as the directory compares names).
 
@@ -234,16 +266,22 @@ class RecordStore:
         `change` gets the current record and returns the new one (None removes it) and a
         result; nothing is written when the record is unchanged.
         """
-        with self._transaction():
-            return self._read_modify_write(entry_id, change)
+        try:
+            with self._transaction():
+                return self._read_modify_write(entry_id, change)
+        finally:
+            self._forget(entry_id)
 
     def update_many(
         self,
         changes: Sequence[tuple[str, Callable[[UserRecord | None], tuple[UserRecord | None, T]]]],
     ) -> builtins.list[T]:
         """Several `update` in one transaction: all of them or, if one raises, none."""
-        with self._transaction():
-            return [self._read_modify_write(entry_id, change) for entry_id, change in changes]
+        try:
+            with self._transaction():
+                return [self._read_modify_write(entry_id, change) for entry_id, change in changes]
+        finally:
+            self._forget(*(entry_id for entry_id, _change in changes))
 
     def _read_modify_write(
         self, entry_id: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
@@ -274,6 +312,7 @@ class RecordStore:
         on the current record inside `update`. The hot path of a login: the record read
         before the bind is decided on after it, without reading it again.
         """
+        self._forget(entry_id)
         after, result = change(seen)
         if after == seen or self._set_seen(entry_id, seen, after):
             return result
@@ -309,6 +348,11 @@ class RecordStore:
         statements as the backend can (PostgreSQL: one). A record read in the turn that
         also writes it may be the one from before the write: its login's own write then
         loses the compare-and-set and is decided again, as against any other writer.
+
+        A store that keeps recent records (`recent.py`) may have been given a `seen` that
+        another writer has since changed. A write would lose its compare-and-set; a
+        decision that writes nothing has its row's version read in the same statement,
+        and is decided again when it moved. Then the turn's records are remembered.
         """
         batch = self._transaction() if self._batch_in_transaction else contextlib.nullcontext()
         with batch:
@@ -325,25 +369,66 @@ class RecordStore:
                 for (entry_id, seen, _change), outcome in zip(changes, decided, strict=True)
                 if not isinstance(outcome, Exception) and outcome[0] != seen
             ]
-            found, flags = self._write_and_read(writes, reads)
+            checks = [] if self._recent is None else _unchanged(changes, decided, reads)
+            found, flags = self._write_and_read(writes, [*reads, *checks])
+            self._remember(found.values())
             written = iter(flags)
             results: builtins.list[T | Exception] = []
             for (entry_id, seen, change), outcome in zip(changes, decided, strict=True):
-                if isinstance(outcome, Exception) or outcome[0] == seen or next(written):
-                    results.append(outcome if isinstance(outcome, Exception) else outcome[1])
-                    continue
-                try:  # lost the race: decide again on what the other writer wrote
-                    if self._batch_in_transaction:
-                        results.append(self._read_modify_write(entry_id, change))
-                    else:
-                        results.append(self.update(entry_id, change))
-                except (self._driver_error, StoreError):
-                    raise
-                except Exception as exc:
-                    results.append(exc)
+                if isinstance(outcome, Exception):
+                    results.append(outcome)
+                elif self._stands(entry_id, seen, outcome[0], found, written):
+                    results.append(outcome[1])
+                else:  # lost the race: decide again on what the other writer wrote
+                    results.append(self._decide_again(entry_id, change))
             self._insert_rebinds(rebinds)
             self._insert_challenges(challenges, now)
         return found, results
+
+    def _stands(
+        self,
+        entry_id: str,
+        seen: UserRecord | None,
+        after: UserRecord | None,
+        found: dict[str, UserRecord],
+        written: Iterator[bool],
+    ) -> bool:
+        """Whether a turn's decision on `seen` stands: its compare-and-set was written or,
+        writing nothing, the row was still at `seen`'s version (`found`: read with it)."""
+        if after == seen:
+            return self._recent is None or _version(found.get(entry_id)) == _version(seen)
+        if not next(written):
+            return False
+        self._remember_written(seen, after)
+        return True
+
+    def _decide_again(
+        self, entry_id: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
+    ) -> T | Exception:
+        try:
+            if self._batch_in_transaction:
+                return self._read_modify_write(entry_id, change)
+            return self.update(entry_id, change)
+        except (self._driver_error, StoreError):
+            raise
+        except Exception as exc:  # a bug in one decision must not lose the others
+            return exc
+        finally:
+            self._forget(entry_id)
+
+    def _remember(self, records: Iterable[UserRecord]) -> None:
+        if self._recent is not None:
+            for record in records:
+                self._recent.put(record)
+
+    def _remember_written(self, seen: UserRecord | None, after: UserRecord | None) -> None:
+        """A turn's compare-and-set succeeded: the row is `after`, one version on."""
+        if self._recent is None or after is None:
+            return
+        if seen is None or not self._same_key(seen, after):  # a new row or a new key
+            self._recent.forget(after.entry_id)
+        else:
+            self._recent.put(after.evolve(version=seen.version + 1))
 
     def _write_and_read(
         self,
@@ -420,13 +505,20 @@ class RecordStore:
         """Write rows from another store with the same key: (added, replaced); a user
         already here is left alone unless `replace`."""
         added = replaced = 0
-        with self._transaction():
-            for row in rows:
-                if self._execute(_INSERT, row).rowcount == 1:
-                    added += 1
-                elif replace:
-                    self._execute(_OVERWRITE, (*row[1:], row[0]))
-                    replaced += 1
+        try:
+            with self._transaction():
+                for given in rows:
+                    # A new version, as for any new row: one an instance read before the
+                    # restore must not match the restored row (`first_version`).
+                    row = (*given[:-1], first_version())
+                    if self._execute(_INSERT, row).rowcount == 1:
+                        added += 1
+                    elif replace:
+                        self._execute(_OVERWRITE, (*row[1:], row[0]))
+                        replaced += 1
+        finally:
+            if self._recent is not None:
+                self._recent.clear()
         return added, replaced
 
     # --- binds an app may repeat (SPEC 6): keyed hashes, for a while ----------------------

@@ -294,3 +294,47 @@ def test_a_turn_reads_and_writes_in_one_statement(
     statements.clear()
     found, results = first.turn(["entry-0"], [("entry-2", latest, spend(8))])
     assert (len(statements), results, sorted(found)) == (1, ["accepted"], ["entry-0"])
+
+
+def test_a_turn_remembers_its_records_and_checks_a_decision_that_writes_nothing(
+    pair: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """The records an instance's turns read or wrote are known without a round trip
+    (`recent`); one that another instance changed since is never decided on: a write
+    loses its compare-and-set, a decision that writes nothing is checked in the turn."""
+    first, second = pair
+    for i in range(2):
+        put(first, record_of(i))
+    assert first.recent("entry-0") is None  # written outside a turn: read at next login
+    found, _results = first.turn(["entry-0", "entry-1"], [])
+    assert first.recent("entry-0") == found["entry-0"]
+    assert first.turn([], [("entry-0", found["entry-0"], spend(5))])[1] == ["accepted"]
+    assert first.recent("entry-0") == second.get("entry-0")  # one version on, as written
+
+    stale = first.recent("entry-1")
+    put(second, record_of(1).evolve(failures=2))  # the other instance counts two failures
+
+    def failures(current: UserRecord | None) -> tuple[UserRecord | None, int | None]:
+        return current, current.failures if current is not None else None  # writes nothing
+
+    statements: list[str] = []
+    real = first._execute
+
+    def counting(sql: str, params: Any = ()) -> Any:
+        statements.append(sql)
+        return real(sql, params)
+
+    first._execute = counting  # type: ignore[method-assign]
+    assert first.turn([], [("entry-1", stale, failures)])[1] == [2]  # decided again
+    first._execute = real  # type: ignore[method-assign]
+    assert first.recent("entry-1") is None  # decided outside the turn: read next time
+    assert len(statements) > 1  # the check, then the decision again
+    assert first.turn(["entry-1"], [])[0]["entry-1"] == second.get("entry-1")
+
+    # A restore writes new versions: a record known from before it never matches.
+    known = first.recent("entry-1")
+    assert known is not None
+    assert second.put_raw(second.raw_users(), replace=True) == (0, 2)
+    restored = second.get("entry-1")
+    assert restored is not None and restored.version != known.version
+    assert restored.evolve(version=known.version) == known

@@ -134,6 +134,36 @@ def test_a_challenge_issued_by_one_is_answered_through_the_other(
     assert first.audit_reasons()[-1] == "bad-state"
 
 
+def test_a_key_given_or_taken_by_another_writer_counts_at_the_next_login(
+    pair: tuple[Bridge, Bridge], client_for: ClientFor, slapd: Slapd
+) -> None:
+    """An instance chooses a login's password on the record it last read or wrote (no
+    round trip to the database before the bind). A key enrolled or reset since by the CLI
+    still counts at once, and a wrong password still costs the directory a single bind."""
+    first, _second = pair
+    a = client_for(first)
+    for _ in range(2):  # in grace; the first instance has now seen the record
+        grace = a.login("load120", "load120-pw")
+        assert grace is not None and grace.accepted
+    secret = enroll(first, "load120")  # by the CLI, another process: pending, with a key
+    activated = a.login("load120", "load120-pw" + code_for(secret))
+    assert activated is not None and activated.accepted
+    assert first.audit_reasons()[-1] == "activated"
+    binds = slapd.bind_count()
+    wrong = a.login("load120", "not-the-pw" + code_for(secret, 1))
+    assert wrong is not None and wrong.rejected
+    assert first.audit_reasons()[-1] == "bad-password"
+    assert slapd.bind_count() - binds == 1
+    assert first.cli("user", "reset", "load120").returncode == 0
+    again = a.login("load120", "load120-pw")  # no code: the key is gone, grace again
+    assert again is not None and again.accepted
+    assert first.audit_reasons()[-1] == "grace"
+    assert first.cli("user", "lock", "load120").returncode == 0
+    locked = a.login("load120", "load120-pw")  # a decision that writes nothing, checked
+    assert locked is not None and locked.rejected
+    assert first.audit_reasons()[-1] == "locked"
+
+
 def portal(bridge: Bridge, jar: dict[str, str] | None = None) -> PortalClient:
     host, port = bridge.config["portal"]["listen"].rsplit(":", 1)
     return PortalClient(host, int(port), jar if jar is not None else {})
