@@ -39,6 +39,22 @@ Reads = dict[str, list[Deferred[UserRecord | None]]]  # entry -> the logins wait
 GATHER_SECONDS = 0.002
 
 
+def _decided(change: Change, seen: UserRecord | None) -> Change:
+    """`change`, decided now on `seen`: the store's turn calls it on `seen` again (then
+    the decision is this one) or, when another writer got there first, on the current
+    record. On a threaded store that keeps the decisions, Python that would contend with
+    the reactor for the interpreter, out of the turn that every login waits for."""
+    try:
+        first = change(seen)
+    except Exception:  # the turn decides again, and answers the failure
+        return change
+
+    def decide(current: UserRecord | None) -> tuple[UserRecord | None, Any]:
+        return first if current is seen else change(current)
+
+    return decide
+
+
 class StoreBatcher:
     """`RecordStore.update_seen` (and on a threaded store `get`), asynchronous, one store
     turn per reactor turn."""
@@ -64,6 +80,8 @@ class StoreBatcher:
     def update_seen(self, entry_id: str, seen: UserRecord | None, change: Change) -> Deferred[Any]:
         """Queue a compare-and-set write; fires with `change`'s result once committed."""
         done: Deferred[Any] = Deferred()
+        if self._worker.threaded:  # decided here, so the store's turn only writes
+            change = _decided(change, seen)
         self._queue.append((entry_id, seen, change, done))
         self._schedule()
         return done
