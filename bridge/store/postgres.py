@@ -13,6 +13,7 @@ multi-host URLs (`postgresql://h1,h2/db?target_session_attrs=read-write`) give f
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,20 +83,34 @@ CREATE TABLE IF NOT EXISTS challenges (
 
 
 # The common login write of a whole batch in one statement: each row a compare-and-set
-# on its version (the columns as in records._UPDATE_SEEN). Arrays, one per column, keep
-# the statement's text the same whatever the batch's size: psycopg then parses and
-# prepares it once.
+# on its version (the columns as in records._UPDATE_SEEN). The rows travel as one JSON
+# text, so the statement's text is the same whatever the batch's size (psycopg then
+# parses and prepares it once), and the driver adapts one value, not one per cell.
+_BATCH_FIELDS = (
+    "username",
+    "name_key",
+    "state",
+    "deadline",
+    "failures",
+    "last_step",
+    "step_key",
+    "lock_reason",
+    "confirmed",
+    "updated",
+    "entry_id",
+    "version",
+)
 _BULK_UPDATE = (
     "UPDATE users AS u SET username = v.username, name_key = v.name_key, state = v.state,"
     " deadline = v.deadline, failures = v.failures, last_step = v.last_step,"
-    " step_key = v.step_key, lock_reason = v.lock_reason, confirmed = v.confirmed,"
-    " updated = v.updated, version = u.version + 1"
-    " FROM unnest(?::text[], ?::text[], ?::text[], ?::bigint[], ?::int[], ?::bigint[],"
-    " ?::bytea[], ?::text[], ?::int[], ?::bigint[], ?::text[], ?::bigint[])"
-    " AS v(username, name_key, state, deadline, failures, last_step, step_key, lock_reason,"
-    " confirmed, updated, entry_id, version)"
-    " WHERE u.entry_id = v.entry_id AND u.version = v.version RETURNING u.entry_id"
-)
+    " step_key = decode(v.step_key, 'hex'), lock_reason = v.lock_reason,"
+    " confirmed = v.confirmed, updated = v.updated, version = u.version + 1"
+    " FROM json_to_recordset(?::json) AS v(username text, name_key text, state text,"
+    " deadline bigint, failures int, last_step bigint, step_key text, lock_reason text,"
+    " confirmed int, updated bigint, entry_id text, version bigint)"
+    " WHERE u.entry_id = ANY(?::text[]) AND u.entry_id = v.entry_id"
+    " AND u.version = v.version RETURNING u.entry_id"
+)  # the ANY: rows found by the key's index (the planner cannot count the JSON's rows)
 _SELECT_ANY = f"SELECT {COLUMNS} FROM users WHERE entry_id = ANY(?::text[])"  # noqa: S608
 # A store turn's writes and reads in one round trip: the rows the UPDATE wrote as one
 # array, beside the records read (one row with NULLs when none is found). Every part of
@@ -257,18 +272,20 @@ class PostgresStore(RecordStore):
             _entry_id, seen, after = writes[position]
             assert seen is not None  # _same_key
             assert after is not None
-            rows.append(self._changes(after, seen))
-        columns = [list(column) for column in zip(*rows, strict=True)]
+            row = dict(zip(_BATCH_FIELDS, self._changes(after, seen), strict=True))
+            row["step_key"] = after.step_key.hex() if after.step_key is not None else None
+            rows.append(row)
+        batch = (json.dumps(rows), [row["entry_id"] for row in rows])
         found: dict[str, UserRecord] = {}
         if reads:
-            answer = self._execute(_BULK_UPDATE_AND_READ, [*columns, list(reads)]).fetchall()
+            answer = self._execute(_BULK_UPDATE_AND_READ, [*batch, list(reads)]).fetchall()
             done = set(answer[0][0] or ())
             for row in answer:
                 if row[1] is not None:
                     record = self._record(row[1:])
                     found[record.entry_id] = record
         else:
-            done = {row[0] for row in self._execute(_BULK_UPDATE, columns)}
+            done = {row[0] for row in self._execute(_BULK_UPDATE, batch)}
         return found, [
             entry_id in done
             if bulk.get(entry_id) == position
