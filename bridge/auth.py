@@ -305,7 +305,11 @@ class Authenticator:
             if self._writes is None:
                 verdict = self._store.update_seen(identity.entry_id, chosen.record, decide)
                 return written(verdict, chosen, result, macs, devices)
-            d = self._writes.update_seen(identity.entry_id, chosen.record, decide)
+            # A bind or a device to recognise is looked up in the store: in its turn.
+            looks_up = rebind is not None or (rules is not None and bool(device))
+            d = self._writes.update_seen(
+                identity.entry_id, chosen.record, decide, early=not looks_up
+            )
             return d.addCallback(written, chosen, result, macs, devices)
 
         def written(

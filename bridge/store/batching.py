@@ -77,10 +77,16 @@ class StoreBatcher:
         # How many logins are being decided (the Authenticator's count); None: unknown.
         self.logins_in_flight: Callable[[], int] | None = None
 
-    def update_seen(self, entry_id: str, seen: UserRecord | None, change: Change) -> Deferred[Any]:
-        """Queue a compare-and-set write; fires with `change`'s result once committed."""
+    def update_seen(
+        self, entry_id: str, seen: UserRecord | None, change: Change, *, early: bool = False
+    ) -> Deferred[Any]:
+        """Queue a compare-and-set write; fires with `change`'s result once committed.
+
+        `early`: `change` reads nothing from the store, so on a threaded store it may be
+        decided here, on the reactor, and the store's turn only writes.
+        """
         done: Deferred[Any] = Deferred()
-        if self._worker.threaded:  # decided here, so the store's turn only writes
+        if early and self._worker.threaded:
             change = _decided(change, seen)
         self._queue.append((entry_id, seen, change, done))
         self._schedule()

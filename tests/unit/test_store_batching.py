@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.testing import MemoryReactorClock
 
 from bridge.core.types import State, UserRecord
@@ -283,3 +284,50 @@ def test_a_state_answered_before_its_row_is_written_is_taken_from_the_queue(
     assert batcher.take_queued_challenge(b"s" * 16) is None
     clock.advance(0)
     assert store.take_challenge(b"s" * 16, 0.0) is None
+
+
+class _InlineThreaded:
+    """A worker that says it is threaded (a remote store's) but runs calls at once."""
+
+    threaded = True
+
+    @staticmethod
+    def run(call: Any, *args: Any) -> Any:
+        return maybeDeferred(call, *args)
+
+
+def test_on_a_threaded_store_a_decision_that_reads_nothing_is_made_when_queued(
+    store: SqliteStore,
+) -> None:
+    """`early`: decided on the reactor when queued, the turn only writes it; when another
+    writer changed the record meanwhile, the turn decides again on what it finds. A
+    change that may read the store is decided in the turn, as always."""
+    clock = MemoryReactorClock()
+    batcher = StoreBatcher(store, clock, _InlineThreaded())  # type: ignore[arg-type]
+    for name in ("alice", "bob", "carol"):
+        store.update(eid(name), lambda _r, n=name: (active(n), None))
+    calls: list[tuple[str, int | None]] = []
+
+    def spend(name: str, value: int) -> Any:
+        def change(current: UserRecord | None) -> tuple[UserRecord | None, str]:
+            assert current is not None
+            calls.append((name, current.last_step))
+            if current.last_step is not None and current.last_step >= value:
+                return current, "replay"
+            return current.evolve(last_step=value), "accepted"
+
+        return change
+
+    seen = {name: store.get(eid(name)) for name in ("alice", "bob", "carol")}
+    results: list[str] = []
+    for name in ("alice", "bob"):
+        batcher.update_seen(eid(name), seen[name], spend(name, 5), early=True).addCallback(
+            results.append
+        )
+    batcher.update_seen(eid("carol"), seen["carol"], spend("carol", 5)).addCallback(results.append)
+    assert calls == [("alice", None), ("bob", None)]  # decided when queued; carol not yet
+    store.update(eid("bob"), lambda r: (r.evolve(last_step=5) if r else None, None))  # elsewhere
+    clock.advance(0)
+    assert calls == [("alice", None), ("bob", None), ("carol", None), ("bob", 5)]
+    assert results == ["accepted", "replay", "accepted"]
+    assert [store.get(eid(n)).last_step for n in ("alice", "bob", "carol")] == [5, 5, 5]  # type: ignore[union-attr]
