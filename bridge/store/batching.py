@@ -42,8 +42,8 @@ GATHER_SECONDS = 0.002
 def _decided(change: Change, seen: UserRecord | None) -> Change:
     """`change`, decided now on `seen`: the store's turn calls it on `seen` again (then
     the decision is this one) or, when another writer got there first, on the current
-    record. On a threaded store that keeps the decisions, Python that would contend with
-    the reactor for the interpreter, out of the turn that every login waits for."""
+    record. On a threaded store this takes the decisions (Python that would contend with
+    the reactor for the interpreter) out of the turn that every login waits for."""
     try:
         first = change(seen)
     except Exception:  # the turn decides again, and answers the failure
