@@ -235,6 +235,19 @@ def spend(step: int) -> Any:
     return change
 
 
+def counted(store: PostgresStore) -> list[str]:
+    """The statements `store` runs from now on, in order."""
+    statements: list[str] = []
+    real = store._execute
+
+    def counting(sql: str, params: Any = ()) -> Any:
+        statements.append(sql)
+        return real(sql, params)
+
+    store._execute = counting  # type: ignore[method-assign]
+    return statements
+
+
 def test_a_batch_is_written_in_one_statement_and_each_row_is_still_a_compare_and_set(
     pair: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -265,14 +278,7 @@ def test_a_turn_reads_and_writes_in_one_statement(
     for i in range(3):
         put(first, record_of(i))
     seen = first.get_many(["entry-0", "entry-1"])
-    statements: list[str] = []
-    real = first._execute
-
-    def counting(sql: str, params: Any = ()) -> Any:
-        statements.append(sql)
-        return real(sql, params)
-
-    first._execute = counting  # type: ignore[method-assign]
+    statements = counted(first)
 
     found, results = first.turn(
         ["entry-1", "entry-2", "entry-9"],
@@ -317,18 +323,10 @@ def test_a_turn_remembers_its_records_and_checks_a_decision_that_writes_nothing(
     def failures(current: UserRecord | None) -> tuple[UserRecord | None, int | None]:
         return current, current.failures if current is not None else None  # writes nothing
 
-    statements: list[str] = []
-    real = first._execute
-
-    def counting(sql: str, params: Any = ()) -> Any:
-        statements.append(sql)
-        return real(sql, params)
-
-    first._execute = counting  # type: ignore[method-assign]
+    statements = counted(first)
     assert first.turn([], [("entry-1", stale, failures)])[1] == [2]  # decided again
-    first._execute = real  # type: ignore[method-assign]
-    assert first.recent("entry-1") is None  # decided outside the turn: read next time
     assert len(statements) > 1  # the check, then the decision again
+    assert first.recent("entry-1") is None  # decided outside the turn: read next time
     assert first.turn(["entry-1"], [])[0]["entry-1"] == second.get("entry-1")
 
     # A restore writes new versions: a record known from before it never matches.
