@@ -405,6 +405,7 @@ class RecordStore:
     def _decide_again(
         self, entry_id: str, change: Callable[[UserRecord | None], tuple[UserRecord | None, T]]
     ) -> T | Exception:
+        """`change` on the current record (`update` forgets the record kept of it)."""
         try:
             if self._batch_in_transaction:
                 return self._read_modify_write(entry_id, change)
@@ -413,8 +414,6 @@ class RecordStore:
             raise
         except Exception as exc:  # a bug in one decision must not lose the others
             return exc
-        finally:
-            self._forget(entry_id)
 
     def _remember(self, records: Iterable[UserRecord]) -> None:
         if self._recent is not None:
