@@ -42,7 +42,7 @@ from bridge.portal.web import Limits, make_site
 from bridge.radius.eap import EapResponder, eap_context
 from bridge.radius.replies import Replies, compile_replies
 from bridge.radius.server import RadiusProtocol
-from bridge.store import RecordStore
+from bridge.store import RecordStore, reactor_link
 from bridge.store import open_store as open_configured_store
 from bridge.store.batching import StoreBatcher
 from bridge.store.worker import StoreWorker
@@ -134,16 +134,25 @@ class ClosingService(Service):
 class StoreService(Service):
     """Commits queued writes and closes the store when the daemon stops."""
 
-    def __init__(self, store: RecordStore, writes: StoreBatcher, worker: StoreWorker) -> None:
+    def __init__(
+        self,
+        store: RecordStore,
+        writes: StoreBatcher,
+        worker: StoreWorker,
+        link: Any = None,  # link.StatementLink: imported with psycopg, only when used
+    ) -> None:
         self.store = store
         self.writes = writes
         self.worker = worker
+        self.link = link
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Commit what is queued, then close the database."""
         Service.stopService(self)
 
         def close(result: object) -> None:
+            if self.link is not None:
+                self.link.close()
             self.worker.stop()
             self.store.close()
             if isinstance(result, Failure):
@@ -280,8 +289,9 @@ class Daemon:
             )
         self.store = open_store(config)
         self.store_worker = worker = StoreWorker(reactor, threaded=self.store.remote)
-        writes = StoreBatcher(self.store, reactor, worker)
-        self.service.addService(StoreService(self.store, writes, worker))
+        link = reactor_link(self.store, reactor, worker)
+        writes = StoreBatcher(self.store, reactor, worker, link)
+        self.service.addService(StoreService(self.store, writes, worker, link))
         replies = compile_replies(config.radius)
         self.directory = Directory(
             config.directory, config.mfa.exempt_groups, reactor, groups=groups_of(config, replies)

@@ -4,9 +4,17 @@
 `store` section names.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from bridge.config import StoreConfig
 from bridge.store.records import Attached, RecordStore, StoreError, StoreUnavailableError
 from bridge.store.sqlite import SqliteStore
+from bridge.store.worker import StoreWorker
+
+if TYPE_CHECKING:
+    from bridge.store.link import StatementLink
 
 __all__ = [
     "Attached",
@@ -15,6 +23,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "open_store",
+    "reactor_link",
 ]
 
 
@@ -32,3 +41,14 @@ def open_store(config: StoreConfig, id_attribute: str) -> RecordStore:
             id_attribute=id_attribute,
         )
     return SqliteStore.open(config.path, config.key_file, id_attribute)
+
+
+def reactor_link(store: RecordStore, reactor: Any, worker: StoreWorker) -> StatementLink | None:
+    """The connection the reactor drives itself for PostgreSQL's turns of one statement
+    (`link.py`); None for SQLite, whose turns run inline."""
+    if not store.remote:
+        return None
+    from bridge.store.link import StatementLink  # noqa: PLC0415 - imports psycopg
+    from bridge.store.postgres import PostgresStore  # noqa: PLC0415
+
+    return StatementLink(reactor, worker, store) if isinstance(store, PostgresStore) else None

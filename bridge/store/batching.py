@@ -21,7 +21,7 @@ own CPU, on this VM ~200 µs for the smallest.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -31,6 +31,9 @@ from bridge.core.types import UserRecord
 from bridge.store.records import ChallengeRow, RebindRow, RecordStore
 from bridge.store.worker import StoreWorker
 
+if TYPE_CHECKING:
+    from bridge.store.link import StatementLink
+
 Change = Callable[[UserRecord | None], tuple[UserRecord | None, Any]]
 Queued = tuple[str, UserRecord | None, Change, Deferred[Any]]
 Reads = dict[str, list[Deferred[UserRecord | None]]]  # entry -> the logins waiting for it
@@ -39,20 +42,31 @@ Reads = dict[str, list[Deferred[UserRecord | None]]]  # entry -> the logins wait
 GATHER_SECONDS = 0.002
 
 
+class _Decided:
+    """`change`, decided when queued on `seen`: the store's turn calls it on `seen` again
+    (then the decision is this one) or, when another writer got there first, on the
+    current record. On a threaded store this takes the decisions (Python that would
+    contend with the reactor for the interpreter) out of the turn that every login waits
+    for, and lets a turn of such decisions be one statement the reactor sends itself."""
+
+    early = True
+
+    def __init__(self, change: Change, seen: UserRecord | None, first: Any) -> None:
+        self._change = change
+        self._seen = seen
+        self._first = first
+
+    def __call__(self, current: UserRecord | None) -> tuple[UserRecord | None, Any]:
+        return self._first if current is self._seen else self._change(current)
+
+
 def _decided(change: Change, seen: UserRecord | None) -> Change:
-    """`change`, decided now on `seen`: the store's turn calls it on `seen` again (then
-    the decision is this one) or, when another writer got there first, on the current
-    record. On a threaded store this takes the decisions (Python that would contend with
-    the reactor for the interpreter) out of the turn that every login waits for."""
+    """`change`, decided now on `seen` (`_Decided`); as it is when deciding it raised
+    (the turn decides again, and answers the failure)."""
     try:
-        first = change(seen)
-    except Exception:  # the turn decides again, and answers the failure
+        return _Decided(change, seen, change(seen))
+    except Exception:
         return change
-
-    def decide(current: UserRecord | None) -> tuple[UserRecord | None, Any]:
-        return first if current is seen else change(current)
-
-    return decide
 
 
 class StoreBatcher:
@@ -60,11 +74,16 @@ class StoreBatcher:
     turn per reactor turn."""
 
     def __init__(
-        self, store: RecordStore, clock: IReactorTime, worker: StoreWorker | None = None
+        self,
+        store: RecordStore,
+        clock: IReactorTime,
+        worker: StoreWorker | None = None,
+        link: StatementLink | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._worker = worker or StoreWorker(clock, threaded=False)
+        self._link = link  # the reactor's own connection, for turns of one statement
         self._committing: Deferred[None] | None = None  # the batch on its way, if any
         self._queue: list[Queued] = []
         self._rebinds: list[RebindRow] = []
@@ -168,9 +187,13 @@ class StoreBatcher:
             self.writes += len(queue)
             self._last_size = len(queue)
         changes = [(u, s, c) for u, s, c, _d in queue]
-        turn = self._worker.run(
-            self._store.turn, list(reads), changes, rebinds, challenges, self._clock.seconds()
-        )
+        turn = None
+        if self._link is not None and not rebinds and not challenges:
+            turn = self._link.turn(list(reads), changes)
+        if turn is None:
+            turn = self._worker.run(
+                self._store.turn, list(reads), changes, rebinds, challenges, self._clock.seconds()
+            )
         done: Deferred[None] = turn.addCallbacks(
             self._answer, self._fail, callbackArgs=(queue, reads), errbackArgs=(queue, reads)
         )

@@ -16,6 +16,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,16 @@ from twisted.logger import Logger
 
 from bridge.core.types import UserRecord
 from bridge.store.recent import RecentRecords
-from bridge.store.records import COLUMNS, RecordStore, StoreError, StoreUnavailableError
+from bridge.store.records import (
+    COLUMNS,
+    Lost,
+    RecordStore,
+    SeenChange,
+    StoreError,
+    StoreUnavailableError,
+    unchanged,
+    writes_of,
+)
 from bridge.store.sealing import KeyFileError, Sealer, load_or_create_key
 
 log = Logger(namespace="bridge.store")
@@ -119,6 +129,42 @@ _BULK_UPDATE_AND_READ = (
     f"WITH w AS ({_BULK_UPDATE}) SELECT (SELECT array_agg(entry_id) FROM w), r.*"  # noqa: S608
     f" FROM (SELECT 1) AS one LEFT JOIN ({_SELECT_ANY}) AS r ON true"
 )
+
+# The same turn as one prepared statement the reactor sends itself (`link.py`): its
+# parameters and its answer are each one JSON text ($1 the rows to write, $2 the entries
+# read), so nothing needs a driver's adaptation on the reactor. Its answer is
+# [the entries written, the records read], bytea columns as "\\x..." hex.
+LINK_STATEMENT = b"mfa_bridge_turn"
+_LINK_READ = f"SELECT {COLUMNS} FROM users WHERE entry_id = ANY(ARRAY("  # noqa: S608
+_LINK_READ += "SELECT json_array_elements_text($2::json)))"
+_LINK_TURN = (
+    "WITH v AS (SELECT * FROM json_to_recordset($1::json)"  # noqa: S608 - constant columns
+    " AS v(username text, name_key text, state text, deadline bigint, failures int,"
+    " last_step bigint, step_key text,"
+    " lock_reason text, confirmed int, updated bigint, entry_id text, version bigint)),"
+    " w AS (UPDATE users AS u SET username = v.username, name_key = v.name_key,"
+    " state = v.state, deadline = v.deadline, failures = v.failures,"
+    " last_step = v.last_step, step_key = decode(v.step_key, 'hex'),"
+    " lock_reason = v.lock_reason, confirmed = v.confirmed, updated = v.updated,"
+    " version = u.version + 1 FROM v"
+    " WHERE u.entry_id = ANY(ARRAY(SELECT entry_id FROM v)) AND u.entry_id = v.entry_id"
+    " AND u.version = v.version RETURNING u.entry_id)"
+    " SELECT json_build_array((SELECT json_agg(entry_id) FROM w),"
+    f" (SELECT json_agg(r) FROM ({_LINK_READ}) AS r))"
+)
+_COLUMN_NAMES = tuple(column.strip() for column in COLUMNS.split(","))
+_HEX_COLUMNS = frozenset({"step_key", "secret"})
+
+
+@dataclass(frozen=True)
+class LinkTurn:
+    """A store turn made of one statement (`PostgresStore.link_turn`): its parameters,
+    and what its answer is settled against."""
+
+    params: tuple[bytes, bytes]
+    changes: Sequence[SeenChange[Any]]
+    decided: list[tuple[UserRecord | None, Any] | Exception]
+    written: list[str]  # the entries of the writes, in the order of `decided`
 
 
 class PostgresStore(RecordStore):
@@ -292,6 +338,76 @@ class PostgresStore(RecordStore):
             else self._set_seen(entry_id, seen, after)
             for position, (entry_id, seen, after) in enumerate(writes)
         ]
+
+    def link_turn(
+        self, reads: Sequence[str], changes: Sequence[SeenChange[Any]]
+    ) -> LinkTurn | None:
+        """The turn as the one statement of `LINK_STATEMENT`, when it can be: every change
+        decided already (`early`, nothing left to read), and every write the common one
+        (same key) of a distinct entry. None: the turn goes to the store's thread."""
+        if not all(getattr(change, "early", False) for _entry, _seen, change in changes):
+            return None
+        decided = self._decide(changes)
+        writes = writes_of(changes, decided)
+        if len({entry_id for entry_id, _s, _a in writes}) < len(writes) or not all(
+            self._same_key(seen, after) for _entry, seen, after in writes
+        ):
+            return None
+        rows = []
+        for _entry_id, seen, after in writes:
+            assert seen is not None  # _same_key
+            assert after is not None
+            row = dict(zip(_BATCH_FIELDS, self._changes(after, seen), strict=True))
+            row["step_key"] = after.step_key.hex() if after.step_key is not None else None
+            rows.append(row)
+        wanted = [*reads, *unchanged(changes, decided, reads)]
+        params = (json.dumps(rows).encode(), json.dumps(wanted).encode())
+        return LinkTurn(params, changes, decided, [entry_id for entry_id, _s, _a in writes])
+
+    def settle_link_turn(
+        self, turn: LinkTurn, answer: bytes
+    ) -> tuple[dict[str, UserRecord], list[Any | Exception | Lost]]:
+        """The records the statement read, and each change's result (LOST: decide again,
+        with `decide_again` on the store's thread)."""
+        written_ids, rows = json.loads(answer)
+        found: dict[str, UserRecord] = {}
+        for row in rows or ():
+            record = self._record(
+                tuple(
+                    bytes.fromhex(row[name][2:])
+                    if name in _HEX_COLUMNS and row[name] is not None
+                    else row[name]
+                    for name in _COLUMN_NAMES
+                )
+            )
+            found[record.entry_id] = record
+        done = set(written_ids or ())
+        flags = [entry_id in done for entry_id in turn.written]
+        return found, self._settle(turn.changes, turn.decided, found, flags)
+
+    def open_link(self) -> Any:
+        """A connection of its own for `link.py`, with the turn's statement prepared
+        (blocking: called on the store's thread). Raises StoreUnavailableError."""
+        try:
+            db = psycopg.connect(self._url, **_connect_options(self._password))
+            prepared = db.pgconn.prepare(LINK_STATEMENT, _LINK_TURN.encode())
+            if prepared.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                db.close()
+                message = prepared.error_message.decode(errors="replace")
+                raise StoreError(f"{self.where}: cannot prepare the turn: {message}")
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(f"{self.where}: {_reason(exc)}") from exc
+        with self._lock:
+            self._connections.append(db)
+        return db
+
+    def close_link(self, db: Any) -> None:
+        """Close a connection `open_link` made (the link failed, or the daemon stops)."""
+        with self._lock:
+            if db in self._connections:
+                self._connections.remove(db)
+        with contextlib.suppress(psycopg.Error):
+            db.close()
 
     def get_many(self, entry_ids: Sequence[str]) -> dict[str, UserRecord]:
         """The records of these entries that exist, by entry (one statement, one text)."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import enum
 import functools
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from bridge.core.identity import name_key
 from bridge.core.types import Identity, LockReason, State, UserRecord
@@ -147,7 +148,7 @@ def first_version() -> int:
     return secrets.randbelow(1 << 31) + 1
 
 
-def _unchanged(
+def unchanged(
     changes: Sequence[SeenChange[Any]], decided: Sequence[object], reads: Sequence[str]
 ) -> builtins.list[str]:
     """The entries of a turn's decisions that write nothing (their versions to check)."""
@@ -157,6 +158,26 @@ def _unchanged(
         if isinstance(outcome, tuple) and outcome[0] == seen
     )
     return [entry_id for entry_id in checks if entry_id not in reads]
+
+
+def writes_of(
+    changes: Sequence[SeenChange[Any]], decided: Sequence[object]
+) -> builtins.list[tuple[str, UserRecord | None, UserRecord | None]]:
+    """The (entry, seen, after) of a turn's decisions that change their record."""
+    return [
+        (entry_id, seen, outcome[0])
+        for (entry_id, seen, _change), outcome in zip(changes, decided, strict=True)
+        if isinstance(outcome, tuple) and outcome[0] != seen
+    ]
+
+
+class Lost(enum.Enum):
+    """A turn's decision that lost its compare-and-set: it is made again."""
+
+    LOST = "lost"
+
+
+LOST = Lost.LOST
 
 
 def _version(record: UserRecord | None) -> int | None:
@@ -356,34 +377,57 @@ class RecordStore:
         """
         batch = self._transaction() if self._batch_in_transaction else contextlib.nullcontext()
         with batch:
-            decided: builtins.list[tuple[UserRecord | None, T] | Exception] = []
-            for _entry_id, seen, change in changes:
-                try:
-                    decided.append(change(seen))
-                except (self._driver_error, StoreError):
-                    raise  # the store itself failed: nothing of the batch is committed
-                except Exception as exc:  # a bug in one decision must not lose the others
-                    decided.append(exc)
-            writes = [
-                (entry_id, seen, outcome[0])
-                for (entry_id, seen, _change), outcome in zip(changes, decided, strict=True)
-                if not isinstance(outcome, Exception) and outcome[0] != seen
-            ]
-            checks = [] if self._recent is None else _unchanged(changes, decided, reads)
+            decided = self._decide(changes)
+            writes = writes_of(changes, decided)
+            checks = [] if self._recent is None else unchanged(changes, decided, reads)
             found, flags = self._write_and_read(writes, [*reads, *checks])
-            self._remember(found.values())
-            written = iter(flags)
-            results: builtins.list[T | Exception] = []
-            for (entry_id, seen, change), outcome in zip(changes, decided, strict=True):
-                if isinstance(outcome, Exception):
-                    results.append(outcome)
-                elif self._stands(entry_id, seen, outcome[0], found, written):
-                    results.append(outcome[1])
-                else:  # lost the race: decide again on what the other writer wrote
-                    results.append(self._decide_again(entry_id, change))
+            results = self._settle(changes, decided, found, flags)
+            for position, (entry_id, _seen, change) in enumerate(changes):
+                if results[position] is LOST:  # decide again on what the other writer wrote
+                    results[position] = self._decide_again(entry_id, change)
             self._insert_rebinds(rebinds)
             self._insert_challenges(challenges, now)
-        return found, results
+        return found, cast("builtins.list[T | Exception]", results)
+
+    def _decide(
+        self, changes: Sequence[SeenChange[T]]
+    ) -> builtins.list[tuple[UserRecord | None, T] | Exception]:
+        """Each change on the record its login saw (an exception is its login's result)."""
+        decided: builtins.list[tuple[UserRecord | None, T] | Exception] = []
+        for _entry_id, seen, change in changes:
+            try:
+                decided.append(change(seen))
+            except (self._driver_error, StoreError):
+                raise  # the store itself failed: nothing of the batch is committed
+            except Exception as exc:  # a bug in one decision must not lose the others
+                decided.append(exc)
+        return decided
+
+    def _settle(
+        self,
+        changes: Sequence[SeenChange[T]],
+        decided: Sequence[tuple[UserRecord | None, T] | Exception],
+        found: dict[str, UserRecord],
+        flags: Iterable[bool],
+    ) -> builtins.list[T | Exception | Lost]:
+        """A turn's results once its statement is answered (`found`: the records it read,
+        `flags`: which writes were written); LOST where another writer got there first.
+        The records read and written are remembered."""
+        self._remember(found.values())
+        written = iter(flags)
+        results: builtins.list[T | Exception | Lost] = []
+        for (entry_id, seen, _change), outcome in zip(changes, decided, strict=True):
+            if isinstance(outcome, Exception):
+                results.append(outcome)
+            elif self._stands(entry_id, seen, outcome[0], found, written):
+                results.append(outcome[1])
+            else:
+                results.append(LOST)
+        return results
+
+    def decide_again(self, lost: Sequence[SeenChange[T]]) -> builtins.list[T | Exception]:
+        """The changes whose turn lost the race, each on the current record."""
+        return [self._decide_again(entry_id, change) for entry_id, _seen, change in lost]
 
     def _stands(
         self,
