@@ -15,7 +15,8 @@ turn too (`get`: SQLite reads inline), and one turn is on its way at a time: wha
 meanwhile waits for the next, which gathers it without a wait of its own (a wait there
 took one instance from 0.6 to 0.4 times SQLite's logins/s). A turn's reads and writes
 are one statement there: each statement costs a round trip and the database server's
-own CPU, on this VM ~200 µs for the smallest.
+own CPU, on this VM ~200 µs for the smallest. The common turn is sent from the reactor
+itself when the store has a link (`link.py`).
 """
 
 from __future__ import annotations
