@@ -5,9 +5,9 @@ they always have. PostgreSQL is a server that may be slow, far or gone: there, e
 that would wait on it runs on one thread of its own (its own connection), so a slow
 database delays the logins that need it, never the reactor that answers everything else
 (RADIUS retransmissions, Status-Server, the LDAP proxy's relayed searches). The common
-login turn is the exception: the reactor sends it itself, without waiting (`link.py`). One thread keeps the
-order of writes and makes batching natural: while one commit is on its way, the next
-reactor turns' writes gather into the next one. See docs/store-path.md.
+login turn is the exception: the reactor sends it itself, without waiting (`link.py`).
+One thread keeps the order of writes and makes batching natural: while one commit is on
+its way, the next reactor turns' writes gather into the next one. See docs/store-path.md.
 """
 
 from __future__ import annotations
