@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge.core.types import UserRecord
-from bridge.store.postgres import LINK_STATEMENT, PostgresStore
+from bridge.store.postgres import LINK_STATEMENT, PostgresStore, error_reason
 from bridge.store.records import LOST, SeenChange, StoreError, StoreUnavailableError
 from bridge.store.worker import StoreWorker
 
@@ -108,7 +108,7 @@ class StatementLink:
             if pgconn.flush():  # more to send than the socket took: finish when writable
                 self._reactor.addWriter(self)
         except Exception as exc:
-            self._fail(StoreUnavailableError(f"{self._where}: {_reason(exc)}"))
+            self._fail(StoreUnavailableError(f"{self._where}: {error_reason(exc)}"))
             return waiting
         self._timeout = self._reactor.callLater(TIMEOUT_SECONDS, self._timed_out)
         return waiting
@@ -131,7 +131,7 @@ class StatementLink:
             if not self._pgconn.flush():
                 self._reactor.removeWriter(self)
         except Exception as exc:
-            self._fail(StoreUnavailableError(f"{self._where}: {_reason(exc)}"))
+            self._fail(StoreUnavailableError(f"{self._where}: {error_reason(exc)}"))
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's interface
         pgconn = self._pgconn
@@ -144,7 +144,7 @@ class StatementLink:
                     return
                 self._results.append(result)
         except Exception as exc:
-            self._fail(StoreUnavailableError(f"{self._where}: {_reason(exc)}"))
+            self._fail(StoreUnavailableError(f"{self._where}: {error_reason(exc)}"))
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's interface
         self._fail(StoreUnavailableError(f"{self._where}: connection lost"))
@@ -223,7 +223,3 @@ def _merged(results: list[Any], made: list[Any]) -> list[Any]:
     """`results` with each LOST replaced by the next decision made again."""
     again = iter(made)
     return [next(again) if result is LOST else result for result in results]
-
-
-def _reason(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -110,14 +110,21 @@ _BATCH_FIELDS = (
     "entry_id",
     "version",
 )
-_BULK_UPDATE = (
-    "UPDATE users AS u SET username = v.username, name_key = v.name_key, state = v.state,"
+# The columns of the rows in the JSON text, and what each sets (one version on).
+_ROW_COLUMNS = (
+    "username text, name_key text, state text, deadline bigint, failures int,"
+    " last_step bigint, step_key text, lock_reason text, confirmed int, updated bigint,"
+    " entry_id text, version bigint"
+)
+_SET_FROM_ROW = (
+    "username = v.username, name_key = v.name_key, state = v.state,"
     " deadline = v.deadline, failures = v.failures, last_step = v.last_step,"
     " step_key = decode(v.step_key, 'hex'), lock_reason = v.lock_reason,"
     " confirmed = v.confirmed, updated = v.updated, version = u.version + 1"
-    " FROM json_to_recordset(?::json) AS v(username text, name_key text, state text,"
-    " deadline bigint, failures int, last_step bigint, step_key text, lock_reason text,"
-    " confirmed int, updated bigint, entry_id text, version bigint)"
+)
+_BULK_UPDATE = (
+    f"UPDATE users AS u SET {_SET_FROM_ROW}"  # noqa: S608 - constant text
+    f" FROM json_to_recordset(?::json) AS v({_ROW_COLUMNS})"
     " WHERE u.entry_id = ANY(?::text[]) AND u.entry_id = v.entry_id"
     " AND u.version = v.version RETURNING u.entry_id"
 )  # the ANY: rows found by the key's index (the planner cannot count the JSON's rows)
@@ -138,15 +145,8 @@ LINK_STATEMENT = b"mfa_bridge_turn"
 _LINK_READ = f"SELECT {COLUMNS} FROM users WHERE entry_id = ANY(ARRAY("  # noqa: S608
 _LINK_READ += "SELECT json_array_elements_text($2::json)))"
 _LINK_TURN = (
-    "WITH v AS (SELECT * FROM json_to_recordset($1::json)"  # noqa: S608 - constant columns
-    " AS v(username text, name_key text, state text, deadline bigint, failures int,"
-    " last_step bigint, step_key text,"
-    " lock_reason text, confirmed int, updated bigint, entry_id text, version bigint)),"
-    " w AS (UPDATE users AS u SET username = v.username, name_key = v.name_key,"
-    " state = v.state, deadline = v.deadline, failures = v.failures,"
-    " last_step = v.last_step, step_key = decode(v.step_key, 'hex'),"
-    " lock_reason = v.lock_reason, confirmed = v.confirmed, updated = v.updated,"
-    " version = u.version + 1 FROM v"
+    f"WITH v AS (SELECT * FROM json_to_recordset($1::json) AS v({_ROW_COLUMNS})),"  # noqa: S608
+    f" w AS (UPDATE users AS u SET {_SET_FROM_ROW} FROM v"
     " WHERE u.entry_id = ANY(ARRAY(SELECT entry_id FROM v)) AND u.entry_id = v.entry_id"
     " AND u.version = v.version RETURNING u.entry_id)"
     " SELECT json_build_array((SELECT json_agg(entry_id) FROM w),"
@@ -194,14 +194,14 @@ class PostgresStore(RecordStore):
         try:
             self._connect()
         except psycopg.Error as exc:
-            raise StoreError(f"{self.where}: cannot open the store: {_reason(exc)}") from exc
+            raise StoreError(f"{self.where}: cannot open the store: {error_reason(exc)}") from exc
         try:
             self._create_schema()
             self._check_fingerprint(_fingerprint_needed(self._db))
             self._check_id_attribute(id_attribute)
         except psycopg.Error as exc:
             self.close()
-            raise StoreError(f"{self.where}: cannot open the store: {_reason(exc)}") from exc
+            raise StoreError(f"{self.where}: cannot open the store: {error_reason(exc)}") from exc
         except StoreError:
             self.close()
             raise
@@ -249,7 +249,8 @@ class PostgresStore(RecordStore):
             with psycopg.connect(url, **_connect_options(password)) as db:
                 return _fingerprint_needed(db)
         except psycopg.Error as exc:
-            raise StoreError(f"{_redacted(url)}: cannot open the store: {_reason(exc)}") from exc
+            reason = error_reason(exc)
+            raise StoreError(f"{_redacted(url)}: cannot open the store: {reason}") from exc
 
     @property
     def _db(self) -> Any:
@@ -276,7 +277,7 @@ class PostgresStore(RecordStore):
                 db = self._reconnect(db)
             return db.execute(self._sql(sql), params)
         except psycopg.OperationalError as exc:
-            raise StoreUnavailableError(f"{self.where}: {_reason(exc)}") from exc
+            raise StoreUnavailableError(f"{self.where}: {error_reason(exc)}") from exc
 
     def _reconnect(self, old: Any) -> Any:
         self._local.db = None
@@ -313,14 +314,7 @@ class PostgresStore(RecordStore):
                 bulk[entry_id] = position
         if not bulk or (len(bulk) < 2 and not reads):
             return super()._write_and_read(writes, reads)
-        rows = []
-        for position in bulk.values():
-            _entry_id, seen, after = writes[position]
-            assert seen is not None  # _same_key
-            assert after is not None
-            row = dict(zip(_BATCH_FIELDS, self._changes(after, seen), strict=True))
-            row["step_key"] = after.step_key.hex() if after.step_key is not None else None
-            rows.append(row)
+        rows = self._rows([writes[position] for position in bulk.values()])
         batch = (json.dumps(rows), [row["entry_id"] for row in rows])
         found: dict[str, UserRecord] = {}
         if reads:
@@ -339,6 +333,19 @@ class PostgresStore(RecordStore):
             for position, (entry_id, seen, after) in enumerate(writes)
         ]
 
+    def _rows(
+        self, writes: Sequence[tuple[str, UserRecord | None, UserRecord | None]]
+    ) -> list[dict[str, Any]]:
+        """Same-key writes as the rows of the JSON text the bulk statements take."""
+        rows = []
+        for _entry_id, seen, after in writes:
+            assert seen is not None  # _same_key
+            assert after is not None
+            row = dict(zip(_BATCH_FIELDS, self._changes(after, seen), strict=True))
+            row["step_key"] = after.step_key.hex() if after.step_key is not None else None
+            rows.append(row)
+        return rows
+
     def link_turn(
         self, reads: Sequence[str], changes: Sequence[SeenChange[Any]]
     ) -> LinkTurn | None:
@@ -353,13 +360,7 @@ class PostgresStore(RecordStore):
             self._same_key(seen, after) for _entry, seen, after in writes
         ):
             return None
-        rows = []
-        for _entry_id, seen, after in writes:
-            assert seen is not None  # _same_key
-            assert after is not None
-            row = dict(zip(_BATCH_FIELDS, self._changes(after, seen), strict=True))
-            row["step_key"] = after.step_key.hex() if after.step_key is not None else None
-            rows.append(row)
+        rows = self._rows(writes)
         wanted = [*reads, *unchanged(changes, decided, reads)]
         params = (json.dumps(rows).encode(), json.dumps(wanted).encode())
         return LinkTurn(params, changes, decided, [entry_id for entry_id, _s, _a in writes])
@@ -396,7 +397,7 @@ class PostgresStore(RecordStore):
                 message = prepared.error_message.decode(errors="replace")
                 raise StoreError(f"{self.where}: cannot prepare the turn: {message}")
         except psycopg.Error as exc:
-            raise StoreUnavailableError(f"{self.where}: {_reason(exc)}") from exc
+            raise StoreUnavailableError(f"{self.where}: {error_reason(exc)}") from exc
         with self._lock:
             self._connections.append(db)
         return db
@@ -469,5 +470,6 @@ def _redacted(url: str) -> str:
     return f"postgresql://{user}{hosts}{port}/{info.get('dbname') or ''}"
 
 
-def _reason(exc: Exception) -> str:
+def error_reason(exc: Exception) -> str:
+    """A driver error as one short line, for messages and logs."""
     return " ".join(str(exc).split())[:300] or type(exc).__name__
