@@ -44,9 +44,6 @@ class StatementLink:
         self._reactor = reactor
         self._worker = worker
         self._store = store
-        self._open_connection = store.open_link
-        self._close_connection = store.close_link
-        self._statement = LINK_STATEMENT
         self._where = store.where
         self._db: Any = None  # the psycopg connection (its libpq one is driven here)
         self._pgconn: Any = None
@@ -56,8 +53,7 @@ class StatementLink:
         self._waiting: Deferred[bytes] | None = None
         self._results: list[Any] = []
         self._timeout: IDelayedCall | None = None
-        self._reading = False
-        self.turns = 0  # statements sent (for tests and metrics)
+        self.turns = 0  # statements sent (for tests)
 
     @property
     def ready(self) -> bool:
@@ -67,7 +63,7 @@ class StatementLink:
             return self._waiting is None
         if not self._opening and self._reactor.seconds() >= self._retry_at:
             self._opening = True
-            self._worker.run(self._open_connection).addCallbacks(self._opened, self._not_opened)
+            self._worker.run(self._store.open_link).addCallbacks(self._opened, self._not_opened)
         return False
 
     def turn(
@@ -85,26 +81,21 @@ class StatementLink:
 
         def settle(answer: bytes) -> Any:
             found, results = store.settle_link_turn(turn, answer)
-            lost = [
-                change for change, result in zip(changes, results, strict=True) if result is LOST
-            ]
-            if not lost:
+            if not any(result is LOST for result in results):
                 return found, results
-            again = self._worker.run(store.decide_again, lost)
-            return again.addCallback(lambda made: (found, _merged(results, made)))
+            again = self._worker.run(store.decide_again, changes, results)
+            return again.addCallback(lambda made: (found, made))
 
-        return self.execute(turn.params).addCallback(settle)
+        return self._send(turn.params).addCallback(settle)
 
-    def execute(self, params: Sequence[bytes | None]) -> Deferred[bytes]:
-        """Send the statement with `params`; fires with its one value (text)."""
-        if not self.ready:
-            raise RuntimeError("the link is not ready")
+    def _send(self, params: Sequence[bytes | None]) -> Deferred[bytes]:
+        """Send the statement with `params` (the link is ready); fires with its one value."""
         pgconn = self._pgconn
         waiting: Deferred[bytes] = Deferred()
         self._waiting, self._results = waiting, []
         self.turns += 1
         try:
-            pgconn.send_query_prepared(self._statement, params)
+            pgconn.send_query_prepared(LINK_STATEMENT, params)
             if pgconn.flush():  # more to send than the socket took: finish when writable
                 self._reactor.addWriter(self)
         except Exception as exc:
@@ -154,14 +145,13 @@ class StatementLink:
     def _opened(self, db: Any) -> None:
         self._opening = False
         if self._retry_at == float("inf"):  # closed meanwhile
-            self._close_connection(db)
+            self._store.close_link(db)
             return
         db.pgconn.nonblocking = 1
         # The reactor watches a copy of libpq's socket: libpq closes its own when it finds
         # the connection lost, and the reactor must still be able to stop watching it.
         self._db, self._pgconn, self._fd = db, db.pgconn, os.dup(db.pgconn.socket)
         self._reactor.addReader(self)
-        self._reading = True
 
     def _not_opened(self, failure: Failure) -> None:
         self._opening = False
@@ -200,15 +190,13 @@ class StatementLink:
 
     def _drop(self, error: Exception) -> None:
         self._cancel_timeout()
-        if self._reading:
+        if self._fd >= 0:  # watched since `_opened`
             self._reactor.removeReader(self)
             self._reactor.removeWriter(self)
-            self._reading = False
-        if self._fd >= 0:
             os.close(self._fd)
         db, self._db, self._pgconn, self._fd = self._db, None, None, -1
         if db is not None:
-            self._close_connection(db)
+            self._store.close_link(db)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.errback(Failure(error))
@@ -217,9 +205,3 @@ class StatementLink:
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
-
-
-def _merged(results: list[Any], made: list[Any]) -> list[Any]:
-    """`results` with each LOST replaced by the next decision made again."""
-    again = iter(made)
-    return [next(again) if result is LOST else result for result in results]

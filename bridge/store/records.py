@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar
 
 from bridge.core.identity import name_key
 from bridge.core.types import Identity, LockReason, State, UserRecord
@@ -381,13 +381,10 @@ class RecordStore:
             writes = writes_of(changes, decided)
             checks = [] if self._recent is None else unchanged(changes, decided, reads)
             found, flags = self._write_and_read(writes, [*reads, *checks])
-            results = self._settle(changes, decided, found, flags)
-            for position, (entry_id, _seen, change) in enumerate(changes):
-                if results[position] is LOST:  # decide again on what the other writer wrote
-                    results[position] = self._decide_again(entry_id, change)
+            results = self.decide_again(changes, self._settle(changes, decided, found, flags))
             self._insert_rebinds(rebinds)
             self._insert_challenges(challenges, now)
-        return found, cast("builtins.list[T | Exception]", results)
+        return found, results
 
     def _decide(
         self, changes: Sequence[SeenChange[T]]
@@ -425,9 +422,15 @@ class RecordStore:
                 results.append(LOST)
         return results
 
-    def decide_again(self, lost: Sequence[SeenChange[T]]) -> builtins.list[T | Exception]:
-        """The changes whose turn lost the race, each on the current record."""
-        return [self._decide_again(entry_id, change) for entry_id, _seen, change in lost]
+    def decide_again(
+        self, changes: Sequence[SeenChange[T]], results: Sequence[T | Exception | Lost]
+    ) -> builtins.list[T | Exception]:
+        """A turn's `results` (`_settle`), each LOST one decided again on the record as the
+        other writer left it."""
+        return [
+            self._decide_again(entry_id, change) if result is LOST else result
+            for (entry_id, _seen, change), result in zip(changes, results, strict=True)
+        ]
 
     def _stands(
         self,
