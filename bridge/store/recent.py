@@ -76,6 +76,19 @@ class RecentRecords:
             while len(self._items) > self._limit:
                 self._items.popitem(last=False)
 
+    def put_written(self, after: UserRecord, seen_version: int) -> None:
+        """Remember `after`, just written over version `seen_version` with the same secret,
+        as the row now is (one version on). The secret kept sealed for `seen_version`
+        serves again: a login's write need not seal it anew."""
+        record = replace(after, secret=None, version=seen_version + 1)
+        with self._lock:
+            item = self._items.get(after.entry_id)
+            if item is not None and item[0].version == seen_version:
+                del self._items[after.entry_id]
+                self._items[after.entry_id] = (record, item[1], self._clock() + self._seconds)
+                return
+        self.put(replace(after, version=seen_version + 1))
+
     def forget(self, entry_id: str) -> None:
         """The entry was written some other way: its next login reads it."""
         with self._lock:

@@ -474,7 +474,7 @@ class RecordStore:
         if seen is None or not self._same_key(seen, after):  # a new row or a new key
             self._recent.forget(after.entry_id)
         else:
-            self._recent.put(after.evolve(version=seen.version + 1))
+            self._recent.put_written(after, seen.version)
 
     def _write_and_read(
         self,

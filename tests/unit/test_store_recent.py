@@ -69,3 +69,21 @@ def test_forget_and_clear() -> None:
     assert [cache.get(f"entry-{n}") is not None for n in range(3)] == [True, False, True]
     cache.clear()
     assert len(cache) == 0
+
+
+def test_a_write_over_the_kept_version_keeps_its_sealed_key() -> None:
+    cache, _clock = recent()
+    cache.put(record(1))
+    sealed = cache._items["entry-1"][1]
+    cache.put_written(record(1).evolve(last_step=99, failures=0), seen_version=7)
+    assert cache.get("entry-1") == record(1).evolve(last_step=99, version=8)
+    assert cache._items["entry-1"][1] is sealed  # not sealed again
+
+
+def test_a_write_over_another_version_is_kept_as_written() -> None:
+    cache, _clock = recent()
+    cache.put(record(1).evolve(version=9))  # another writer's version is kept here
+    cache.put_written(record(1).evolve(last_step=5), seen_version=7)
+    assert cache.get("entry-1") == record(1).evolve(last_step=5, version=8)
+    cache.put_written(record(2), seen_version=7)  # nothing kept: sealed now
+    assert cache.get("entry-2") == record(2).evolve(version=8)
