@@ -55,8 +55,9 @@ from bridge.ldap_proxy.ber import BindRequest, bind_response, parse_bind_request
 from bridge.ldap_proxy.framing import FramingError, operation_tag, pdu_size
 from bridge.ldap_proxy.login import LoginResult
 from bridge.ldap_proxy.names import UserMapper
+from bridge.ldap_proxy.sockets import no_delay, write_now
 from bridge.ldap_proxy.tls import server_tls_options
-from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailableError, no_delay
+from bridge.ldap_proxy.upstream import UpstreamRefusedError, UpstreamUnavailableError
 from bridge.ldapdn import DnKey, dn_key, same_dn
 from bridge.logs import Throttle
 
@@ -278,7 +279,8 @@ class LdapProxyProtocol(Protocol):
         self._link: Any = None  # the session's upstream connection, kept across binds
         self._upstream: Any = None  # `_link` while bound: requests are relayed on it
         self._bound_as_user = False  # the directory accepted the user's password on `_link`
-        self._binding = False  # a bind is being decided: reading is paused
+        self._binding = False  # a bind is being decided: requests wait in the buffer
+        self._paused = False  # reading stopped: the client sent more while a bind is decided
         self._draining = False  # inside `_drain`: a bind decided at once must not recurse
         self._generation = 0  # bumped by every bind and by disconnection
         self._closed = False
@@ -301,6 +303,9 @@ class LdapProxyProtocol(Protocol):
         self._buffer += data
         if len(self._buffer) > MAX_BUFFER:
             self._drop("buffer limit")
+            return
+        if self._binding:
+            self._pause()  # read no more until the bind is answered
             return
         self._drain()
 
@@ -460,9 +465,8 @@ class LdapProxyProtocol(Protocol):
         self._binding = True
         self._generation += 1
         generation = self._generation
-        transport: Any = self.transport
-        if transport is not None:
-            transport.pauseProducing()
+        if self._buffer:  # pipelined behind the bind: read no more until it is answered
+            self._pause()
         decided = Deferred.fromCoroutine(self._decide(_text(request.dn), _text(request.password)))
         decided.addErrback(self._bind_failed)
         decided.addCallback(self._bound, msg_id, generation)
@@ -485,14 +489,26 @@ class LdapProxyProtocol(Protocol):
         if outcome.upstream is not None:
             self._attach(outcome.upstream, generation)
         self._answer_bind(msg_id, outcome.code, "")
-        transport: Any = self.transport
-        if transport is not None:
-            transport.resumeProducing()
+        if self._paused:
+            self._paused = False
+            transport: Any = self.transport
+            if transport is not None:
+                transport.resumeProducing()
         self._drain()
+
+    def _pause(self) -> None:
+        """Stop reading from the client while a bind is decided (resumed in `_bound`).
+
+        Only once it has sent more: most clients wait for the bind's answer, and then
+        reading need not stop and start again (two epoll changes) for every bind."""
+        transport: Any = self.transport
+        if not self._paused and transport is not None:
+            self._paused = True
+            transport.pauseProducing()
 
     def _answer_bind(self, msg_id: int, code: int, message: str) -> None:
         if not self._closed and self.transport is not None:
-            self.transport.write(bind_response(msg_id, code, message))
+            write_now(self.transport, bind_response(msg_id, code, message))
 
     async def _decide(self, dn: str | None, password: str | None) -> _Outcome:
         """The outcome of a simple bind; refusals are logged here with their reason."""
@@ -598,7 +614,7 @@ class LdapProxyProtocol(Protocol):
         def on_pdus(data: bytes) -> None:
             if generation == self._generation and not self._closed and self.transport is not None:
                 self._touch()  # a long search answering is not an idle connection
-                self.transport.write(data)
+                write_now(self.transport, data)
 
         def on_lost() -> None:
             if generation == self._generation and self._upstream is upstream:

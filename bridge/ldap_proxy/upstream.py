@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from bridge.config import DirectoryConfig
 from bridge.ldap_proxy.ber import bind_request, message_id, result_code, unbind_request
 from bridge.ldap_proxy.framing import FramingError, complete_prefix, pdu_size
+from bridge.ldap_proxy.sockets import no_delay, write_now
 
 log = Logger(namespace="bridge.ldap")
 
@@ -60,13 +61,6 @@ class UpstreamRefusedError(UpstreamError):
 
 class UpstreamUnavailableError(UpstreamError):
     """No directory server could be reached, or TLS failed: fail closed."""
-
-
-def no_delay(transport: Any) -> None:
-    """TCP_NODELAY where the transport has it: LDAP is request/response in small messages."""
-    setter = getattr(transport, "setTcpNoDelay", None)
-    if setter is not None:
-        setter(True)
 
 
 OnPdus = Callable[[bytes], None]
@@ -99,7 +93,7 @@ class Link(Protocol):
         waiter: Deferred[int] = Deferred(lambda _d: self.abort())
         self._waiter, self._waiting_for = waiter, msg_id
         assert self.transport is not None  # connected before any request
-        self.transport.write(encode(msg_id))
+        write_now(self.transport, encode(msg_id))
         return waiter
 
     def _answer(self) -> None:
@@ -140,7 +134,7 @@ class Link(Protocol):
     def send(self, pdu: bytes) -> None:
         """Pass a client's request on, exactly as the client encoded it."""
         if not self.closed and self.transport is not None:
-            self.transport.write(pdu)
+            write_now(self.transport, pdu)
 
     @property
     def producer(self) -> Any:

@@ -793,6 +793,28 @@ def test_requests_sent_during_a_bind_wait_for_it(make_proxy: MakeProxy) -> None:
     assert proxy.transport.producerState == "producing"
 
 
+def test_a_bind_waited_for_keeps_reading_and_a_request_sent_meanwhile_pauses_it(
+    make_proxy: MakeProxy,
+) -> None:
+    """A client that waits for its bind's answer costs no pause and resume of reading; one
+    that sends more meanwhile is paused until the bind is answered, then served in order."""
+    proxy = make_proxy()
+    proxy.opener.hold = True
+    bind = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn=dn("alice"), auth="alice-pass"), id=1)
+    assert proxy.send_raw(bind.toWire()) == []
+    assert proxy.transport.producerState == "producing"
+    query = pureldap.LDAPMessage(search(), id=2).toWire()
+    assert proxy.send_raw(query[:3]) == []
+    assert proxy.transport.producerState == "paused"
+    proxy.protocol.dataReceived(query[3:])  # what the kernel had already read
+    upstream = proxy.opener.new()
+    proxy.opener.held[0].callback(upstream)
+    (reply,) = proxy.responses()
+    assert reply.value.resultCode == SUCCESS
+    assert upstream.sent == [query]
+    assert proxy.transport.producerState == "producing"
+
+
 def test_client_gone_before_bind_completes(make_proxy: MakeProxy) -> None:
     """A link opened for a client that has left is closed, and nothing is written."""
     proxy = make_proxy()
