@@ -39,7 +39,7 @@ def _idle_plain_tcp(transport: Any) -> bool:
     return (
         isinstance(transport, tcp.Connection)
         and not transport.TLS
-        and transport.connected
+        and bool(transport.connected)
         and not transport.disconnecting
         and not getattr(transport, "_writeDisconnected", True)
         and getattr(transport, "_tempDataLen", 1) == 0
