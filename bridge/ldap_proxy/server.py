@@ -310,17 +310,26 @@ class LdapProxyProtocol(Protocol):
         self._drain()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        """Drop the upstream link; a bind still being decided finds nobody to answer."""
+        """Drop the upstream link; a bind still being decided finds nobody to answer.
+
+        The connection's place in the limits is kept until that bind is decided: a
+        client that binds and hangs up at once must not have more binds in flight than
+        `max_connections_per_address`."""
         self._closed = True
         self._generation += 1
         idle, self._idle = self._idle, None
         if idle is not None and idle.active():
             idle.cancel()
+        if not self._binding:
+            self._free_place()
+        self._reset()
+        self._close_link()
+
+    def _free_place(self) -> None:
+        """Give the connection's place in the factory's limits back (once)."""
         release, self._release = self._release, None
         if release is not None:
             release()
-        self._reset()
-        self._close_link()
 
     # --- the idle timeout ----------------------------------------------------------------
 
@@ -484,6 +493,7 @@ class LdapProxyProtocol(Protocol):
     def _bound(self, outcome: _Outcome, msg_id: int, generation: int) -> None:
         if generation != self._generation or self._closed:  # the client left meanwhile
             self._close_link()  # the link this bind may have opened since (outcome.upstream)
+            self._free_place()
             return
         self._binding = False
         if outcome.upstream is not None:

@@ -42,6 +42,7 @@ def _idle_plain_tcp(transport: Any) -> bool:
         and bool(transport.connected)
         and not transport.disconnecting
         and not getattr(transport, "_writeDisconnected", True)
+        and not getattr(transport, "_aborting", True)
         and getattr(transport, "_tempDataLen", 1) == 0
         and transport.offset == len(transport.dataBuffer)
     )

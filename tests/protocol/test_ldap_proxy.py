@@ -999,6 +999,22 @@ def test_connections_beyond_the_total_limit_are_refused(
     assert again.bind(dn("alice"), "alice-pass") == SUCCESS
 
 
+def test_a_client_gone_during_its_bind_keeps_its_place_until_the_bind_is_decided(
+    make_proxy: MakeProxy,
+) -> None:
+    """Binding and hanging up at once does not get one address more binds in flight than
+    max_connections_per_address: the place is free again once the bind is decided."""
+    first = make_proxy(max_connections_per_address=1)
+    first.opener.hold = True
+    assert first.send(pureldap.LDAPBindRequest(dn=dn("alice"), auth="alice-pass")) == []
+    first.lose()
+    assert first.connect() is None
+    first.opener.held[0].callback(first.opener.new())
+    again = first.connect()
+    assert again is not None
+    assert first.factory.open_total == 1
+
+
 def test_a_flood_of_refusals_is_counted_and_logged_once_a_minute(
     make_proxy: MakeProxy, logged: list[dict[str, Any]]
 ) -> None:

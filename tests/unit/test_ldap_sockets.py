@@ -26,6 +26,9 @@ class Reactor:
     def removeWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
         self.writers.remove(writer)
 
+    def removeReader(self, reader: Any) -> None:  # noqa: N802 - Twisted's name
+        pass  # reading is not what these tests look at
+
 
 @pytest.fixture
 def pair() -> Iterator[tuple[tcp.Connection, socket.socket, Reactor]]:
@@ -79,6 +82,41 @@ def test_what_a_full_socket_does_not_take_is_queued_in_order(pair: Any) -> None:
         if reactor.writers:
             connection.doWrite()
     assert got == big + b"after"
+
+
+def test_bytes_left_from_a_partial_send_go_first(pair: Any) -> None:
+    connection, peer, reactor = pair
+    big = bytes(range(256)) * 4096
+    connection.write(big)
+    connection.doWrite()  # the socket took part of it: the rest waits in dataBuffer
+    assert 0 < connection.offset < len(connection.dataBuffer)
+    write_now(connection, b"after")
+    got = b""
+    while len(got) < len(big) + 5:
+        got += peer.recv(65536)
+        if reactor.writers:
+            connection.doWrite()
+    assert got == big + b"after"
+
+
+def test_a_closing_or_aborted_connection_is_left_to_twisted(pair: Any) -> None:
+    connection, peer, reactor = pair
+    connection.write(b"last words")
+    connection.loseConnection()  # disconnecting: what is written must still come before
+    write_now(connection, b" and more")
+    connection.doWrite()
+    assert received(peer, 19) == b"last words and more"
+    other, peer2 = socket.socketpair()
+    other.setblocking(False)
+    aborted = tcp.Connection(other, Protocol(), reactor)
+    aborted.connected = True
+    aborted._aborting = True  # abortConnection: nothing more may be sent
+    write_now(aborted, b"x")
+    peer2.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer2.recv(10)
+    other.close()
+    peer2.close()
 
 
 def test_tls_and_other_transports_are_left_to_twisted(pair: Any) -> None:
