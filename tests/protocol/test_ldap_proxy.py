@@ -777,36 +777,23 @@ def test_next_bind_rebinds_the_same_upstream_connection(make_proxy: MakeProxy) -
     assert not proxy.upstream.closed
 
 
-def test_requests_sent_during_a_bind_wait_for_it(make_proxy: MakeProxy) -> None:
-    """A search pipelined behind a bind is handled after the bind, under the new identity."""
+@pytest.mark.parametrize("together", [True, False], ids=["in-the-binds-read", "afterwards"])
+def test_requests_sent_during_a_bind_wait_for_it(make_proxy: MakeProxy, together: bool) -> None:
+    """A search sent behind a bind (in the same read, or while the bind is decided) is
+    handled after the bind, under the new identity. Reading pauses only then: a client
+    that waits for its bind's answer costs no pause and resume of reading."""
     proxy = make_proxy()
     proxy.opener.hold = True
     bind = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn=dn("alice"), auth="alice-pass"), id=1)
     query = pureldap.LDAPMessage(search(), id=2).toWire()
-    assert proxy.send_raw(bind.toWire() + query) == []
+    if together:
+        assert proxy.send_raw(bind.toWire() + query) == []
+    else:
+        assert proxy.send_raw(bind.toWire()) == []
+        assert proxy.transport.producerState == "producing"
+        assert proxy.send_raw(query[:3]) == []
+        proxy.protocol.dataReceived(query[3:])  # what the kernel had already read
     assert proxy.transport.producerState == "paused"
-    upstream = proxy.opener.new()
-    proxy.opener.held[0].callback(upstream)
-    (reply,) = proxy.responses()
-    assert reply.value.resultCode == SUCCESS
-    assert upstream.sent == [query]
-    assert proxy.transport.producerState == "producing"
-
-
-def test_a_bind_waited_for_keeps_reading_and_a_request_sent_meanwhile_pauses_it(
-    make_proxy: MakeProxy,
-) -> None:
-    """A client that waits for its bind's answer costs no pause and resume of reading; one
-    that sends more meanwhile is paused until the bind is answered, then served in order."""
-    proxy = make_proxy()
-    proxy.opener.hold = True
-    bind = pureldap.LDAPMessage(pureldap.LDAPBindRequest(dn=dn("alice"), auth="alice-pass"), id=1)
-    assert proxy.send_raw(bind.toWire()) == []
-    assert proxy.transport.producerState == "producing"
-    query = pureldap.LDAPMessage(search(), id=2).toWire()
-    assert proxy.send_raw(query[:3]) == []
-    assert proxy.transport.producerState == "paused"
-    proxy.protocol.dataReceived(query[3:])  # what the kernel had already read
     upstream = proxy.opener.new()
     proxy.opener.held[0].callback(upstream)
     (reply,) = proxy.responses()

@@ -50,6 +50,16 @@ def received(peer: socket.socket, size: int) -> bytes:
     return data
 
 
+def drained(connection: tcp.Connection, peer: socket.socket, reactor: Reactor, size: int) -> bytes:
+    """What the peer reads, `connection` writing what it queued as the reactor would."""
+    data = b""
+    while len(data) < size:
+        data += peer.recv(65536)
+        if reactor.writers:
+            connection.doWrite()
+    return data
+
+
 def test_an_idle_connection_sends_at_once(pair: Any) -> None:
     connection, peer, reactor = pair
     write_now(connection, b"bind response")
@@ -76,12 +86,7 @@ def test_what_a_full_socket_does_not_take_is_queued_in_order(pair: Any) -> None:
     write_now(connection, big)
     assert reactor.writers == [connection]
     write_now(connection, b"after")
-    got = b""
-    while len(got) < len(big) + 5:
-        got += peer.recv(65536)
-        if reactor.writers:
-            connection.doWrite()
-    assert got == big + b"after"
+    assert drained(connection, peer, reactor, len(big) + 5) == big + b"after"
 
 
 def test_bytes_left_from_a_partial_send_go_first(pair: Any) -> None:
@@ -91,12 +96,7 @@ def test_bytes_left_from_a_partial_send_go_first(pair: Any) -> None:
     connection.doWrite()  # the socket took part of it: the rest waits in dataBuffer
     assert 0 < connection.offset < len(connection.dataBuffer)
     write_now(connection, b"after")
-    got = b""
-    while len(got) < len(big) + 5:
-        got += peer.recv(65536)
-        if reactor.writers:
-            connection.doWrite()
-    assert got == big + b"after"
+    assert drained(connection, peer, reactor, len(big) + 5) == big + b"after"
 
 
 def test_a_closing_or_aborted_connection_is_left_to_twisted(pair: Any) -> None:
