@@ -28,10 +28,9 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
-    connectProtocol,
     wrapClientTLS,
 )
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -204,6 +203,20 @@ def _trust_root(ca_file: Path | None) -> Any:
     return ssl.trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]
 
 
+class _Quiet(Factory):
+    """Twisted's `connectProtocol` factory without its two log lines ("Starting factory",
+    "Stopping factory") per connection: a connection per client session made them ~6 % of
+    the proxy's CPU for apps that connect per login."""
+
+    noisy = False
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    def buildProtocol(self, addr: Any) -> Link:  # noqa: N802 - Twisted's name
+        return self._link
+
+
 class Opener:
     """Bound links to the configured directory servers, in order (failover)."""
 
@@ -311,7 +324,7 @@ class Opener:
         if secure:
             endpoint = wrapClientTLS(self._tls_options(host), endpoint)
         try:
-            link: Link = await connectProtocol(endpoint, Link(url))  # type: ignore[no-untyped-call]
+            link: Link = await endpoint.connect(_Quiet(Link(url)))
         except Exception as exc:
             raise UpstreamUnavailableError(f"connect: {exc}") from exc
         if self._config.start_tls and not secure:

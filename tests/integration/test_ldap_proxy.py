@@ -93,6 +93,21 @@ def test_grace_user_binds_with_password_only(slapd: Slapd, make_bridge: MakeBrid
     assert state_of(bridge, user) == "grace"
 
 
+def test_a_connection_per_login_adds_no_log_lines_of_twisteds(
+    slapd: Slapd, make_bridge: MakeBridge
+) -> None:
+    """An app connecting per login opens an upstream connection per login: Twisted's
+    "Starting factory" and "Stopping factory" lines for each would cost the proxy CPU
+    and fill the log at debug level."""
+    bridge = make_bridge(change=with_proxy())
+    before = bridge.log().count(" factory ")
+    for user in ["load154", "load155", "load156"]:
+        result = whoami(proxy_url(bridge), slapd.user_dn(user), password_of(user))
+        assert result.returncode == 0, result.stderr + bridge.log()
+    assert settled(lambda: bridge.log().count("ldap.bind.ok"), 3) == 3
+    assert bridge.log().count(" factory ") == before
+
+
 def test_enrolled_user_needs_the_code(slapd: Slapd, make_bridge: MakeBridge) -> None:
     """An enrolled user binds with password+code; a wrong code and (rebinds off) a replayed
     one get 49."""
