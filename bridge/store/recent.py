@@ -66,28 +66,34 @@ class RecentRecords:
 
     def put(self, record: UserRecord) -> None:
         """Remember `record` (as the row now is, version included)."""
-        sealed = None
-        if record.secret is not None:
-            sealed = self._sealer.seal(record.entry_id, record.secret)
-        item = (replace(record, secret=None), sealed, self._clock() + self._seconds)
+        kept = replace(record, secret=None)
+        sealed = self._seal(record)
         with self._lock:
-            self._items.pop(record.entry_id, None)
-            self._items[record.entry_id] = item
-            while len(self._items) > self._limit:
-                self._items.popitem(last=False)
+            self._keep(kept, sealed)
 
     def put_written(self, after: UserRecord, seen_version: int) -> None:
         """Remember `after`, just written over version `seen_version` with the same secret,
         as the row now is (one version on). The secret kept sealed for `seen_version`
         serves again: a login's write need not seal it anew."""
-        record = replace(after, secret=None, version=seen_version + 1)
+        kept = replace(after, secret=None, version=seen_version + 1)
         with self._lock:
             item = self._items.get(after.entry_id)
             if item is not None and item[0].version == seen_version:
-                del self._items[after.entry_id]
-                self._items[after.entry_id] = (record, item[1], self._clock() + self._seconds)
+                self._keep(kept, item[1])
                 return
-        self.put(replace(after, version=seen_version + 1))
+        sealed = self._seal(after)
+        with self._lock:
+            self._keep(kept, sealed)
+
+    def _seal(self, record: UserRecord) -> bytes | None:
+        return None if record.secret is None else self._sealer.seal(record.entry_id, record.secret)
+
+    def _keep(self, kept: UserRecord, sealed: bytes | None) -> None:
+        """Store an entry as the newest (the oldest dropped beyond `limit`); under the lock."""
+        self._items.pop(kept.entry_id, None)
+        self._items[kept.entry_id] = (kept, sealed, self._clock() + self._seconds)
+        while len(self._items) > self._limit:
+            self._items.popitem(last=False)
 
     def forget(self, entry_id: str) -> None:
         """The entry was written some other way: its next login reads it."""
